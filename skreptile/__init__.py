@@ -1,0 +1,12 @@
+"""skreptile: Reptile meta-learning for scikit-learn.
+
+Meta-learn, over many small related tasks, an initialisation from which a few
+gradient steps fit a new task well; then use the model as any scikit-learn
+estimator.
+"""
+
+from ._regressor import ReptileRegressor
+from ._version import __version__
+from .tasks import SineTaskSampler, TaskError, TaskSampler
+
+__all__ = ["ReptileRegressor", "SineTaskSampler", "TaskError", "TaskSampler", "__version__"]

@@ -1,0 +1,330 @@
+"""Machinery shared by the Reptile estimators: meta_fit, fit from the initialisation.
+
+The learned state is kept in numpy arrays (``meta_params_``, ``params_`` and the
+scaling statistics) so that estimators pickle, clone and move between machines
+without torch objects; the torch network and the tensors on the device are a
+cache rebuilt on demand.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from . import _engine
+from ._batches import build_minibatches
+from ._device import fast_cpu_math, resolve_device
+from ._losses import LOSSES
+from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
+from .tasks._base import TaskStream, seed_from_random_state, stack_if_equal
+
+# The first meta-training tasks, over which the scaling statistics are gathered.
+N_STATS_TASKS = 256
+# Upper bound on the floats of one chunk of minibatches moved to the device.
+CHUNK_FLOATS = 1 << 21
+MAX_CHUNK_ITERS = 256
+
+
+def _scale_stats(X, y, standardize):
+    """Per-feature and per-output mean and scale over all points of ``X`` and ``y``."""
+    n_features, n_outputs = X.shape[-1], y.shape[-1]
+    if not standardize:
+        return np.zeros(n_features), np.ones(n_features), np.zeros(n_outputs), np.ones(n_outputs)
+    X = X.reshape(-1, n_features)
+    y = y.reshape(-1, n_outputs)
+
+    def _safe_std(a):
+        std = a.std(axis=0)
+        # A constant column carries no scale: leave it unscaled rather than divide by 0.
+        return np.where(std > 1e-12 * np.maximum(1.0, np.abs(a.mean(axis=0))), std, 1.0)
+
+    return X.mean(axis=0), _safe_std(X), y.mean(axis=0), _safe_std(y)
+
+
+def _concat_points(tasks):
+    if isinstance(tasks, tuple):
+        return tasks
+    return np.concatenate([X for X, _ in tasks]), np.concatenate([y for _, y in tasks])
+
+
+class BaseReptile(BaseEstimator):
+    """Shared implementation of :class:`ReptileRegressor` (and later classifiers)."""
+
+    _loss = "squared_error"
+
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "module": [callable, None],
+        "n_meta_iter": [Interval(Integral, 0, None, closed="left")],
+        "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "meta_lr": [Interval(Real, 0, None, closed="neither")],
+        "meta_lr_schedule": [StrOptions({"linear", "constant"})],
+        "inner_steps": [Interval(Integral, 1, None, closed="left")],
+        "inner_batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "inner_lr": [Interval(Real, 0, None, closed="neither")],
+        "inner_optimizer": [StrOptions({"sgd", "adam"})],
+        "adapt_steps": [Interval(Integral, 0, None, closed="left")],
+        "adapt_lr": [Interval(Real, 0, None, closed="neither"), None],
+        "standardize": ["boolean"],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    # ------------------------------------------------------------------ helpers
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, Integral):
+            return (int(sizes),)
+        sizes = tuple(int(s) for s in sizes)
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive, got {self.hidden_layer_sizes}.")
+        return sizes
+
+    def _build_net(self, n_features, n_outputs, seed):
+        """The batched network and its initial flat weights, seeded by ``seed``."""
+        if self.module is None:
+            net = BatchedMLP((n_features, *self._hidden_sizes(), n_outputs), self.activation)
+            generator = torch.Generator().manual_seed(seed)
+            return net, net.init_params(generator)
+        # A user's module initialises itself from torch's global generator: seed
+        # it for reproducibility without disturbing the caller's random stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = self.module(n_features, n_outputs)
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(
+                f"module must build a torch.nn.Module from (n_features, n_outputs); "
+                f"{self.module!r} returned {type(module).__name__}."
+            )
+        net = BatchedModule(module.float())
+        return net, net.init_params()
+
+    def _net(self):
+        """The network of the learned state, rebuilt after unpickling."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if "net" not in cache:
+            n_features = getattr(self, "n_features_meta_", None) or self.n_features_in_
+            cache["net"], _ = self._build_net(n_features, self.n_outputs_, 0)
+        return cache["net"]
+
+    def _device(self):
+        cache = self.__dict__.setdefault("_cache", {})
+        if cache.get("device_param") != str(self.device):
+            cache["device"] = resolve_device(self.device)
+            cache["device_param"] = str(self.device)
+        return cache["device"]
+
+    def _to_tensor(self, array, device):
+        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_cache", None)  # torch objects are rebuilt after loading
+        return state
+
+    # -------------------------------------------------------------- meta_fit
+    def meta_fit(self, task_sampler):
+        """Meta-learn an initialisation from tasks drawn from ``task_sampler``.
+
+        Parameters
+        ----------
+        task_sampler : callable, sequence of (X, y) or TaskSampler
+            Where tasks come from: a callable ``sampler(rng) -> (X, y)`` with
+            ``rng`` a :class:`numpy.random.Generator`, a finite sequence of
+            ``(X, y)`` tasks, or one of skreptile's samplers (such as
+            :class:`~skreptile.SineTaskSampler`), which draw many tasks at once.
+
+        Returns
+        -------
+        self : object
+            The estimator with ``meta_params_`` learned; call :meth:`fit` to adapt.
+        """
+        self._validate_params()
+        device = resolve_device(self.device)
+        seed = seed_from_random_state(self.random_state)
+        init_seed, batch_seed, task_seed = np.random.SeedSequence(seed).generate_state(3)
+        stream = TaskStream(task_sampler, task_seed)
+
+        if stream.kind == "sequence":
+            stats_tasks = stream.tasks
+        else:
+            n_stats = max(1, min(N_STATS_TASKS, self.n_meta_iter * self.meta_batch_size))
+            stats_tasks = stream.peek(n_stats)
+        X_all, y_all = _concat_points(stats_tasks)
+        n_features, n_outputs = stream.signature
+        x_mean, x_scale, y_mean, y_scale = _scale_stats(X_all, y_all, self.standardize)
+        del X_all, y_all, stats_tasks
+
+        net, theta = self._build_net(n_features, n_outputs, int(init_seed))
+        theta = theta.to(device)
+        loss = LOSSES[self._loss]
+        batch_rng = np.random.default_rng(batch_seed)
+        scaling = (x_mean, x_scale, y_mean, y_scale)
+        chunks = self._chunks(stream, batch_rng, scaling, device, n_features, n_outputs)
+
+        completed = 0
+        progress = self._progress_bar()
+        try:
+            with fast_cpu_math():
+                completed = _engine.meta_train(
+                    net,
+                    loss,
+                    theta,
+                    chunks,
+                    n_meta_iter=self.n_meta_iter,
+                    meta_batch_size=self.meta_batch_size,
+                    meta_lr=self.meta_lr,
+                    meta_lr_schedule=self.meta_lr_schedule,
+                    inner_steps=self.inner_steps,
+                    inner_optimizer=self.inner_optimizer,
+                    inner_lr=self.inner_lr,
+                    on_iteration=progress.update if progress is not None else None,
+                )
+        except _engine.MetaDiverged as exc:
+            raise FloatingPointError(
+                f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
+                f"{exc.args[0]}. The step sizes are likely too large for this data "
+                f"(inner_lr={self.inner_lr}, meta_lr={self.meta_lr}"
+                + (", standardize=False" if not self.standardize else "")
+                + "); try smaller values"
+                + (" or standardize=True" if not self.standardize else "")
+                + ". The estimator was left unchanged."
+            ) from None
+        except KeyboardInterrupt:
+            completed = -1  # theta holds the last completed meta-iteration
+        finally:
+            if progress is not None:
+                progress.close()
+        if completed == -1:
+            if not bool(torch.isfinite(theta).all()):
+                raise FloatingPointError(
+                    "meta_fit was interrupted and the weights were not finite; "
+                    "the estimator was left unchanged."
+                )
+            warnings.warn(
+                "meta_fit was interrupted: keeping the weights of the last completed "
+                "meta-iteration.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+        self._set_meta_state(net, theta, scaling, n_features, n_outputs, device)
+        return self
+
+    def _progress_bar(self):
+        if not self.verbose:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.n_meta_iter, desc="meta_fit", unit="it")
+
+    def _chunks(self, stream, rng, scaling, device, n_features, n_outputs):
+        """Yield device tensors of inner minibatches, a chunk of meta-iterations at a time."""
+        x_mean, x_scale, y_mean, y_scale = scaling
+        T, S = self.meta_batch_size, self.inner_steps
+        per_iter = T * S * (self.inner_batch_size or 64) * (n_features + n_outputs)
+        chunk_iters = max(1, min(MAX_CHUNK_ITERS, CHUNK_FLOATS // per_iter))
+        remaining = self.n_meta_iter
+        while remaining > 0:
+            k = min(chunk_iters, remaining)
+            remaining -= k
+            tasks = stack_if_equal(stream.draw(k * T))
+            xb, yb, weight = build_minibatches(rng, tasks, k, T, S, self.inner_batch_size)
+            xb = self._to_tensor((xb - x_mean) / x_scale, device)
+            yb = self._to_tensor((yb - y_mean) / y_scale, device)
+            if not isinstance(weight, float):
+                weight = self._to_tensor(weight, device)
+            yield xb, yb, weight
+
+    def _set_meta_state(self, net, theta, scaling, n_features, n_outputs, device):
+        # Only now, after meta-training succeeded, does the estimator change.
+        for attr in ("params_",):
+            self.__dict__.pop(attr, None)
+        self.meta_params_ = theta.detach().cpu().numpy().copy()
+        self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling
+        self.n_features_meta_ = n_features
+        self.n_outputs_ = n_outputs
+        self._cache = {"net": net, "device": device, "device_param": str(self.device)}
+
+    # ------------------------------------------------------------------- fit
+    def _is_meta_fitted(self):
+        return hasattr(self, "meta_params_")
+
+    def _adapt(self, init, X, Y):
+        """Adapt a copy of the flat weights ``init`` to ``X`` and ``Y``; return the result."""
+        device = self._device()
+        net = self._net()
+        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)[None]
+        y = self._to_tensor((Y - self.y_mean_) / self.y_scale_, device)[None]
+        params = self._to_tensor(init, device)[None].clone()
+        grad = torch.empty_like(params)
+        lr = self.inner_lr if self.adapt_lr is None else self.adapt_lr
+        optimizer = _engine.InnerOptimizer(self.inner_optimizer, lr, params)
+        with fast_cpu_math():
+            _engine.adapt(
+                net, LOSSES[self._loss], params, x, y, 1.0 / len(X), self.adapt_steps, optimizer, grad
+            )
+        if not bool(torch.isfinite(params).all()):
+            raise FloatingPointError(
+                f"Adaptation diverged (non-finite weights); adapt_lr={lr} is likely too large."
+            )
+        return params[0]
+
+    def _predict_scaled(self, X):
+        check_is_fitted(self)
+        device = self._device()
+        cache = self.__dict__.setdefault("_cache", {})
+        params = cache.get("params")
+        if params is None or params.device != device:
+            params = cache["params"] = self._to_tensor(self.params_, device)
+        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)[None]
+        with torch.no_grad(), fast_cpu_math():
+            out = self._net().forward(params[None], x)[0]
+        return out.cpu().numpy().astype(np.float64)
+
+    def __sklearn_is_fitted__(self):
+        # Meta-fitted is not fitted: predictions come only after adaptation.
+        return hasattr(self, "params_")
+
+    def _fit_scaled(self, X, Y):
+        """Adapt to ``X`` and 2-D ``Y`` (already validated) and store ``params_``."""
+        if self._is_meta_fitted():
+            if X.shape[1] != self.n_features_meta_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but the meta-learned initialisation expects "
+                    f"{self.n_features_meta_} (the tasks given to meta_fit)."
+                )
+            if Y.shape[1] != self.n_outputs_:
+                raise ValueError(
+                    f"y has {Y.shape[1]} outputs, but the meta-learned initialisation predicts "
+                    f"{self.n_outputs_}."
+                )
+            init = self.meta_params_
+        else:
+            # Not meta-fitted: a plain network trained from a fresh random
+            # initialisation, scaled by the data it is fitted on.
+            seed = seed_from_random_state(self.random_state)
+            init_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+            net, theta = self._build_net(X.shape[1], Y.shape[1], init_seed)
+            init = theta.numpy()
+            self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = _scale_stats(
+                X, Y, self.standardize
+            )
+            self.n_outputs_ = Y.shape[1]
+            self.__dict__["_cache"] = {"net": net}
+        params = self._adapt(init, X, Y)
+        self.params_ = params.detach().cpu().numpy().copy()
+        self._cache["params"] = params
+        return self
+
+    def torch_module(self):
+        """The adapted network as a plain ``torch.nn.Module`` on the CPU."""
+        check_is_fitted(self)
+        return self._net().to_torch_module(torch.as_tensor(self.params_))
+

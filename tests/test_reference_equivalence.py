@@ -1,0 +1,181 @@
+"""Serial and batched Reptile against hand-written references.
+
+The serial reference is the loop of the original sine-wave demo (Nichol et al.'s
+Reptile demo, as completed in the project's reference script), written out here
+with the task data and point orders fed in rather than drawn.
+"""
+
+from copy import deepcopy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import skreptile._batches as batches_module
+from skreptile import ReptileRegressor
+from skreptile._engine import InnerOptimizer, adapt
+from skreptile._losses import SquaredError
+from skreptile._networks import BatchedMLP
+
+
+def _sine_tasks(n_tasks, seed):
+    rng = np.random.RandomState(seed)
+    x = np.linspace(-5, 5, 50)[:, None]
+    tasks = []
+    for _ in range(n_tasks):
+        phase, ampl = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 5)
+        tasks.append((x, np.sin(x[:, 0] + phase) * ampl))
+    return tasks
+
+
+def _demo_model_from_flat(theta):
+    model = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    net = BatchedMLP((1, 64, 64, 1), "tanh")
+    reference = net.to_torch_module(torch.as_tensor(theta))
+    model.load_state_dict(reference.state_dict())
+    return model
+
+
+def _flat_from_demo_model(model):
+    parts = []
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            parts += [layer.weight.detach().t().reshape(-1), layer.bias.detach()]
+    return torch.cat(parts).numpy()
+
+
+def _run_demo_loop(model, tasks, perms, n_iterations, innerstepsize=0.02, outerstepsize0=0.1):
+    """The demo's loop verbatim, but with tasks and permutations given."""
+
+    def train_on_batch(x, y):
+        x, y = torch.Tensor(x), torch.Tensor(y)
+        model.zero_grad()
+        loss = (model(x) - y).pow(2).mean()
+        loss.backward()
+        for p in model.parameters():
+            p.data -= innerstepsize * p.grad.data
+
+    for iteration in range(n_iterations):
+        weights_before = deepcopy(model.state_dict())
+        x_all, y_all = tasks[iteration]
+        y_all = y_all[:, None]
+        inds = perms[iteration]
+        for start in range(0, len(x_all), 10):
+            mb = inds[start : start + 10]
+            train_on_batch(x_all[mb], y_all[mb])
+        weights_after = model.state_dict()
+        outerstepsize = outerstepsize0 * (1 - iteration / n_iterations)
+        model.load_state_dict(
+            {
+                n: weights_before[n] + (weights_after[n] - weights_before[n]) * outerstepsize
+                for n in weights_before
+            }
+        )
+    return model
+
+
+def test_serial_mode_matches_the_original_demo_step_for_step(monkeypatch):
+    n_iterations = 30
+    tasks = _sine_tasks(n_iterations, seed=3)
+    perms = [np.random.RandomState(i).permutation(50) for i in range(n_iterations)]
+
+    # skreptile draws tasks from the callable in order and visits points in the
+    # order given by minibatch_indices: feed both the demo's choices.
+    task_iter = iter(tasks)
+    perm_iter = iter(perms)
+
+    def fixed_indices(rng, n_tasks, n_points, n_steps, batch_size):
+        assert (n_points, n_steps, batch_size) == (50, 5, 10)
+        return np.stack([next(perm_iter).reshape(5, 10) for _ in range(n_tasks)])
+
+    params = dict(
+        n_meta_iter=n_iterations,
+        meta_batch_size=1,
+        meta_lr=0.1,
+        inner_steps=5,
+        inner_batch_size=10,
+        inner_lr=0.02,
+        standardize=False,
+        device="cpu",
+        random_state=0,
+    )
+    theta0 = ReptileRegressor(**{**params, "n_meta_iter": 0}).meta_fit(_sine_tasks(1, 0)).meta_params_
+    monkeypatch.setattr(batches_module, "minibatch_indices", fixed_indices)
+    model = ReptileRegressor(**params).meta_fit(lambda rng: next(task_iter))
+
+    demo = _run_demo_loop(_demo_model_from_flat(theta0), tasks, perms, n_iterations)
+    expected = _flat_from_demo_model(demo)
+    assert not np.allclose(expected, theta0, atol=1e-3)  # training moved the weights
+    np.testing.assert_allclose(model.meta_params_, expected, atol=1e-6, rtol=0)
+
+
+def test_one_reptile_update_against_hand_computation():
+    # A 1-1 linear model y = w x + b, one task, two SGD steps, then interpolation.
+    x = np.array([[1.0], [2.0]])
+    y = np.array([3.0, 5.0])
+    w, b = 0.5, -0.25
+    lr, eps = 0.1, 0.3
+    for _ in range(2):
+        err = w * x[:, 0] + b - y
+        w, b = w - lr * np.mean(2 * err * x[:, 0]), b - lr * np.mean(2 * err)
+    net = BatchedMLP((1, 1), "identity")
+    theta = torch.tensor([0.5, -0.25])
+    phi = theta[None].clone()
+    optimizer = InnerOptimizer("sgd", lr, phi)
+    xt = torch.tensor(x, dtype=torch.float32)[None]
+    yt = torch.tensor(y, dtype=torch.float32)[None, :, None]
+    adapt(net, SquaredError, phi, xt, yt, 0.5, 2, optimizer, torch.empty_like(phi))
+    theta.lerp_(phi[0], eps)
+    expected = np.array([0.5 + eps * (w - 0.5), -0.25 + eps * (b + 0.25)])
+    np.testing.assert_allclose(theta.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "identity"])
+def test_batched_adaptation_equals_a_per_task_autograd_loop(optimizer, activation):
+    torch.manual_seed(0)
+    n_tasks, n_points, steps = 6, 7, 4
+    net = BatchedMLP((3, 16, 8, 2), activation)
+    theta = net.init_params(torch.Generator().manual_seed(1))
+    x = torch.randn(n_tasks, n_points, 3)
+    y = torch.randn(n_tasks, n_points, 2)
+    phi = theta.expand(n_tasks, -1).clone()
+    opt = InnerOptimizer(optimizer, 0.05, phi)
+    adapt(net, SquaredError, phi, x, y, 1.0 / n_points, steps, opt, torch.empty_like(phi))
+
+    for t in range(n_tasks):
+        module = net.to_torch_module(theta)
+        if optimizer == "sgd":
+            torch_opt = torch.optim.SGD(module.parameters(), lr=0.05)
+        else:
+            torch_opt = torch.optim.Adam(module.parameters(), lr=0.05, betas=(0.0, 0.999), eps=1e-8)
+        for _ in range(steps):
+            torch_opt.zero_grad()
+            ((module(x[t]) - y[t]) ** 2).mean().backward()
+            torch_opt.step()
+        expected = _flat_from_demo_model(module)
+        np.testing.assert_allclose(phi[t].numpy(), expected, atol=2e-6)
+
+
+def test_batched_meta_update_moves_towards_the_mean_of_adapted_weights():
+    from skreptile._engine import meta_train
+
+    torch.manual_seed(0)
+    net = BatchedMLP((2, 8, 1), "tanh")
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, 4, 5, 2)  # one meta-iteration, 3 steps, 4 tasks, 5 points
+    y = torch.randn(1, 3, 4, 5, 1)
+    expected = theta.clone()
+    phis = []
+    for t in range(4):
+        phi = theta[None].clone()
+        opt = InnerOptimizer("sgd", 0.1, phi)
+        adapt(net, SquaredError, phi, x[0, :, t : t + 1], y[0, :, t : t + 1], 0.2, 3, opt,
+              torch.empty_like(phi))
+        phis.append(phi[0])
+    expected = expected + 0.5 * (torch.stack(phis).mean(0) - expected)
+    meta_train(net, SquaredError, theta, [(x, y, 0.2)], n_meta_iter=1, meta_batch_size=4,
+               meta_lr=0.5, meta_lr_schedule="constant", inner_steps=3, inner_optimizer="sgd",
+               inner_lr=0.1)
+    np.testing.assert_allclose(theta.numpy(), expected.numpy(), atol=1e-6)
