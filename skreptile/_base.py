@@ -262,19 +262,19 @@ class BaseReptile(BaseEstimator):
         net = self._net()
         x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)[None]
         y = self._to_tensor((Y - self.y_mean_) / self.y_scale_, device)[None]
-        params = self._to_tensor(init, device)[None].clone()
-        grad = torch.empty_like(params)
+        init = self._to_tensor(init, device)
+        ws = net.workspace(1, init)
+        net.broadcast(init, ws)
         lr = self.inner_lr if self.adapt_lr is None else self.adapt_lr
-        optimizer = _engine.InnerOptimizer(self.inner_optimizer, lr, params)
+        optimizer = _engine.InnerOptimizer(self.inner_optimizer, lr, ws.params)
         with fast_cpu_math():
-            _engine.adapt(
-                net, LOSSES[self._loss], params, x, y, 1.0 / len(X), self.adapt_steps, optimizer, grad
-            )
+            _engine.adapt(net, LOSSES[self._loss], ws, x, y, 1.0 / len(X), self.adapt_steps, optimizer)
+        params = net.task_params(ws, 0)
         if not bool(torch.isfinite(params).all()):
             raise FloatingPointError(
                 f"Adaptation diverged (non-finite weights); adapt_lr={lr} is likely too large."
             )
-        return params[0]
+        return params
 
     def _predict_scaled(self, X):
         check_is_fitted(self)
@@ -283,9 +283,9 @@ class BaseReptile(BaseEstimator):
         params = cache.get("params")
         if params is None or params.device != device:
             params = cache["params"] = self._to_tensor(self.params_, device)
-        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)[None]
+        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
         with torch.no_grad(), fast_cpu_math():
-            out = self._net().forward(params[None], x)[0]
+            out = self._net().predict(params, x)
         return out.cpu().numpy().astype(np.float64)
 
     def __sklearn_is_fitted__(self):

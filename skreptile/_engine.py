@@ -39,8 +39,8 @@ class InnerOptimizer:
         params.addcdiv_(grad, denom, value=-self.lr)
 
 
-def adapt(net, loss, params, x, y, weight, n_steps, optimizer, grad_buffer):
-    """Run ``n_steps`` gradient steps on every task row of ``params`` in place.
+def adapt(net, loss, ws, x, y, weight, n_steps, optimizer):
+    """Run ``n_steps`` gradient steps on the per-task weights of workspace ``ws`` in place.
 
     ``x`` is either ``(n_tasks, n_points, n_in)``, used at every step (full-batch
     adaptation), or ``(n_steps, n_tasks, batch, n_in)``, one minibatch a step;
@@ -51,11 +51,11 @@ def adapt(net, loss, params, x, y, weight, n_steps, optimizer, grad_buffer):
     for step in range(n_steps):
         if per_step:
             w = weight if isinstance(weight, float) else weight[step]
-            net.gradient(params, x[step], y[step], w, loss, out=grad_buffer)
+            net.gradient(ws, x[step], y[step], w, loss)
         else:
-            net.gradient(params, x, y, weight, loss, out=grad_buffer)
-        optimizer.step(params, grad_buffer, step)
-    return params
+            net.gradient(ws, x, y, weight, loss)
+        optimizer.step(ws.params, ws.grad, step)
+    return ws
 
 
 class MetaDiverged(FloatingPointError):
@@ -95,19 +95,18 @@ def meta_train(
     so an interruption leaves it usable.  Returns the number of meta-iterations
     completed.
     """
-    phi = theta.new_empty((meta_batch_size, theta.shape[0]))
-    grad_buffer = torch.empty_like(phi)
-    optimizer = InnerOptimizer(inner_optimizer, inner_lr, phi)
+    ws = net.workspace(meta_batch_size, theta)
+    optimizer = InnerOptimizer(inner_optimizer, inner_lr, ws.params)
     iteration = start_iter
     for x, y, weight in chunks:
         for k in range(x.shape[0]):
             w = weight if isinstance(weight, float) else weight[k]
-            phi.copy_(theta.expand_as(phi))
-            adapt(net, loss, phi, x[k], y[k], w, inner_steps, optimizer, grad_buffer)
+            net.broadcast(theta, ws)
+            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer)
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
             # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
             # towards the mean of the adapted weights.  lerp_ does either in one op.
-            theta.lerp_(phi[0] if meta_batch_size == 1 else phi.mean(0), step)
+            theta.lerp_(net.task_mean(ws), step)
             iteration += 1
             if on_iteration is not None:
                 on_iteration(iteration)

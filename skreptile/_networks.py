@@ -1,21 +1,23 @@
 """Functional networks evaluated for many tasks at once.
 
 Reptile adapts one copy of the weights per task.  Instead of a Python loop over
-tasks, every copy lives in one row of a ``(n_tasks, n_params)`` tensor and the
-forward and backward passes run on all rows together (``bmm``).  Two networks
-implement the same small interface:
+tasks, all copies live in one buffer and the forward and backward passes run on
+every task together.  Two networks implement the same small interface:
 
 * :class:`BatchedMLP`: the default multi-layer perceptron, with a hand-written
-  backward pass.  For the tiny networks meta-learning uses, autograd's
-  per-operation bookkeeping costs more than the arithmetic, so writing the
-  gradient out is several times faster.
+  backward pass on ``bmm``.  For the tiny networks meta-learning uses,
+  autograd's per-operation bookkeeping costs more than the arithmetic.
 * :class:`BatchedModule`: any ``torch.nn.Module``, batched over tasks with
   ``torch.func.vmap`` and ``torch.func.grad``.
 
-Both store parameters as one flat vector so that the Reptile interpolation and
-the per-task copies are single tensor operations.
+The meta-parameters ``theta`` are one flat vector (layer by layer, each weight
+as ``(fan_in, fan_out)``).  The per-task copies live in a :class:`Workspace`:
+flat buffers for parameters and gradients, so that optimiser steps are single
+tensor operations, laid out as one contiguous ``(n_tasks, ...)`` block per
+weight so that ``bmm`` reads and writes them without copies.
 """
 
+import copy
 import math
 
 import torch
@@ -23,8 +25,10 @@ from torch import nn
 
 ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 
+_aten = torch.ops.aten
 
-def _activate(z, activation):
+
+def _activate_(z, activation):
     """Apply ``activation`` in place to the pre-activation ``z``."""
     if activation == "tanh":
         return z.tanh_()
@@ -36,19 +40,37 @@ def _activate(z, activation):
 
 
 def _activation_backward(grad, h, activation):
-    """Multiply ``grad`` in place by the activation's derivative at output ``h``."""
+    """``grad`` times the activation's derivative, from the activation's output ``h``."""
+    # The fused aten kernels do this in one pass instead of three.
     if activation == "tanh":
-        # d tanh = 1 - tanh^2, written from the stored output to avoid keeping z.
-        return grad.mul_(1.0 - h * h)
+        return _aten.tanh_backward(grad, h)
     if activation == "relu":
-        return grad.mul_(h > 0)
+        return _aten.threshold_backward(grad, h, 0)
     if activation == "logistic":
-        return grad.mul_(h * (1.0 - h))
+        return _aten.sigmoid_backward(grad, h)
     return grad
 
 
+class Workspace:
+    """Per-task parameters and gradients for ``n_tasks`` tasks, and their views.
+
+    Attributes
+    ----------
+    params, grad : Tensor
+        Flat buffers, updated in place by the optimiser.
+    n_tasks : int
+    """
+
+    def __init__(self, n_tasks, params, grad, param_views=None, grad_views=None):
+        self.n_tasks = n_tasks
+        self.params = params
+        self.grad = grad
+        self.param_views = param_views
+        self.grad_views = grad_views
+
+
 class BatchedMLP:
-    """A fully connected network whose weights are rows of a flat tensor.
+    """A fully connected network computed for many tasks at once.
 
     Parameters
     ----------
@@ -61,82 +83,104 @@ class BatchedMLP:
     def __init__(self, layer_sizes, activation):
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
         self.activation = activation
-        # (weight offset, bias offset, fan_in, fan_out) of every layer, the
-        # weight stored as (fan_in, fan_out) so that ``x @ W`` needs no transpose.
-        self._layout = []
-        offset = 0
+        # Shapes of the parameter tensors in theta's order: W0, b0, W1, b1, ...
+        self._shapes = []
         for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
-            self._layout.append((offset, offset + fan_in * fan_out, fan_in, fan_out))
-            offset += fan_in * fan_out + fan_out
-        self.n_params = offset
+            self._shapes += [(fan_in, fan_out), (1, fan_out)]
+        self._numels = [a * b for a, b in self._shapes]
+        self.n_params = sum(self._numels)
 
+    # -- the meta-parameters ------------------------------------------------
     def init_params(self, generator, dtype=torch.float32):
         """Draw initial weights as ``torch.nn.Linear`` does (uniform in +-1/sqrt(fan_in))."""
-        theta = torch.empty(self.n_params, dtype=dtype)
-        for w_off, b_off, fan_in, fan_out in self._layout:
+        parts = []
+        for (fan_in, fan_out), (_, n_bias) in zip(self._shapes[::2], self._shapes[1::2]):
             bound = 1.0 / math.sqrt(fan_in)
-            # nn.Linear draws the weight as (fan_out, fan_in); draw it in that
-            # order and transpose so that seeded weights match a torch model.
-            weight = torch.empty(fan_out, fan_in, dtype=dtype).uniform_(
-                -bound, bound, generator=generator
-            )
-            theta[w_off:b_off] = weight.t().reshape(-1)
-            theta[b_off : b_off + fan_out].uniform_(-bound, bound, generator=generator)
-        return theta
+            # nn.Linear draws its weight as (fan_out, fan_in): draw in that order
+            # and transpose, so that a seeded generator gives torch's weights.
+            weight = torch.empty(fan_out, fan_in, dtype=dtype).uniform_(-bound, bound, generator=generator)
+            bias = torch.empty(n_bias, dtype=dtype).uniform_(-bound, bound, generator=generator)
+            parts += [weight.t().reshape(-1), bias]
+        return torch.cat(parts)
+
+    def _split(self, theta):
+        return [c.view(shape) for c, shape in zip(torch.split(theta, self._numels), self._shapes)]
 
     def to_torch_module(self, theta):
-        """Return an equivalent ``torch.nn.Sequential`` holding ``theta`` (for users)."""
-        layers = []
+        """An equivalent ``torch.nn.Sequential`` holding the flat weights ``theta``."""
         acts = {"identity": nn.Identity, "logistic": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
-        for i, (w_off, b_off, fan_in, fan_out) in enumerate(self._layout):
-            linear = nn.Linear(fan_in, fan_out)
+        tensors = self._split(theta.detach().cpu())
+        layers = []
+        n_layers = len(self.layer_sizes) - 1
+        for i in range(n_layers):
+            weight, bias = tensors[2 * i], tensors[2 * i + 1]
+            linear = nn.Linear(*weight.shape)
             with torch.no_grad():
-                linear.weight.copy_(theta[w_off:b_off].view(fan_in, fan_out).t())
-                linear.bias.copy_(theta[b_off : b_off + fan_out])
+                linear.weight.copy_(weight.t())
+                linear.bias.copy_(bias[0])
             layers.append(linear)
-            if i < len(self._layout) - 1:
+            if i < n_layers - 1:
                 layers.append(acts[self.activation]())
         return nn.Sequential(*layers)
 
-    def _views(self, flat):
-        """Per-layer (weight, bias) views into a ``(n_tasks, n_params)`` tensor."""
-        n = flat.shape[0]
-        views = []
-        for w_off, b_off, fan_in, fan_out in self._layout:
-            weight = flat[:, w_off:b_off].view(n, fan_in, fan_out)
-            bias = flat[:, b_off : b_off + fan_out].view(n, 1, fan_out)
-            views.append((weight, bias))
-        return views
+    # -- per-task copies ----------------------------------------------------
+    def _views(self, flat, n_tasks):
+        sizes = [n_tasks * n for n in self._numels]
+        return [c.view(n_tasks, *shape) for c, shape in zip(torch.split(flat, sizes), self._shapes)]
 
-    def forward(self, flat, x, keep_hidden=False):
+    def workspace(self, n_tasks, theta):
+        """Buffers for ``n_tasks`` copies of weights shaped like ``theta``."""
+        params = theta.new_empty(n_tasks * self.n_params)
+        grad = torch.empty_like(params)
+        return Workspace(n_tasks, params, grad, self._views(params, n_tasks), self._views(grad, n_tasks))
+
+    def broadcast(self, theta, ws):
+        """Set every task's weights to ``theta``."""
+        for view, part in zip(ws.param_views, self._split(theta)):
+            view.copy_(part.expand_as(view))
+
+    def task_mean(self, ws):
+        """The mean over tasks of the weights, as a flat vector like ``theta``."""
+        if ws.n_tasks == 1:
+            return ws.params
+        return torch.cat([view.mean(0).reshape(-1) for view in ws.param_views])
+
+    def task_params(self, ws, index):
+        """The flat weights of one task."""
+        return torch.cat([view[index].reshape(-1) for view in ws.param_views])
+
+    # -- computation --------------------------------------------------------
+    def forward(self, views, x, keep_hidden=False):
         """Outputs ``(n_tasks, n_points, n_out)`` for inputs ``(n_tasks, n_points, n_in)``."""
         hidden = [x]
         h = x
-        views = self._views(flat)
-        last = len(views) - 1
-        for i, (weight, bias) in enumerate(views):
-            h = torch.baddbmm(bias, h, weight)
+        last = len(views) // 2 - 1
+        for i in range(last + 1):
+            h = torch.baddbmm(views[2 * i + 1], h, views[2 * i])
             if i < last:
-                h = _activate(h, self.activation)
+                h = _activate_(h, self.activation)
             hidden.append(h)
         return hidden if keep_hidden else h
 
-    def gradient(self, flat, x, y, weight, loss, out):
-        """Write d(loss)/d(params) of every task into ``out`` and return the outputs.
+    def predict(self, theta, x):
+        """Outputs of the single network ``theta`` on ``x`` of shape (n_points, n_in)."""
+        views = [t.unsqueeze(0) for t in self._split(theta)]
+        return self.forward(views, x.unsqueeze(0))[0]
 
-        The loss of each task depends only on that task's row of ``flat``, so one
+    def gradient(self, ws, x, y, weight, loss):
+        """Write every task's d(loss)/d(weights) into ``ws.grad``; return the outputs.
+
+        The loss of each task depends only on that task's weights, so one
         backward pass of the summed loss gives every task's own gradient.
         """
-        hidden = self.forward(flat, x, keep_hidden=True)
+        views = ws.param_views
+        hidden = self.forward(views, x, keep_hidden=True)
         grad = loss.output_grad(hidden[-1], y, weight)
-        views = self._views(flat)
-        grad_views = self._views(out)
-        for i in range(len(views) - 1, -1, -1):
-            grad_w, grad_b = grad_views[i]
-            torch.bmm(hidden[i].transpose(1, 2), grad, out=grad_w)
-            torch.sum(grad, dim=1, keepdim=True, out=grad_b)
+        for i in range(len(views) // 2 - 1, -1, -1):
+            torch.bmm(hidden[i].transpose(1, 2), grad, out=ws.grad_views[2 * i])
+            torch.sum(grad, dim=1, keepdim=True, out=ws.grad_views[2 * i + 1])
             if i > 0:
-                grad = torch.bmm(grad, views[i][0].transpose(1, 2))
+                grad = torch.bmm(grad, views[2 * i].transpose(1, 2))
                 grad = _activation_backward(grad, hidden[i], self.activation)
         return hidden[-1]
 
@@ -152,12 +196,12 @@ class BatchedModule:
 
     def __init__(self, module):
         self.module = module
-        named = [(name, p) for name, p in module.named_parameters()]
+        named = list(module.named_parameters())
         self._names = [name for name, _ in named]
         self._shapes = [tuple(p.shape) for _, p in named]
         self._numels = [p.numel() for _, p in named]
         self.n_params = sum(self._numels)
-        self._buffers = {name: b for name, b in module.named_buffers()}
+        self._buffers = dict(module.named_buffers())
 
     def init_params(self, generator=None, dtype=torch.float32):
         """The module's own initial parameters, flattened."""
@@ -165,39 +209,51 @@ class BatchedModule:
             return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).to(dtype)
 
     def to_torch_module(self, theta):
-        """Return a copy of the module holding ``theta``."""
-        import copy
-
+        """A copy of the module holding the flat weights ``theta``."""
         module = copy.deepcopy(self.module).cpu()
         with torch.no_grad():
-            for p, value in zip(module.parameters(), self._unflatten(theta.cpu())):
+            for p, value in zip(module.parameters(), self._unflatten(theta.detach().cpu())):
                 p.copy_(value)
         return module
 
     def _unflatten(self, row):
-        chunks = torch.split(row, self._numels)
-        return [c.view(shape) for c, shape in zip(chunks, self._shapes)]
+        return [c.view(shape) for c, shape in zip(torch.split(row, self._numels), self._shapes)]
 
     def _call(self, row, x):
         params = dict(zip(self._names, self._unflatten(row)))
         buffers = {k: v.to(row.device) for k, v in self._buffers.items()}
         return torch.func.functional_call(self.module, (params, buffers), (x,))
 
-    def forward(self, flat, x):
-        """Outputs of every task's network on that task's inputs."""
-        return torch.vmap(self._call)(flat, x)
+    def workspace(self, n_tasks, theta):
+        """Buffers for ``n_tasks`` copies of weights shaped like ``theta``: one row a task."""
+        params = theta.new_empty(n_tasks, self.n_params)
+        return Workspace(n_tasks, params, torch.empty_like(params))
 
-    def gradient(self, flat, x, y, weight, loss, out):
-        """Write per-task parameter gradients into ``out`` and return the outputs."""
+    def broadcast(self, theta, ws):
+        """Set every task's weights to ``theta``."""
+        ws.params.copy_(theta.expand_as(ws.params))
+
+    def task_mean(self, ws):
+        """The mean over tasks of the weights."""
+        return ws.params.mean(0)
+
+    def task_params(self, ws, index):
+        """The flat weights of one task."""
+        return ws.params[index]
+
+    def predict(self, theta, x):
+        """Outputs of the single network ``theta`` on ``x``."""
+        return self._call(theta, x)
+
+    def gradient(self, ws, x, y, weight, loss):
+        """Write per-task parameter gradients into ``ws.grad`` and return the outputs."""
 
         def task_loss(row, xt, yt, wt):
             outputs = self._call(row, xt)
             return loss.value(outputs, yt, wt), outputs
 
         per_task = torch.func.grad(task_loss, has_aux=True)
-        if torch.is_tensor(weight):
-            grads, outputs = torch.vmap(per_task)(flat, x, y, weight)
-        else:
-            grads, outputs = torch.vmap(per_task, in_dims=(0, 0, 0, None))(flat, x, y, weight)
-        out.copy_(grads)
+        weight_dim = 0 if torch.is_tensor(weight) else None
+        grads, outputs = torch.vmap(per_task, in_dims=(0, 0, 0, weight_dim))(ws.params, x, y, weight)
+        ws.grad.copy_(grads)
         return outputs

@@ -121,12 +121,13 @@ def test_one_reptile_update_against_hand_computation():
         w, b = w - lr * np.mean(2 * err * x[:, 0]), b - lr * np.mean(2 * err)
     net = BatchedMLP((1, 1), "identity")
     theta = torch.tensor([0.5, -0.25])
-    phi = theta[None].clone()
-    optimizer = InnerOptimizer("sgd", lr, phi)
+    ws = net.workspace(1, theta)
+    net.broadcast(theta, ws)
+    optimizer = InnerOptimizer("sgd", lr, ws.params)
     xt = torch.tensor(x, dtype=torch.float32)[None]
     yt = torch.tensor(y, dtype=torch.float32)[None, :, None]
-    adapt(net, SquaredError, phi, xt, yt, 0.5, 2, optimizer, torch.empty_like(phi))
-    theta.lerp_(phi[0], eps)
+    adapt(net, SquaredError, ws, xt, yt, 0.5, 2, optimizer)
+    theta.lerp_(net.task_mean(ws), eps)
     expected = np.array([0.5 + eps * (w - 0.5), -0.25 + eps * (b + 0.25)])
     np.testing.assert_allclose(theta.numpy(), expected, rtol=1e-6)
 
@@ -140,9 +141,10 @@ def test_batched_adaptation_equals_a_per_task_autograd_loop(optimizer, activatio
     theta = net.init_params(torch.Generator().manual_seed(1))
     x = torch.randn(n_tasks, n_points, 3)
     y = torch.randn(n_tasks, n_points, 2)
-    phi = theta.expand(n_tasks, -1).clone()
-    opt = InnerOptimizer(optimizer, 0.05, phi)
-    adapt(net, SquaredError, phi, x, y, 1.0 / n_points, steps, opt, torch.empty_like(phi))
+    ws = net.workspace(n_tasks, theta)
+    net.broadcast(theta, ws)
+    opt = InnerOptimizer(optimizer, 0.05, ws.params)
+    adapt(net, SquaredError, ws, x, y, 1.0 / n_points, steps, opt)
 
     for t in range(n_tasks):
         module = net.to_torch_module(theta)
@@ -155,7 +157,7 @@ def test_batched_adaptation_equals_a_per_task_autograd_loop(optimizer, activatio
             ((module(x[t]) - y[t]) ** 2).mean().backward()
             torch_opt.step()
         expected = _flat_from_demo_model(module)
-        np.testing.assert_allclose(phi[t].numpy(), expected, atol=2e-6)
+        np.testing.assert_allclose(net.task_params(ws, t).numpy(), expected, atol=2e-6)
 
 
 def test_batched_meta_update_moves_towards_the_mean_of_adapted_weights():
@@ -169,11 +171,11 @@ def test_batched_meta_update_moves_towards_the_mean_of_adapted_weights():
     expected = theta.clone()
     phis = []
     for t in range(4):
-        phi = theta[None].clone()
-        opt = InnerOptimizer("sgd", 0.1, phi)
-        adapt(net, SquaredError, phi, x[0, :, t : t + 1], y[0, :, t : t + 1], 0.2, 3, opt,
-              torch.empty_like(phi))
-        phis.append(phi[0])
+        ws = net.workspace(1, theta)
+        net.broadcast(theta, ws)
+        opt = InnerOptimizer("sgd", 0.1, ws.params)
+        adapt(net, SquaredError, ws, x[0, :, t : t + 1], y[0, :, t : t + 1], 0.2, 3, opt)
+        phis.append(net.task_mean(ws).clone())
     expected = expected + 0.5 * (torch.stack(phis).mean(0) - expected)
     meta_train(net, SquaredError, theta, [(x, y, 0.2)], n_meta_iter=1, meta_batch_size=4,
                meta_lr=0.5, meta_lr_schedule="constant", inner_steps=3, inner_optimizer="sgd",
