@@ -258,23 +258,41 @@ class BaseReptile(BaseEstimator):
 
     def _adapt(self, init, X, Y):
         """Adapt a copy of the flat weights ``init`` to ``X`` and ``Y``; return the result."""
+        net = self._net()
+        ws = self._adapt_tasks(init, X[None], Y[None])
+        return net.task_params(ws, 0)
+
+    def _adapt_tasks(self, init, X, Y):
+        """Adapt one copy of ``init`` per task to stacked ``X (n_tasks, n, d)`` and ``Y``.
+
+        All tasks are adapted together, as during meta-training; the result is
+        the workspace holding every task's adapted weights.
+        """
         device = self._device()
         net = self._net()
-        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)[None]
-        y = self._to_tensor((Y - self.y_mean_) / self.y_scale_, device)[None]
+        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
+        y = self._to_tensor((Y - self.y_mean_) / self.y_scale_, device)
         init = self._to_tensor(init, device)
-        ws = net.workspace(1, init)
+        ws = net.workspace(len(X), init)
         net.broadcast(init, ws)
         lr = self.inner_lr if self.adapt_lr is None else self.adapt_lr
         optimizer = _engine.InnerOptimizer(self.inner_optimizer, lr, ws.params)
         with fast_cpu_math():
-            _engine.adapt(net, LOSSES[self._loss], ws, x, y, 1.0 / len(X), self.adapt_steps, optimizer)
-        params = net.task_params(ws, 0)
-        if not bool(torch.isfinite(params).all()):
+            _engine.adapt(
+                net, LOSSES[self._loss], ws, x, y, 1.0 / X.shape[1], self.adapt_steps, optimizer
+            )
+        if not bool(torch.isfinite(ws.params).all()):
             raise FloatingPointError(
                 f"Adaptation diverged (non-finite weights); adapt_lr={lr} is likely too large."
             )
-        return params
+        return ws
+
+    def _predict_tasks(self, ws, X):
+        """Predictions, in scaled units, of every adapted task of ``ws`` on stacked ``X``."""
+        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, ws.params.device)
+        with torch.no_grad(), fast_cpu_math():
+            out = self._net().forward_tasks(ws, x)
+        return out.cpu().numpy().astype(np.float64)
 
     def _predict_scaled(self, X):
         check_is_fitted(self)
@@ -327,4 +345,3 @@ class BaseReptile(BaseEstimator):
         """The adapted network as a plain ``torch.nn.Module`` on the CPU."""
         check_is_fitted(self)
         return self._net().to_torch_module(torch.as_tensor(self.params_))
-

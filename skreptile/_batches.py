@@ -73,7 +73,11 @@ def build_minibatches(rng, tasks, n_iters, meta_batch_size, n_steps, batch_size)
             weight = 1.0 / widest
         else:
             weight = _to_layout(weight, n_iters, meta_batch_size)
-    return _to_layout(xb, n_iters, meta_batch_size), _to_layout(yb, n_iters, meta_batch_size), weight
+    return (
+        _to_layout(xb, n_iters, meta_batch_size),
+        _to_layout(yb, n_iters, meta_batch_size),
+        weight,
+    )
 
 
 def _to_layout(arr, n_iters, meta_batch_size):

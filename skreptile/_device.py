@@ -35,7 +35,9 @@ def resolve_device(device):
         if mps is None or not mps.is_available():
             raise ValueError(f"device={device!r} was requested but MPS is not available.")
     elif resolved.type != "cpu":
-        raise ValueError(f"device={device!r}: only 'cpu', 'cuda[:N]', 'mps' and 'auto' are supported.")
+        raise ValueError(
+            f"device={device!r}: only 'cpu', 'cuda[:N]', 'mps' and 'auto' are supported."
+        )
     return resolved
 
 

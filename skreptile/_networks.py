@@ -98,7 +98,9 @@ class BatchedMLP:
             bound = 1.0 / math.sqrt(fan_in)
             # nn.Linear draws its weight as (fan_out, fan_in): draw in that order
             # and transpose, so that a seeded generator gives torch's weights.
-            weight = torch.empty(fan_out, fan_in, dtype=dtype).uniform_(-bound, bound, generator=generator)
+            weight = torch.empty(fan_out, fan_in, dtype=dtype).uniform_(
+                -bound, bound, generator=generator
+            )
             bias = torch.empty(n_bias, dtype=dtype).uniform_(-bound, bound, generator=generator)
             parts += [weight.t().reshape(-1), bias]
         return torch.cat(parts)
@@ -132,7 +134,9 @@ class BatchedMLP:
         """Buffers for ``n_tasks`` copies of weights shaped like ``theta``."""
         params = theta.new_empty(n_tasks * self.n_params)
         grad = torch.empty_like(params)
-        return Workspace(n_tasks, params, grad, self._views(params, n_tasks), self._views(grad, n_tasks))
+        return Workspace(
+            n_tasks, params, grad, self._views(params, n_tasks), self._views(grad, n_tasks)
+        )
 
     def broadcast(self, theta, ws):
         """Set every task's weights to ``theta``."""
@@ -161,6 +165,10 @@ class BatchedMLP:
                 h = _activate_(h, self.activation)
             hidden.append(h)
         return hidden if keep_hidden else h
+
+    def forward_tasks(self, ws, x):
+        """Outputs of every task's network on that task's inputs ``(n_tasks, n_points, n_in)``."""
+        return self.forward(ws.param_views, x)
 
     def predict(self, theta, x):
         """Outputs of the single network ``theta`` on ``x`` of shape (n_points, n_in)."""
@@ -241,6 +249,10 @@ class BatchedModule:
         """The flat weights of one task."""
         return ws.params[index]
 
+    def forward_tasks(self, ws, x):
+        """Outputs of every task's network on that task's inputs."""
+        return torch.vmap(self._call)(ws.params, x)
+
     def predict(self, theta, x):
         """Outputs of the single network ``theta`` on ``x``."""
         return self._call(theta, x)
@@ -254,6 +266,8 @@ class BatchedModule:
 
         per_task = torch.func.grad(task_loss, has_aux=True)
         weight_dim = 0 if torch.is_tensor(weight) else None
-        grads, outputs = torch.vmap(per_task, in_dims=(0, 0, 0, weight_dim))(ws.params, x, y, weight)
+        grads, outputs = torch.vmap(per_task, in_dims=(0, 0, 0, weight_dim))(
+            ws.params, x, y, weight
+        )
         ws.grad.copy_(grads)
         return outputs

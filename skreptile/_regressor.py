@@ -39,7 +39,9 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     meta_batch_size : int, default=8
         Tasks per meta-iteration; 1 is the serial algorithm.
     meta_lr : float, default=1.0
-        Outer step size ``eps`` at the first meta-iteration.
+        Outer step size ``eps`` at the first meta-iteration.  With several tasks
+        per meta-iteration, 1.0 moves ``theta`` to the mean of their adapted
+        weights; the serial algorithm of the paper uses 0.1.
     meta_lr_schedule : {"linear", "constant"}, default="linear"
         "linear" anneals ``eps`` linearly to 0 over ``n_meta_iter``, as in the paper.
     inner_steps : int, default=5
@@ -47,8 +49,8 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     inner_batch_size : int or None, default=10
         Points per inner step, visited in shuffled passes over the task; None
         uses all of a task's points at every step.
-    inner_lr : float, default=0.02
-        Step size of the inner optimiser.
+    inner_lr : float, default=0.1
+        Step size of the inner optimiser (on standardised data).
     inner_optimizer : {"sgd", "adam"}, default="sgd"
         Inner optimiser; "adam" uses ``beta1 = 0`` as in the paper, its state
         reset for every task.
@@ -114,7 +116,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         meta_lr_schedule="linear",
         inner_steps=5,
         inner_batch_size=10,
-        inner_lr=0.02,
+        inner_lr=0.1,
         inner_optimizer="sgd",
         adapt_steps=32,
         adapt_lr=None,

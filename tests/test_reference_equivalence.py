@@ -30,7 +30,9 @@ def _sine_tasks(n_tasks, seed):
 
 
 def _demo_model_from_flat(theta):
-    model = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    model = nn.Sequential(
+        nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+    )
     net = BatchedMLP((1, 64, 64, 1), "tanh")
     reference = net.to_torch_module(torch.as_tensor(theta))
     model.load_state_dict(reference.state_dict())
@@ -100,7 +102,9 @@ def test_serial_mode_matches_the_original_demo_step_for_step(monkeypatch):
         device="cpu",
         random_state=0,
     )
-    theta0 = ReptileRegressor(**{**params, "n_meta_iter": 0}).meta_fit(_sine_tasks(1, 0)).meta_params_
+    theta0 = (
+        ReptileRegressor(**{**params, "n_meta_iter": 0}).meta_fit(_sine_tasks(1, 0)).meta_params_
+    )
     monkeypatch.setattr(batches_module, "minibatch_indices", fixed_indices)
     model = ReptileRegressor(**params).meta_fit(lambda rng: next(task_iter))
 
@@ -177,7 +181,17 @@ def test_batched_meta_update_moves_towards_the_mean_of_adapted_weights():
         adapt(net, SquaredError, ws, x[0, :, t : t + 1], y[0, :, t : t + 1], 0.2, 3, opt)
         phis.append(net.task_mean(ws).clone())
     expected = expected + 0.5 * (torch.stack(phis).mean(0) - expected)
-    meta_train(net, SquaredError, theta, [(x, y, 0.2)], n_meta_iter=1, meta_batch_size=4,
-               meta_lr=0.5, meta_lr_schedule="constant", inner_steps=3, inner_optimizer="sgd",
-               inner_lr=0.1)
+    meta_train(
+        net,
+        SquaredError,
+        theta,
+        [(x, y, 0.2)],
+        n_meta_iter=1,
+        meta_batch_size=4,
+        meta_lr=0.5,
+        meta_lr_schedule="constant",
+        inner_steps=3,
+        inner_optimizer="sgd",
+        inner_lr=0.1,
+    )
     np.testing.assert_allclose(theta.numpy(), expected.numpy(), atol=1e-6)

@@ -107,9 +107,7 @@ def _check_matches(where, n_features, n_outputs, expected):
     if expected is None:
         return
     if n_features != expected[0]:
-        raise TaskError(
-            f"{where} has {n_features} features, but earlier tasks have {expected[0]}."
-        )
+        raise TaskError(f"{where} has {n_features} features, but earlier tasks have {expected[0]}.")
     if n_outputs != expected[1]:
         raise TaskError(f"{where} has {n_outputs} outputs, but earlier tasks have {expected[1]}.")
 

@@ -1,0 +1,152 @@
+"""Bad input gets a clear error, and a failed meta_fit leaves the estimator as it was."""
+
+import numpy as np
+import pytest
+
+import skreptile._engine as engine_module
+from skreptile import ReptileRegressor, SineTaskSampler, TaskError
+
+FAST = dict(n_meta_iter=20, meta_batch_size=2, device="cpu", random_state=0)
+
+
+def _good_task(n=10, d=1):
+    x = np.linspace(-1, 1, n * d).reshape(n, d)
+    return x, x.sum(axis=1)
+
+
+@pytest.mark.parametrize(
+    "bad_task, message",
+    [
+        ((np.array([[1.0], [np.nan], [2.0]]), np.ones(3)), "Task 1: .*NaN"),
+        ((np.ones((3, 1)), np.array([1.0, np.inf, 0.0])), "Task 1: .*infinity"),
+        ((np.ones((0, 1)), np.ones(0)), "Task 1: .*0 sample"),
+        ((np.ones(5), np.ones(5)), "Task 1: .*Expected 2D array"),
+        ((np.ones((5, 1)), np.ones(4)), "Task 1: .*different numbers of points \\(5 and 4\\)"),
+        ((np.ones((5, 2)), np.ones(5)), "Task 1 has 2 features, but earlier tasks have 1"),
+        ((np.ones((1, 1)), np.ones(1)), "Task 1 has 1 point"),
+        ((np.ones((5, 1)), np.ones((5, 2))), "Task 1 has 2 outputs"),
+        ((np.ones((5, 1)), np.ones((5, 1, 1))), "Task 1: .*"),
+        (None, "Task 1: a task sampler must return a pair \\(X, y\\), got NoneType"),
+        ((np.ones((5, 1)),), "Task 1: .*pair.*length 1"),
+    ],
+)
+def test_bad_tasks_from_a_sequence_are_named(bad_task, message):
+    with pytest.raises(TaskError, match=message):
+        ReptileRegressor(**FAST).meta_fit([_good_task(), bad_task])
+
+
+def test_bad_task_from_a_callable_is_named_by_its_draw():
+    calls = []
+
+    def sampler(rng):
+        calls.append(1)
+        if len(calls) == 4:
+            return np.ones((5, 1)), np.full(5, np.nan)
+        return _good_task()
+
+    with pytest.raises(TaskError, match="Task 3: .*NaN"):
+        ReptileRegressor(**FAST).meta_fit(sampler)
+
+
+def test_bad_batched_sampler_output_is_reported():
+    class Broken(SineTaskSampler):
+        def sample_batch(self, rng, n_tasks):
+            X, y = super().sample_batch(rng, n_tasks)
+            y[2, 5] = np.nan
+            return X, y
+
+    with pytest.raises(TaskError, match="Task 2: y contains NaN"):
+        ReptileRegressor(**FAST).meta_fit(Broken(random_state=0))
+
+    class WrongShape(SineTaskSampler):
+        def sample_batch(self, rng, n_tasks):
+            X, y = super().sample_batch(rng, n_tasks)
+            return X[:, :, 0], y
+
+    with pytest.raises(TaskError, match="sample_batch must return X of shape"):
+        ReptileRegressor(**FAST).meta_fit(WrongShape(random_state=0))
+
+
+@pytest.mark.parametrize("sampler", [42, "tasks", object()])
+def test_something_that_is_not_a_sampler(sampler):
+    with pytest.raises(TypeError, match="task_sampler must be"):
+        ReptileRegressor(**FAST).meta_fit(sampler)
+
+
+def test_empty_sequence_of_tasks():
+    with pytest.raises(TaskError, match="empty"):
+        ReptileRegressor(**FAST).meta_fit([])
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(n_meta_iter=-1), "n_meta_iter"),
+        (dict(meta_lr=0), "meta_lr"),
+        (dict(activation="softsign"), "activation"),
+        (dict(inner_optimizer="rmsprop"), "inner_optimizer"),
+        (dict(hidden_layer_sizes=(64, 0)), "hidden_layer_sizes"),
+        (dict(device="tpu"), "device"),
+    ],
+)
+def test_bad_parameters_are_reported_at_meta_fit_not_init(params, message):
+    model = ReptileRegressor(**{**FAST, **params})  # no error yet
+    with pytest.raises(ValueError, match=message):
+        model.meta_fit([_good_task()])
+
+
+def test_unavailable_cuda_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ReptileRegressor(**{**FAST, "device": "cuda"}).meta_fit([_good_task()])
+
+
+def test_fit_checks_its_data():
+    model = ReptileRegressor(**FAST).meta_fit([_good_task(d=2)])
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(np.array([[1.0, np.nan]]), np.ones(1))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        model.fit(np.ones((3, 2)), np.ones(4))
+    with pytest.raises(ValueError, match="expects 2"):
+        model.fit(np.ones((3, 3)), np.ones(3))
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        model.fit(np.ones(3), np.ones(3))
+
+
+def test_diverging_meta_training_raises_and_leaves_the_model_unchanged():
+    model = ReptileRegressor(**FAST).meta_fit(SineTaskSampler(random_state=0))
+    before = model.meta_params_.copy()
+    model.set_params(inner_lr=1e6, standardize=False)
+    with pytest.raises(FloatingPointError, match="diverged.*inner_lr=1000000"):
+        model.meta_fit(SineTaskSampler(random_state=0))
+    np.testing.assert_array_equal(model.meta_params_, before)
+    assert model.inner_lr == 1e6  # the parameters are the user's, untouched
+
+
+def test_keyboard_interrupt_keeps_the_last_completed_meta_iteration(monkeypatch):
+    tasks = [_good_task(n=12) for _ in range(3)]
+    rng = np.random.default_rng(0)
+    tasks = [(X, y + rng.normal(size=len(y))) for X, y in tasks]
+
+    def sampler(rng):
+        return tasks[rng.integers(3)]
+
+    # Unscaled, so that the scaling statistics do not depend on n_meta_iter.
+    params = dict(FAST, meta_lr_schedule="constant", n_meta_iter=20, standardize=False)
+    real_meta_lr_at = engine_module.meta_lr_at
+
+    def interrupt_at_7(meta_lr, schedule, iteration, n_meta_iter):
+        if iteration == 7:
+            raise KeyboardInterrupt
+        return real_meta_lr_at(meta_lr, schedule, iteration, n_meta_iter)
+
+    monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at_7)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        interrupted = ReptileRegressor(**params).meta_fit(sampler)
+    monkeypatch.setattr(engine_module, "meta_lr_at", real_meta_lr_at)
+    seven = ReptileRegressor(**{**params, "n_meta_iter": 7}).meta_fit(sampler)
+    eight = ReptileRegressor(**{**params, "n_meta_iter": 8}).meta_fit(sampler)
+    np.testing.assert_allclose(interrupted.meta_params_, seven.meta_params_, atol=1e-7)
+    assert not np.allclose(interrupted.meta_params_, eight.meta_params_)
