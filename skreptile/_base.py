@@ -12,6 +12,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -49,6 +50,30 @@ def _concat_points(tasks):
     if isinstance(tasks, tuple):
         return tasks
     return np.concatenate([X for X, _ in tasks]), np.concatenate([y for _, y in tasks])
+
+
+def _check_adaptation(loss_before, loss_after, lr):
+    """Fail loudly when adaptation diverged instead of returning garbage predictions.
+
+    Non-finite weights raise; a support loss that grew (gradient descent with a
+    step size above the curvature's limit) warns, naming the step size.
+    """
+    if not bool(torch.isfinite(loss_after).all()):
+        raise FloatingPointError(
+            f"Adaptation diverged (non-finite loss on the training points); "
+            f"adapt_lr={lr} is likely too large."
+        )
+    grew = loss_after > 1.5 * loss_before + 1e-6
+    if bool(grew.any()):
+        n_grew, n_tasks = int(grew.sum()), grew.numel()
+        which = "the task" if n_tasks == 1 else f"{n_grew} of {n_tasks} tasks"
+        warnings.warn(
+            f"Adaptation increased the loss on the training points of {which} "
+            f"(step size adapt_lr={lr} is likely too large for this initialisation; "
+            "a longer meta_fit or a smaller adapt_lr helps).",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
 
 
 class BaseReptile(BaseEstimator):
@@ -159,7 +184,6 @@ class BaseReptile(BaseEstimator):
         X_all, y_all = _concat_points(stats_tasks)
         n_features, n_outputs = stream.signature
         x_mean, x_scale, y_mean, y_scale = _scale_stats(X_all, y_all, self.standardize)
-        del X_all, y_all, stats_tasks
 
         net, theta = self._build_net(n_features, n_outputs, int(init_seed))
         theta = theta.to(device)
@@ -170,8 +194,11 @@ class BaseReptile(BaseEstimator):
 
         completed = 0
         progress = self._progress_bar()
+        work = net.work(
+            self.meta_batch_size, self.inner_batch_size or len(X_all) // len(stats_tasks)
+        )
         try:
-            with fast_cpu_math():
+            with fast_cpu_math(device, work):
                 completed = _engine.meta_train(
                     net,
                     loss,
@@ -277,20 +304,19 @@ class BaseReptile(BaseEstimator):
         net.broadcast(init, ws)
         lr = self.inner_lr if self.adapt_lr is None else self.adapt_lr
         optimizer = _engine.InnerOptimizer(self.inner_optimizer, lr, ws.params)
-        with fast_cpu_math():
-            _engine.adapt(
-                net, LOSSES[self._loss], ws, x, y, 1.0 / X.shape[1], self.adapt_steps, optimizer
-            )
-        if not bool(torch.isfinite(ws.params).all()):
-            raise FloatingPointError(
-                f"Adaptation diverged (non-finite weights); adapt_lr={lr} is likely too large."
-            )
+        loss = LOSSES[self._loss]
+        weight = 1.0 / X.shape[1]
+        with fast_cpu_math(device, net.work(*X.shape[:2])), torch.no_grad():
+            loss_before = loss.value(net.forward_tasks(ws, x), y, weight)
+            _engine.adapt(net, loss, ws, x, y, weight, self.adapt_steps, optimizer)
+            loss_after = loss.value(net.forward_tasks(ws, x), y, weight)
+        _check_adaptation(loss_before, loss_after, lr)
         return ws
 
     def _predict_tasks(self, ws, X):
         """Predictions, in scaled units, of every adapted task of ``ws`` on stacked ``X``."""
         x = self._to_tensor((X - self.x_mean_) / self.x_scale_, ws.params.device)
-        with torch.no_grad(), fast_cpu_math():
+        with torch.no_grad(), fast_cpu_math(x.device, self._net().work(*X.shape[:2])):
             out = self._net().forward_tasks(ws, x)
         return out.cpu().numpy().astype(np.float64)
 
@@ -302,7 +328,7 @@ class BaseReptile(BaseEstimator):
         if params is None or params.device != device:
             params = cache["params"] = self._to_tensor(self.params_, device)
         x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
-        with torch.no_grad(), fast_cpu_math():
+        with torch.no_grad(), fast_cpu_math(device, self._net().work(1, len(X))):
             out = self._net().predict(params, x)
         return out.cpu().numpy().astype(np.float64)
 

@@ -41,23 +41,41 @@ def resolve_device(device):
     return resolved
 
 
+_TINY = torch.tensor([1e-30], dtype=torch.float32)
+
+
 def _flush_denormal_enabled():
     # torch has no getter: a denormal product comes out as zero when flushing is on.
-    tiny = torch.tensor([1e-30], dtype=torch.float32)
-    return bool((tiny * 1e-10).item() == 0.0)
+    return bool(torch.mul(_TINY, 1e-10).item() == 0.0)
+
+
+# Below this many multiply-adds per matrix product, a second CPU thread costs
+# more in synchronisation than it saves (measured in benchmarks/, 2-core machine).
+SINGLE_THREAD_WORK = 1 << 20
 
 
 @contextlib.contextmanager
-def fast_cpu_math():
-    """Flush denormal floats to zero for the duration of a computation.
+def fast_cpu_math(device=None, work=0):
+    """Fast CPU arithmetic for the duration of a computation.
 
-    Tanh networks trained for long drift into denormal numbers, which the CPU
-    handles tens of times slower than normal ones.  Flushing them changes no
-    result that matters.  The caller's setting is restored afterwards.
+    * Denormal floats are flushed to zero: tanh networks trained for long drift
+      into denormal numbers, which the CPU handles tens of times slower than
+      normal ones, and flushing them changes no result that matters.
+    * Products smaller than ``SINGLE_THREAD_WORK`` multiply-adds (``work``) run
+      on one thread: for tiny matrices, waking and joining a second thread costs
+      more than the arithmetic, and far more when another process holds a core.
+
+    The caller's settings are restored afterwards.
     """
     was_enabled = _flush_denormal_enabled()
+    threads = torch.get_num_threads()
+    on_cpu = device is None or torch.device(device).type == "cpu"
     torch.set_flush_denormal(True)
+    if on_cpu and work < SINGLE_THREAD_WORK and threads > 1:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_flush_denormal(was_enabled)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

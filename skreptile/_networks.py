@@ -125,6 +125,10 @@ class BatchedMLP:
                 layers.append(acts[self.activation]())
         return nn.Sequential(*layers)
 
+    def work(self, n_tasks, n_points):
+        """Multiply-adds of the largest matrix product for one step (to pick thread counts)."""
+        return n_tasks * n_points * max(a * b for a, b in self._shapes[::2])
+
     # -- per-task copies ----------------------------------------------------
     def _views(self, flat, n_tasks):
         sizes = [n_tasks * n for n in self._numels]
@@ -231,6 +235,10 @@ class BatchedModule:
         params = dict(zip(self._names, self._unflatten(row)))
         buffers = {k: v.to(row.device) for k, v in self._buffers.items()}
         return torch.func.functional_call(self.module, (params, buffers), (x,))
+
+    def work(self, n_tasks, n_points):
+        """A rough size of one step's work (to pick thread counts)."""
+        return n_tasks * n_points * self.n_params
 
     def workspace(self, n_tasks, theta):
         """Buffers for ``n_tasks`` copies of weights shaped like ``theta``: one row a task."""

@@ -150,3 +150,19 @@ def test_keyboard_interrupt_keeps_the_last_completed_meta_iteration(monkeypatch)
     eight = ReptileRegressor(**{**params, "n_meta_iter": 8}).meta_fit(sampler)
     np.testing.assert_allclose(interrupted.meta_params_, seven.meta_params_, atol=1e-7)
     assert not np.allclose(interrupted.meta_params_, eight.meta_params_)
+
+
+def test_diverging_adaptation_warns_instead_of_returning_garbage_silently():
+    from sklearn.exceptions import ConvergenceWarning
+
+    model = ReptileRegressor(**FAST).meta_fit(SineTaskSampler(random_state=0))
+    X = np.linspace(-5, 5, 10)[:, None]
+    y = 4 * np.sin(X[:, 0])
+    model.set_params(adapt_lr=0.05).fit(X, y)  # a sane step: no warning
+    with pytest.warns(ConvergenceWarning, match="adapt_lr=50.0"):
+        try:
+            model.set_params(adapt_lr=50.0, adapt_steps=3).fit(X, y)
+        except FloatingPointError:
+            pytest.fail("three steps should grow the loss, not overflow it")
+    with pytest.raises(FloatingPointError, match="adapt_lr=1e\\+20"):
+        model.set_params(adapt_lr=1e20, adapt_steps=50).fit(X, y)

@@ -102,7 +102,12 @@ def test_tasks_of_different_sizes_are_masked_not_mixed():
     rng = np.random.default_rng(0)
     tasks = [(rng.normal(size=(n, 2)), rng.normal(size=n)) for n in (4, 7, 10)]
     common = dict(
-        hidden_layer_sizes=(8,), standardize=False, device="cpu", random_state=0, inner_lr=0.1
+        hidden_layer_sizes=(8,),
+        standardize=False,
+        device="cpu",
+        random_state=0,
+        inner_lr=0.1,
+        adapt_lr=None,
     )
     model = ReptileRegressor(
         n_meta_iter=1,
