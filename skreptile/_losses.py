@@ -5,6 +5,8 @@ Every loss is a weighted sum over a task's points: ``weight`` is ``1 / n_points`
 ``(n_tasks, n_points, 1)`` tensor with zeros on padding when they do not.
 """
 
+import torch
+
 
 class SquaredError:
     """Mean squared error over points and outputs, as ``(f(x) - y).pow(2).mean()``."""
@@ -17,12 +19,13 @@ class SquaredError:
         return ((outputs - y).pow(2) * weight).sum((-2, -1)) / outputs.shape[-1]
 
     @staticmethod
-    def output_grad(outputs, y, weight):
-        """d(loss)/d(outputs) for every task at once."""
+    def output_grad(outputs, y, weight, out=None):
+        """d(loss)/d(outputs) for every task at once (into ``out`` when given)."""
         scale = 2.0 / outputs.shape[-1]
+        diff = torch.sub(outputs, y, out=out) if out is not None else outputs - y
         if isinstance(weight, float):
-            return (outputs - y).mul_(scale * weight)
-        return (outputs - y).mul_(weight).mul_(scale)
+            return diff.mul_(scale * weight)
+        return diff.mul_(weight).mul_(scale)
 
 
 LOSSES = {"squared_error": SquaredError}

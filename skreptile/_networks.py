@@ -39,15 +39,14 @@ def _activate_(z, activation):
     return z
 
 
-def _activation_backward(grad, h, activation):
-    """``grad`` times the activation's derivative, from the activation's output ``h``."""
-    # The fused aten kernels do this in one pass instead of three.
+def _activation_backward_(grad, h, activation):
+    """In place: ``grad`` times the activation's derivative at output ``h``."""
     if activation == "tanh":
-        return _aten.tanh_backward(grad, h)
+        return _aten.tanh_backward.grad_input(grad, h, grad_input=grad)
     if activation == "relu":
-        return _aten.threshold_backward(grad, h, 0)
+        return grad.masked_fill_(h <= 0, 0.0)
     if activation == "logistic":
-        return _aten.sigmoid_backward(grad, h)
+        return _aten.sigmoid_backward.grad_input(grad, h, grad_input=grad)
     return grad
 
 
@@ -67,6 +66,7 @@ class Workspace:
         self.grad = grad
         self.param_views = param_views
         self.grad_views = grad_views
+        self.scratch = {}
 
 
 class BatchedMLP:
@@ -179,22 +179,48 @@ class BatchedMLP:
         views = [t.unsqueeze(0) for t in self._split(theta)]
         return self.forward(views, x.unsqueeze(0))[0]
 
+    def _scratch(self, ws, x):
+        """Preallocated activations and their gradients for inputs shaped like ``x``.
+
+        The inner loop runs the same shapes thousands of times; writing into the
+        same buffers avoids an allocation per operation per step.
+        """
+        key = (tuple(x.shape[:2]), x.dtype, x.device)
+        scratch = ws.scratch.get(key)
+        if scratch is None:
+            n_tasks, n_points = x.shape[:2]
+            widths = [fan_out for _, fan_out in self._shapes[::2]]
+            scratch = (
+                [x.new_empty(n_tasks, n_points, w) for w in widths],
+                [x.new_empty(n_tasks, n_points, w) for w in widths],
+            )
+            ws.scratch[key] = scratch
+        return scratch
+
     def gradient(self, ws, x, y, weight, loss):
         """Write every task's d(loss)/d(weights) into ``ws.grad``; return the outputs.
 
         The loss of each task depends only on that task's weights, so one
-        backward pass of the summed loss gives every task's own gradient.
+        backward pass of the summed loss gives every task's own gradient.  The
+        returned outputs live in a scratch buffer overwritten by the next call.
         """
         views = ws.param_views
-        hidden = self.forward(views, x, keep_hidden=True)
-        grad = loss.output_grad(hidden[-1], y, weight)
-        for i in range(len(views) // 2 - 1, -1, -1):
-            torch.bmm(hidden[i].transpose(1, 2), grad, out=ws.grad_views[2 * i])
+        outs, grads = self._scratch(ws, x)
+        last = len(outs) - 1
+        h = x
+        for i in range(last + 1):
+            h = torch.baddbmm(views[2 * i + 1], h, views[2 * i], out=outs[i])
+            if i < last:
+                _activate_(h, self.activation)
+        grad = loss.output_grad(outs[last], y, weight, out=grads[last])
+        for i in range(last, -1, -1):
+            inputs = outs[i - 1] if i > 0 else x
+            torch.bmm(inputs.transpose(1, 2), grad, out=ws.grad_views[2 * i])
             torch.sum(grad, dim=1, keepdim=True, out=ws.grad_views[2 * i + 1])
             if i > 0:
-                grad = torch.bmm(grad, views[2 * i].transpose(1, 2))
-                grad = _activation_backward(grad, hidden[i], self.activation)
-        return hidden[-1]
+                back = torch.bmm(grad, views[2 * i].transpose(1, 2), out=grads[i - 1])
+                grad = _activation_backward_(back, outs[i - 1], self.activation)
+        return outs[last]
 
 
 class BatchedModule:
