@@ -20,6 +20,7 @@ from ._batches import build_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
+from ._state import LearnedStateMixin
 from .tasks._base import TaskStream, seed_from_random_state, stack_if_equal
 
 # The first meta-training tasks, over which the scaling statistics are gathered.
@@ -51,7 +52,7 @@ def _concat_points(tasks):
     return np.concatenate([X for X, _ in tasks]), np.concatenate([y for _, y in tasks])
 
 
-class BaseReptile(BaseEstimator):
+class BaseReptile(LearnedStateMixin, BaseEstimator):
     """Shared implementation of :class:`ReptileRegressor` (and later classifiers)."""
 
     _loss = "squared_error"
@@ -116,17 +117,13 @@ class BaseReptile(BaseEstimator):
     def _device(self):
         cache = self.__dict__.setdefault("_cache", {})
         if cache.get("device_param") != str(self.device):
-            cache["device"] = resolve_device(self.device)
+            # A model loaded where its device is missing runs on the CPU (see _state.py).
+            cache["device"] = self._device_of_fallback() or resolve_device(self.device)
             cache["device_param"] = str(self.device)
         return cache["device"]
 
     def _to_tensor(self, array, device):
         return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_cache", None)  # torch objects are rebuilt after loading
-        return state
 
     # -------------------------------------------------------------- meta_fit
     def meta_fit(self, task_sampler):
@@ -250,6 +247,7 @@ class BaseReptile(BaseEstimator):
         self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling
         self.n_features_meta_ = n_features
         self.n_outputs_ = n_outputs
+        self.meta_config_ = self._meta_config()
         self._cache = {"net": net, "device": device, "device_param": str(self.device)}
 
     # ------------------------------------------------------------------- fit
@@ -296,6 +294,7 @@ class BaseReptile(BaseEstimator):
 
     def _predict_scaled(self, X):
         check_is_fitted(self)
+        self._check_meta_config()
         device = self._device()
         cache = self.__dict__.setdefault("_cache", {})
         params = cache.get("params")
@@ -309,6 +308,13 @@ class BaseReptile(BaseEstimator):
     def __sklearn_is_fitted__(self):
         # Meta-fitted is not fitted: predictions come only after adaptation.
         return hasattr(self, "params_")
+
+    def _check_fit_preconditions(self):
+        """Fail before the estimator changes: bad parameters, a missing device, or
+        a parameter that shaped the meta-learned initialisation changed since."""
+        self._validate_params()
+        self._device()
+        self._check_meta_config()
 
     def _fit_scaled(self, X, Y):
         """Adapt to ``X`` and 2-D ``Y`` (already validated) and store ``params_``."""
@@ -335,7 +341,7 @@ class BaseReptile(BaseEstimator):
                 X, Y, self.standardize
             )
             self.n_outputs_ = Y.shape[1]
-            self.__dict__["_cache"] = {"net": net}
+            self._cache["net"] = net
         params = self._adapt(init, X, Y)
         self.params_ = params.detach().cpu().numpy().copy()
         self._cache["params"] = params

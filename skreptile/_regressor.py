@@ -161,7 +161,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self : object
             The adapted estimator.
         """
-        self._validate_params()
+        self._check_fit_preconditions()
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         self._y_1d = y.ndim == 1
         Y = y[:, None] if y.ndim == 1 else y
