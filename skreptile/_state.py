@@ -121,24 +121,20 @@ class LearnedStateMixin:
         if recorded is None:
             return
         current = self._meta_config()
+        # The architecture is only recorded without a custom module; a change of
+        # module is reported as such.
         changed = [
             name
-            for name in (*recorded, *(k for k in current if k not in recorded))
-            if name not in recorded
-            or name not in current
-            or not _same(recorded[name], current[name])
+            for name in recorded
+            if name in current and not _same(recorded[name], current[name])
         ]
         if not changed:
             return
-
-        def _show(config, name):
-            return f"{name}={config[name]!r}" if name in config else f"{name} unused"
-
         raise ValueError(
             f"{type(self).__name__} was meta-fitted with "
-            + ", ".join(_show(recorded, name) for name in changed)
+            + ", ".join(f"{name}={recorded[name]!r}" for name in changed)
             + ", but now has "
-            + ", ".join(_show(current, name) for name in changed)
+            + ", ".join(f"{name}={current[name]!r}" for name in changed)
             + ". These parameters shape the meta-learned initialisation: call meta_fit "
             "again to learn one for the new values, or set them back. Adaptation "
             "parameters (adapt_steps, adapt_lr, device) can be changed freely."
