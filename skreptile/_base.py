@@ -118,7 +118,8 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         cache = self.__dict__.setdefault("_cache", {})
         if cache.get("device_param") != str(self.device):
             # A model loaded where its device is missing runs on the CPU (see _state.py).
-            cache["device"] = self._device_of_fallback() or resolve_device(self.device)
+            fallback = self._device_of_fallback()
+            cache["device"] = fallback if fallback is not None else resolve_device(self.device)
             cache["device_param"] = str(self.device)
         return cache["device"]
 
@@ -310,8 +311,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         return hasattr(self, "params_")
 
     def _check_fit_preconditions(self):
-        """Fail before the estimator changes: bad parameters, a missing device, or
-        a parameter that shaped the meta-learned initialisation changed since."""
+        """Fail before ``fit`` changes anything: bad parameters, missing device, stale init."""
         self._validate_params()
         self._device()
         self._check_meta_config()
