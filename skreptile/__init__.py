@@ -6,7 +6,15 @@ estimator.
 """
 
 from ._regressor import ReptileRegressor
+from ._state import InconsistentVersionWarning
 from ._version import __version__
 from .tasks import SineTaskSampler, TaskError, TaskSampler
 
-__all__ = ["ReptileRegressor", "SineTaskSampler", "TaskError", "TaskSampler", "__version__"]
+__all__ = [
+    "InconsistentVersionWarning",
+    "ReptileRegressor",
+    "SineTaskSampler",
+    "TaskError",
+    "TaskSampler",
+    "__version__",
+]

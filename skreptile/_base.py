@@ -21,6 +21,7 @@ from ._batches import build_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
+from ._state import LearnedStateMixin
 from .tasks._base import TaskStream, seed_from_random_state, stack_if_equal
 
 # The first meta-training tasks, over which the scaling statistics are gathered.
@@ -76,7 +77,7 @@ def _check_adaptation(loss_before, loss_after, lr):
         )
 
 
-class BaseReptile(BaseEstimator):
+class BaseReptile(LearnedStateMixin, BaseEstimator):
     """Shared implementation of :class:`ReptileRegressor` (and later classifiers)."""
 
     _loss = "squared_error"
@@ -141,17 +142,14 @@ class BaseReptile(BaseEstimator):
     def _device(self):
         cache = self.__dict__.setdefault("_cache", {})
         if cache.get("device_param") != str(self.device):
-            cache["device"] = resolve_device(self.device)
+            # A model loaded where its device is missing runs on the CPU (see _state.py).
+            fallback = self._device_of_fallback()
+            cache["device"] = fallback if fallback is not None else resolve_device(self.device)
             cache["device_param"] = str(self.device)
         return cache["device"]
 
     def _to_tensor(self, array, device):
         return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_cache", None)  # torch objects are rebuilt after loading
-        return state
 
     # -------------------------------------------------------------- meta_fit
     def meta_fit(self, task_sampler):
@@ -277,6 +275,7 @@ class BaseReptile(BaseEstimator):
         self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling
         self.n_features_meta_ = n_features
         self.n_outputs_ = n_outputs
+        self.meta_config_ = self._meta_config()
         self._cache = {"net": net, "device": device, "device_param": str(self.device)}
 
     # ------------------------------------------------------------------- fit
@@ -322,19 +321,33 @@ class BaseReptile(BaseEstimator):
 
     def _predict_scaled(self, X):
         check_is_fitted(self)
+        self._check_meta_config()
         device = self._device()
+        net = self._net()
+        # On the CPU the perceptron predicts in float64: BLAS picks kernels by
+        # matrix size, and in float32 a row's prediction would then depend (at
+        # 1e-6) on how many rows are predicted with it.  It costs microseconds.
+        dtype = torch.float64 if device.type == "cpu" and isinstance(net, BatchedMLP) else None
         cache = self.__dict__.setdefault("_cache", {})
         params = cache.get("params")
         if params is None or params.device != device:
             params = cache["params"] = self._to_tensor(self.params_, device)
         x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
-        with torch.no_grad(), fast_cpu_math(device, self._net().work(1, len(X))):
-            out = self._net().predict(params, x)
+        if dtype is not None:
+            params, x = params.to(dtype), x.to(dtype)
+        with torch.no_grad(), fast_cpu_math(device, net.work(1, len(X))):
+            out = net.predict(params, x)
         return out.cpu().numpy().astype(np.float64)
 
     def __sklearn_is_fitted__(self):
         # Meta-fitted is not fitted: predictions come only after adaptation.
         return hasattr(self, "params_")
+
+    def _check_fit_preconditions(self):
+        """Fail before ``fit`` changes anything: bad parameters, missing device, stale init."""
+        self._validate_params()
+        self._device()
+        self._check_meta_config()
 
     def _fit_scaled(self, X, Y):
         """Adapt to ``X`` and 2-D ``Y`` (already validated) and store ``params_``."""
@@ -361,7 +374,7 @@ class BaseReptile(BaseEstimator):
                 X, Y, self.standardize
             )
             self.n_outputs_ = Y.shape[1]
-            self.__dict__["_cache"] = {"net": net}
+            self._cache["net"] = net
         params = self._adapt(init, X, Y)
         self.params_ = params.detach().cpu().numpy().copy()
         self._cache["params"] = params

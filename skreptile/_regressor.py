@@ -65,7 +65,10 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Standardise inputs and targets with statistics of the meta-training tasks
         (or of the data given to ``fit`` when not meta-fitted), undone at predict.
     device : str or torch.device, default="auto"
-        Where the computation runs: "auto" picks CUDA, then MPS, then the CPU.
+        Where the computation runs: "cpu", "cuda", "cuda:N", "mps", a
+        ``torch.device``, or "auto", which picks CUDA, then MPS, then the CPU.
+        A device that is not available is reported by :meth:`meta_fit` and
+        :meth:`fit`, not when the estimator is created.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, the order of points and, unless the sampler
         has its own seed, the tasks drawn.  Same seed, same result on the CPU.
@@ -84,6 +87,9 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Target standardisation.
     n_features_meta_ : int
         Number of features of the meta-training tasks.
+    meta_config_ : dict
+        The parameters that shaped ``meta_params_``, as :meth:`meta_fit` saw
+        them; :meth:`fit` refuses to adapt if one has changed since.
     n_outputs_ : int
         Number of targets.
     n_features_in_ : int
@@ -95,6 +101,38 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     --------
     skreptile.SineTaskSampler : The sine-wave tasks of the Reptile paper.
     sklearn.neural_network.MLPRegressor : A perceptron trained from scratch.
+    skreptile.pipeline.meta_fit_pipeline : Meta-fit a pipeline, preprocessing frozen.
+
+    Notes
+    -----
+    **Two kinds of learned state.** :meth:`meta_fit` learns the initialisation
+    (``meta_params_``, the scaling statistics, ``meta_config_``); :meth:`fit`
+    adapts a copy of it (``params_``, ``n_features_in_``).  Only :meth:`fit`
+    makes the model fitted for ``check_is_fitted``.
+
+    **Clone, cross-validation, grid search.** ``sklearn.base.clone`` keeps the
+    meta-learned state and drops the adaptation (through
+    ``__sklearn_clone__``), so ``cross_val_score`` and ``GridSearchCV`` on a
+    meta-fitted model adapt every fold from the meta-learned initialisation,
+    in joblib workers too.  The adaptation parameters (``adapt_steps``,
+    ``adapt_lr``, ``device``, ``verbose``, and ``random_state``, which
+    :meth:`fit` only uses without :meth:`meta_fit`) can be changed and searched
+    freely.  The parameters that shaped the initialisation (``module``,
+    ``hidden_layer_sizes`` and ``activation`` without a ``module``,
+    ``standardize``, and the meta-training parameters ``n_meta_iter`` to
+    ``inner_optimizer``) are recorded in ``meta_config_``: once one of them
+    changes, :meth:`fit` and :meth:`predict` raise a ``ValueError`` until
+    :meth:`meta_fit` is called again.  To tune the adaptation step size, use
+    ``adapt_lr`` rather than ``inner_lr``.
+
+    **Persistence.** ``pickle``, ``joblib`` and ``skops.io`` save the learned
+    state as numpy arrays with the skreptile version; the torch network is
+    rebuilt after loading.  A model saved with a device that the loading
+    machine lacks (a CUDA model loaded without CUDA) runs on the CPU, with a
+    warning; a model saved by another version of skreptile loads with an
+    :class:`~skreptile.InconsistentVersionWarning`.  ``module`` is saved by
+    reference, so a lambda or a class defined inside a function cannot be
+    pickled: use a class or a ``functools.partial`` of one defined in a module.
 
     Examples
     --------
@@ -106,6 +144,10 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     >>> model = model.fit(x, 2.0 * np.sin(x[:, 0] + 1.0))
     >>> model.predict(x).shape
     (10,)
+    >>> from sklearn.base import clone
+    >>> fresh = clone(model)  # the meta-learned initialisation, not the adaptation
+    >>> bool(np.array_equal(fresh.meta_params_, model.meta_params_)), hasattr(fresh, "params_")
+    (True, False)
     """
 
     def __init__(
@@ -164,7 +206,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self : object
             The adapted estimator.
         """
-        self._validate_params()
+        self._check_fit_preconditions()
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         self._y_1d = y.ndim == 1
         Y = y[:, None] if y.ndim == 1 else y

@@ -1,0 +1,206 @@
+"""What a Reptile estimator keeps through ``clone``, pickling and parameter changes.
+
+A meta-fitted estimator holds two kinds of learned state:
+
+* the *meta-learned* state, set by ``meta_fit``: the initialisation
+  ``meta_params_``, the scaling statistics and ``meta_config_``, the parameters
+  that shaped them;
+* the *adapted* state, set by ``fit``: ``params_``, ``n_features_in_`` and
+  ``feature_names_in_``.
+
+``clone`` keeps the first and drops the second, so that cross-validation and
+grid search adapt every fold from the meta-learned initialisation.  Pickling
+keeps both, as numpy arrays only: the torch network and the tensors on the
+device are a cache rebuilt after loading.
+"""
+
+import copy
+import warnings
+
+import joblib
+import torch
+
+from ._device import resolve_device
+from ._version import __version__
+
+# Parameters that shape the meta-learned initialisation: changing one after
+# meta_fit makes fit and predict refuse until meta_fit is called again.
+# ``hidden_layer_sizes`` and ``activation`` only count without a custom ``module``.
+ARCHITECTURE_PARAMS = ("hidden_layer_sizes", "activation")
+META_SHAPING_PARAMS = (
+    "module",
+    "standardize",
+    "n_meta_iter",
+    "meta_batch_size",
+    "meta_lr",
+    "meta_lr_schedule",
+    "inner_steps",
+    "inner_batch_size",
+    "inner_lr",
+    "inner_optimizer",
+)
+
+# The learned attributes of meta_fit, which clone keeps.
+META_STATE = (
+    "meta_params_",
+    "meta_config_",
+    "x_mean_",
+    "x_scale_",
+    "y_mean_",
+    "y_scale_",
+    "n_features_meta_",
+    "n_outputs_",
+)
+
+_VERSION_KEY = "_skreptile_version"
+
+
+class InconsistentVersionWarning(UserWarning):
+    """Warning raised when an estimator is loaded with another version of skreptile.
+
+    The learned state of one version is not guaranteed to be valid in another:
+    meta-fit the model again with the installed version where possible.
+
+    Parameters
+    ----------
+    estimator_name : str
+        Class name of the loaded estimator.
+    current_version : str
+        Version of skreptile installed now.
+    original_version : str
+        Version of skreptile that saved the estimator.
+    """
+
+    def __init__(self, *, estimator_name, current_version, original_version):
+        self.estimator_name = estimator_name
+        self.current_version = current_version
+        self.original_version = original_version
+
+    def __str__(self):
+        return (
+            f"Loading {self.estimator_name} saved with skreptile {self.original_version} "
+            f"using skreptile {self.current_version}. The learned state may not be valid "
+            "in this version; meta-fit the model again with it where possible."
+        )
+
+
+def _same(a, b):
+    """Whether two parameter values are the same, also across copies and pickling."""
+    if a is b:
+        return True
+    try:
+        if bool(a == b):
+            return True
+    except Exception:  # comparisons of arrays and exotic objects
+        pass
+    # Copies of a functools.partial (clone deep-copies parameters) are not ==,
+    # but pickle to the same bytes; a lambda cannot be hashed and is only itself.
+    try:
+        return joblib.hash(a) == joblib.hash(b)
+    except Exception:
+        return False
+
+
+class LearnedStateMixin:
+    """``clone``, pickling and parameter-change semantics of the Reptile estimators."""
+
+    # ------------------------------------------------------- meta-shaping params
+    def _meta_config(self):
+        """The current values of the parameters that shape the meta-learned weights."""
+        config = {}
+        if self.module is None:
+            config["hidden_layer_sizes"] = self._hidden_sizes()
+            config["activation"] = self.activation
+        for name in META_SHAPING_PARAMS:
+            config[name] = getattr(self, name)
+        return config
+
+    def _check_meta_config(self):
+        """Raise if a parameter that shaped ``meta_params_`` changed since ``meta_fit``."""
+        recorded = self.__dict__.get("meta_config_")
+        if recorded is None:
+            return
+        current = self._meta_config()
+        # The architecture is only recorded without a custom module; a change of
+        # module is reported as such.
+        changed = [
+            name
+            for name in recorded
+            if name in current and not _same(recorded[name], current[name])
+        ]
+        if not changed:
+            return
+        raise ValueError(
+            f"{type(self).__name__} was meta-fitted with "
+            + ", ".join(f"{name}={recorded[name]!r}" for name in changed)
+            + ", but now has "
+            + ", ".join(f"{name}={current[name]!r}" for name in changed)
+            + ". These parameters shape the meta-learned initialisation: call meta_fit "
+            "again to learn one for the new values, or set them back. Adaptation "
+            "parameters (adapt_steps, adapt_lr, device) can be changed freely."
+        )
+
+    # --------------------------------------------------------------------- clone
+    def __sklearn_clone__(self):
+        """A copy with the same parameters and meta-learned initialisation, not adapted.
+
+        ``sklearn.base.clone`` calls this.  The meta-learned state (see
+        ``META_STATE``) is copied; the adaptation of :meth:`fit` is not, so the
+        clone is unfitted for ``check_is_fitted`` until it is fitted.
+        """
+        new = super().__sklearn_clone__()
+        if self._is_meta_fitted():
+            for attr in META_STATE:
+                if attr in self.__dict__:
+                    new.__dict__[attr] = copy.deepcopy(self.__dict__[attr])
+        fallback = self.__dict__.get("_device_fallback")
+        if fallback is not None:
+            new._device_fallback = fallback
+        return new
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        # Copy: BaseEstimator may hand back the instance's own __dict__.
+        state = dict(super().__getstate__())
+        state.pop("_cache", None)  # torch objects, rebuilt after loading
+        state[_VERSION_KEY] = __version__
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        version = state.pop(_VERSION_KEY, None)
+        if version != __version__:
+            warnings.warn(
+                InconsistentVersionWarning(
+                    estimator_name=type(self).__name__,
+                    current_version=__version__,
+                    original_version=version or "unknown",
+                ),
+                stacklevel=2,
+            )
+        warned_before = state.pop("_device_fallback", None)
+        super().__setstate__(state)
+        self._fall_back_to_cpu_if_needed(warned_before)
+
+    def _fall_back_to_cpu_if_needed(self, warned_before=None):
+        """Run a loaded model on the CPU when the device it was saved with is missing."""
+        if not (self._is_meta_fitted() or hasattr(self, "params_")):
+            return  # nothing learned: fit reports an unavailable device as usual
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:
+            self._device_fallback = str(self.device)
+            if warned_before != str(self.device):
+                warnings.warn(
+                    f"This {type(self).__name__} was saved with device={self.device!r}, "
+                    f"which is not available here: {exc} It runs on the CPU instead; "
+                    "set device='cpu' to silence this warning.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+    def _device_of_fallback(self):
+        """The CPU if this loaded model falls back from its saved device, else None."""
+        if self.__dict__.get("_device_fallback") == str(self.device):
+            return torch.device("cpu")
+        return None
