@@ -1,6 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test workers share the machine's cores: one torch thread each
+    # avoids oversubscription, which slows tiny-tensor code by an order of magnitude.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
