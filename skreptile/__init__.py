@@ -7,6 +7,13 @@ estimator.
 
 from ._regressor import ReptileRegressor
 from ._version import __version__
-from .tasks import SineTaskSampler, TaskError, TaskSampler
+from .tasks import GroupTaskSampler, SineTaskSampler, TaskError, TaskSampler
 
-__all__ = ["ReptileRegressor", "SineTaskSampler", "TaskError", "TaskSampler", "__version__"]
+__all__ = [
+    "GroupTaskSampler",
+    "ReptileRegressor",
+    "SineTaskSampler",
+    "TaskError",
+    "TaskSampler",
+    "__version__",
+]
