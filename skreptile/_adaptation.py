@@ -75,7 +75,8 @@ def adaptation_curve(net, loss, theta, packed, steps, optimizer, lr):
     Returns
     -------
     predictions : dict
-        ``{n_steps: ndarray (n_tasks, n_query, n_outputs)}`` in scaled units.
+        ``{n_steps: ndarray (n_tasks, n_query, n_outputs)}`` in scaled units;
+        not finite for tasks whose adaptation diverged.
     """
     wanted = sorted({int(s) for s in steps})
     ws = net.workspace(packed.n_tasks, theta)
@@ -85,11 +86,7 @@ def adaptation_curve(net, loss, theta, packed, steps, optimizer, lr):
     out = {}
     for step in range(wanted[-1] + 1):
         if step in wanted:
-            if not bool(torch.isfinite(ws.params).all()):
-                raise FloatingPointError(
-                    f"Adaptation diverged (non-finite weights after {step} steps); "
-                    f"the adaptation step size {lr} is likely too large."
-                )
+            # A task whose adaptation diverged predicts NaN or infinity; callers decide.
             with torch.no_grad():
                 out[step] = net.forward_tasks(ws, packed.xq).cpu().numpy().astype(np.float64)
         if step == wanted[-1]:

@@ -266,12 +266,14 @@ class MetaFitRun:
                 self.scaling,
                 device,
             )
-            self.query_y = np.zeros((len(self.validation), self.packed.xq.shape[1], self.signature[1]))
+            self.query_y = np.zeros(
+                (len(self.validation), self.packed.xq.shape[1], self.signature[1])
+            )
             for t, (_, _, _, Yq) in enumerate(self.validation):
                 self.query_y[t, : len(Yq)] = Yq
-            self.query_mask = (
-                np.arange(self.query_y.shape[1]) < self.packed.query_sizes[:, None]
-            )[:, :, None]
+            self.query_mask = (np.arange(self.query_y.shape[1]) < self.packed.query_sizes[:, None])[
+                :, :, None
+            ]
 
     # -- hooks of the training loop --------------------------------------------
     def __enter__(self):
@@ -344,20 +346,20 @@ class MetaFitRun:
         """Mean query MSE, in the targets' units, of the validation tasks after adaptation."""
         est = self.est
         lr = est.inner_lr if est.adapt_lr is None else est.adapt_lr
-        try:
-            scaled = adaptation_curve(
-                self.net,
-                self.loss,
-                self.theta_t,
-                self.packed,
-                [est.adapt_steps],
-                est.inner_optimizer,
-                lr,
-            )[est.adapt_steps]
-        except FloatingPointError:
-            return math.inf
+        scaled = adaptation_curve(
+            self.net,
+            self.loss,
+            self.theta_t,
+            self.packed,
+            [est.adapt_steps],
+            est.inner_optimizer,
+            lr,
+        )[est.adapt_steps]
         _, _, y_mean, y_scale = self.scaling
-        squared = (scaled * y_scale + y_mean - self.query_y) ** 2 * self.query_mask
+        with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
+            squared = np.where(
+                self.query_mask, (scaled * y_scale + y_mean - self.query_y) ** 2, 0.0
+            )
         per_task = squared.sum(axis=(1, 2)) / (self.packed.query_sizes * self.signature[1])
         loss = float(per_task.mean())
         return loss if math.isfinite(loss) else math.inf

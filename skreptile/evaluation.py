@@ -9,6 +9,7 @@ intervals over tasks, and paired differences with theirs.
 """
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -135,10 +136,16 @@ def _check_split(tasks):
     return checked
 
 
+def _score(metric_fn, y_true, y_pred):
+    if not np.isfinite(y_pred).all():
+        return np.inf
+    return metric_fn(y_true, y_pred)
+
+
 def _mean_ci(values, confidence):
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
-    if len(values) < 2:
+    if len(values) < 2 or not np.isfinite(values).all():
         return mean, np.nan, np.nan
     half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1)
     half /= np.sqrt(len(values))
@@ -175,7 +182,9 @@ class FewShotResults:
         self.baseline_errors = baseline_errors
         self.metric = metric
         self.confidence = confidence
-        first = model_errors[0] if model_errors is not None else next(iter(baseline_errors.values()))
+        first = (
+            model_errors[0] if model_errors is not None else next(iter(baseline_errors.values()))
+        )
         self.n_tasks = len(first)
 
     def errors(self, method, adapt_steps=None):
@@ -254,11 +263,13 @@ class FewShotResults:
     def to_string(self, digits=4):
         """The summary as a plain-text table."""
         pct = f"{self.confidence:.0%} CI"
-        lines = [f"{'method':<32s} {'steps':>5s} {self.metric:>10s}   {pct}"]
-        for row in self.summary():
+        rows = self.summary()
+        width = max([len("method")] + [len(str(row["method"])) for row in rows])
+        lines = [f"{'method':<{width}s} {'steps':>5s} {self.metric:>10s}   {pct}"]
+        for row in rows:
             steps = "-" if row["adapt_steps"] is None else str(row["adapt_steps"])
             lines.append(
-                f"{row['method']:<32s} {steps:>5s} {row['mean']:>10.{digits}f}   "
+                f"{row['method']:<{width}s} {steps:>5s} {row['mean']:>10.{digits}f}   "
                 f"[{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
             )
         return "\n".join(lines)
@@ -304,9 +315,7 @@ def _reptile_predictions(model, tasks, steps):
             device,
         )
         with fast_cpu_math():
-            curve = adaptation_curve(
-                net, loss, theta, packed, steps, model.inner_optimizer, lr
-            )
+            curve = adaptation_curve(net, loss, theta, packed, steps, model.inner_optimizer, lr)
         for s, scaled in curve.items():
             out = scaled * model.y_scale_ + model.y_mean_
             for t, (_, _, Xq, yq) in enumerate(block):
@@ -422,12 +431,26 @@ def evaluate_few_shot(
             preds = _reptile_predictions(model, tasks, steps)
         else:
             preds = {
-                s: [clone(model).set_params(adapt_steps=s).fit(Xs, ys).predict(Xq) for Xs, ys, Xq, _ in tasks]
+                s: [
+                    clone(model).set_params(adapt_steps=s).fit(Xs, ys).predict(Xq)
+                    for Xs, ys, Xq, _ in tasks
+                ]
                 for s in steps
             }
         model_errors = np.array(
-            [[metric_fn(t[3], p) for t, p in zip(tasks, preds[s])] for s in steps]
+            [[_score(metric_fn, t[3], p) for t, p in zip(tasks, preds[s])] for s in steps]
         )
+        diverged = ~np.isfinite(model_errors)
+        if diverged.any():
+            first = int(np.argmax(diverged.any(axis=1)))
+            warnings.warn(
+                f"Adaptation diverged on {int(diverged[first].sum())} of {len(tasks)} tasks "
+                f"after {steps[first]} steps (and on {int(diverged[-1].sum())} after "
+                f"{steps[-1]}); their error counts as infinite. The adaptation step size is "
+                "likely too large for this model.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     baseline_errors = {}
     for name, est in items:
         baseline_errors[name] = np.array(
@@ -484,7 +507,10 @@ def plot_few_shot(results, ax=None, *, baselines=True, color="C0"):
         ax = plt.gca()
     pct = f"{results.confidence:.0%}"
     if results.model_errors is not None:
-        rows = [results._row(results.model_name, s, e) for s, e in zip(results.adapt_steps, results.model_errors)]
+        rows = [
+            results._row(results.model_name, s, e)
+            for s, e in zip(results.adapt_steps, results.model_errors)
+        ]
         mean = np.array([r["mean"] for r in rows])
         low = np.array([r["ci_low"] for r in rows])
         high = np.array([r["ci_high"] for r in rows])

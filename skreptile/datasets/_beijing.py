@@ -28,18 +28,30 @@ _SUFFIX = "_20130301-20170228.csv"
 
 # SHA-256 of every station's CSV as distributed by UCI.
 BEIJING_FILES = {
-    "PRSA_Data_Aotizhongxin" + _SUFFIX: "a94fbcfc71708b6ffdc033360163d91efb7f675e496f6b5860929aa96b96351b",
-    "PRSA_Data_Changping" + _SUFFIX: "a2e21402a6d95fb7043f87959e6e3dcbecb957aac356a6f8028a85b047c772e7",
-    "PRSA_Data_Dingling" + _SUFFIX: "3d8dff81f18a80d9f455876a785642bffe1e9b9924ec1e6b7ce8cca790432eeb",
-    "PRSA_Data_Dongsi" + _SUFFIX: "9c0020214425e5ee2a64d42f97a1f632e1d8f6b53ad50edd85a686cc7999f27e",
-    "PRSA_Data_Guanyuan" + _SUFFIX: "59390fee3b032597b387491f5230e7edb90a8558e30217ebd6d9befbe669fbf9",
-    "PRSA_Data_Gucheng" + _SUFFIX: "10ae48801ea55869fee56a48b885fb1127859c130551888d71673f34216ba951",
-    "PRSA_Data_Huairou" + _SUFFIX: "812dcbe848b3ba2c2d25731064797bff803c46eb0c602156a1fa044df136dc26",
-    "PRSA_Data_Nongzhanguan" + _SUFFIX: "572cf87b65ef543cd55d3a711b28474def224a46b0ec3fc8add8aaf13b67a487",
-    "PRSA_Data_Shunyi" + _SUFFIX: "520b59e4ead3b0cfe7f1ed673e30275de8441e999db6f413d5172d2277b8c15a",
-    "PRSA_Data_Tiantan" + _SUFFIX: "0743e34799cf1ee36195b73321b91baa5625276532e7263c588f68cdef3b4daa",
-    "PRSA_Data_Wanliu" + _SUFFIX: "0b1a6d754a07f0def2f55434ddfa3870dcd0063b7f766a6f66b6c11bb05a377a",
-    "PRSA_Data_Wanshouxigong" + _SUFFIX: "ab1d6a356d6997a45f6d657ad47de1e05a4a08d4a7015b38a329a90665ab74d0",
+    "PRSA_Data_Aotizhongxin"
+    + _SUFFIX: "a94fbcfc71708b6ffdc033360163d91efb7f675e496f6b5860929aa96b96351b",
+    "PRSA_Data_Changping"
+    + _SUFFIX: "a2e21402a6d95fb7043f87959e6e3dcbecb957aac356a6f8028a85b047c772e7",
+    "PRSA_Data_Dingling"
+    + _SUFFIX: "3d8dff81f18a80d9f455876a785642bffe1e9b9924ec1e6b7ce8cca790432eeb",
+    "PRSA_Data_Dongsi"
+    + _SUFFIX: "9c0020214425e5ee2a64d42f97a1f632e1d8f6b53ad50edd85a686cc7999f27e",
+    "PRSA_Data_Guanyuan"
+    + _SUFFIX: "59390fee3b032597b387491f5230e7edb90a8558e30217ebd6d9befbe669fbf9",
+    "PRSA_Data_Gucheng"
+    + _SUFFIX: "10ae48801ea55869fee56a48b885fb1127859c130551888d71673f34216ba951",
+    "PRSA_Data_Huairou"
+    + _SUFFIX: "812dcbe848b3ba2c2d25731064797bff803c46eb0c602156a1fa044df136dc26",
+    "PRSA_Data_Nongzhanguan"
+    + _SUFFIX: "572cf87b65ef543cd55d3a711b28474def224a46b0ec3fc8add8aaf13b67a487",
+    "PRSA_Data_Shunyi"
+    + _SUFFIX: "520b59e4ead3b0cfe7f1ed673e30275de8441e999db6f413d5172d2277b8c15a",
+    "PRSA_Data_Tiantan"
+    + _SUFFIX: "0743e34799cf1ee36195b73321b91baa5625276532e7263c588f68cdef3b4daa",
+    "PRSA_Data_Wanliu"
+    + _SUFFIX: "0b1a6d754a07f0def2f55434ddfa3870dcd0063b7f766a6f66b6c11bb05a377a",
+    "PRSA_Data_Wanshouxigong"
+    + _SUFFIX: "ab1d6a356d6997a45f6d657ad47de1e05a4a08d4a7015b38a329a90665ab74d0",
 }
 
 _COLUMNS = [
@@ -157,7 +169,9 @@ def load_beijing_air_quality(data_dir=None, *, download=False, verify=False):
     found = sorted(directory.glob("PRSA_Data_*" + _SUFFIX)) if directory.is_dir() else []
     if not found:
         if not download:
-            raise FileNotFoundError(f"No Beijing air-quality CSVs in {directory}. " + _how_to_get(directory))
+            raise FileNotFoundError(
+                f"No Beijing air-quality CSVs in {directory}. " + _how_to_get(directory)
+            )
         _download(directory, BEIJING_URL, BEIJING_FILES)
         found = sorted(directory.glob("PRSA_Data_*" + _SUFFIX))
     if verify:

@@ -23,7 +23,9 @@ def _column(frame, name, what):
             f"got {type(frame).__name__}. Pass the {what} as an array instead."
         )
     if name not in frame.columns:
-        raise KeyError(f"{what}={name!r} is not a column of X; its columns are {list(frame.columns)}.")
+        raise KeyError(
+            f"{what}={name!r} is not a column of X; its columns are {list(frame.columns)}."
+        )
     return frame[name]
 
 
@@ -157,7 +159,10 @@ class GroupTaskSampler(TaskSampler):
         needed = 2 if self.n_points is None else int(self.n_points)
         small = sizes < needed
         if small.any():
-            listed = ", ".join(f"{lab!r} ({n} rows)" for lab, n in zip(labels[small][:5], sizes[small]))
+            listed = ", ".join(
+                f"{lab!r} ({n} rows)"
+                for lab, n in zip(labels[small][:5].tolist(), sizes[small].tolist())
+            )
             more = f" and {int(small.sum()) - 5} more" if small.sum() > 5 else ""
             message = (
                 f"{int(small.sum())} of {len(labels)} groups have fewer than {needed} rows: "
