@@ -259,6 +259,9 @@ class MetaFitRun:
         """Attach the network and the device tensor ``theta`` that meta-training updates."""
         self.net, self.loss, self.theta_t, self.device = net, loss, theta, device
         self.loss_sums = torch.as_tensor(self.loss_state, device=device)
+        # The sums as of the last completed meta-iteration: an interruption inside
+        # one leaves its partial loss in loss_sums, which a checkpoint must not keep.
+        self.loss_done = self.loss_sums.clone()
         if self.validation is not None:
             self.packed = PackedTasks(
                 [(Xs, Ys) for Xs, Ys, _, _ in self.validation],
@@ -297,6 +300,7 @@ class MetaFitRun:
     def on_iteration(self, iteration):
         """Called after every meta-iteration (numbered from 1 within this call)."""
         self.iteration = iteration
+        self.loss_done.copy_(self.loss_sums)
         if self.bar is not None:
             self.bar.update(1)
         if iteration % self.est.monitor_interval == 0 or iteration == self.n_meta_iter:
@@ -313,6 +317,7 @@ class MetaFitRun:
         self.last_record = iteration
         sums = self.loss_sums.cpu().numpy().astype(np.float64)
         self.loss_sums.zero_()
+        self.loss_done.zero_()
         entry = {
             "meta_iter": self.offset + iteration,
             "train_loss": float(sums[0] / n),
@@ -381,7 +386,7 @@ class MetaFitRun:
             "stream": stream_state,
             "batch_rng": rng_state,
             "last_record": self.last_record,
-            "loss_sums": self.loss_sums.cpu().numpy(),
+            "loss_sums": self.loss_done.cpu().numpy(),
             "history": self.history,
             "best": self.best,
             "bad_rounds": self.bad_rounds,
