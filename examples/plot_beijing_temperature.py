@@ -76,7 +76,7 @@ torch.set_num_threads(1)
 threadpool_limits(1)
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
-SHOTS = (4, 8)
+SHOTS = (4, 6, 8)
 MIN_HOURS = 20
 
 
@@ -324,21 +324,22 @@ print(f"total time: {time.perf_counter() - t_start:.0f} s")
 
 # %%
 # Error against adaptation steps; the baselines are lines.  And one test day.
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-for ax, k in zip(axes[:2], SHOTS):
+fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+axes = axes.ravel()
+for ax, k in zip(axes[:3], SHOTS):
     plot_few_shot(results[k], ax=ax)
     ax.set_ylim(0, 4.5)
     ax.set_title(f"{k} readings of a new day (test days 2016-2017)")
     ax.set_ylabel("RMSE on the other hours (C)")
 Xs, ys, Xq, yq = split_support_query(test_tasks[:1], 6, random_state=0)[0]
-ax = axes[2]
+ax = axes[3]
 hours = np.arange(24.0)
 X_day = np.column_stack([hours, np.repeat(Xs[:1, 1], 24), np.repeat(Xs[:1, 2], 24)])
 ax.plot(Xq[:, 0], yq, "k.", label="other hours (truth)")
 ax.plot(Xs[:, 0], ys, "ko", label="6 readings")
 ax.plot(
     hours,
-    model.set_params(adapt_steps=chosen_steps[8]).fit(Xs, ys).predict(X_day),
+    model.set_params(adapt_steps=chosen_steps[6]).fit(Xs, ys).predict(X_day),
     label="skreptile",
 )
 ax.plot(
