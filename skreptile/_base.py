@@ -232,6 +232,7 @@ class BaseReptile(BaseEstimator):
             warnings.warn(
                 "meta_fit was interrupted: keeping the weights of the last completed "
                 "meta-iteration"
+                + (" (the best validated ones: early_stopping=True)" if self.early_stopping else "")
                 + (
                     f" (a checkpoint of it is in {self.checkpoint_path})."
                     if self.checkpoint_path is not None

@@ -183,7 +183,14 @@ class MetaFitRun:
         self.resumed_from = None
         self.bar = None
         if self.path is not None and os.path.exists(self.path):
-            self._resume(load_checkpoint(self.path))
+            try:
+                state = load_checkpoint(self.path)
+            except Exception as exc:
+                raise ValueError(
+                    f"checkpoint_path={self.path!r} exists but is not a readable skreptile "
+                    f"checkpoint ({type(exc).__name__}: {exc}); delete it or choose another path."
+                ) from exc
+            self._resume(state)
         elif est.warm_start and est._is_meta_fitted():
             self._warm_start()
 

@@ -223,6 +223,14 @@ def test_resuming_with_other_parameters_is_refused(tmp_path, monkeypatch):
         )
 
 
+def test_a_file_that_is_not_a_checkpoint_is_not_overwritten(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    with pytest.raises(ValueError, match="not a readable skreptile checkpoint"):
+        ReptileRegressor(n_meta_iter=5, checkpoint_path=path, **FAST).meta_fit(SineTaskSampler())
+    assert path.read_text() == "my notes"
+
+
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "state.npz"
     monitor_module.save_checkpoint(path, {"theta": np.arange(3.0), "n": 1})
