@@ -8,9 +8,10 @@ estimator.
 from ._regressor import ReptileRegressor
 from ._state import InconsistentVersionWarning
 from ._version import __version__
-from .tasks import SineTaskSampler, TaskError, TaskSampler
+from .tasks import GroupTaskSampler, SineTaskSampler, TaskError, TaskSampler
 
 __all__ = [
+    "GroupTaskSampler",
     "InconsistentVersionWarning",
     "ReptileRegressor",
     "SineTaskSampler",

@@ -6,6 +6,7 @@ without torch objects; the torch network and the tensors on the device are a
 cache rebuilt on demand.
 """
 
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -16,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine
+from . import _engine, _monitor
 from ._batches import build_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
@@ -100,6 +101,12 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "early_stopping": ["boolean"],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "monitor_interval": [Interval(Integral, 1, None, closed="left")],
+        "warm_start": ["boolean"],
+        "checkpoint_path": [str, os.PathLike, None],
+        "checkpoint_interval": [Interval(Integral, 1, None, closed="left")],
     }
 
     # ------------------------------------------------------------------ helpers
@@ -152,7 +159,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
 
     # -------------------------------------------------------------- meta_fit
-    def meta_fit(self, task_sampler):
+    def meta_fit(self, task_sampler, validation_tasks=None):
         """Meta-learn an initialisation from tasks drawn from ``task_sampler``.
 
         Parameters
@@ -161,7 +168,14 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             Where tasks come from: a callable ``sampler(rng) -> (X, y)`` with
             ``rng`` a :class:`numpy.random.Generator`, a finite sequence of
             ``(X, y)`` tasks, or one of skreptile's samplers (such as
-            :class:`~skreptile.SineTaskSampler`), which draw many tasks at once.
+            :class:`~skreptile.SineTaskSampler` or
+            :class:`~skreptile.GroupTaskSampler`), which draw many tasks at once.
+        validation_tasks : sequence of (X_support, y_support, X_query, y_query), default=None
+            Held-out tasks scored every ``monitor_interval`` meta-iterations: the
+            model adapts on the support points as :meth:`fit` does and its mean
+            squared error on the query points goes into ``history_``; needed by
+            ``early_stopping``.  :func:`skreptile.evaluation.split_support_query`
+            makes them from whole tasks.
 
         Returns
         -------
@@ -173,31 +187,38 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         seed = seed_from_random_state(self.random_state)
         init_seed, batch_seed, task_seed = np.random.SeedSequence(seed).generate_state(3)
         stream = TaskStream(task_sampler, task_seed)
+        batch_rng = np.random.default_rng(batch_seed)
+        # Fresh start, warm start or resumption from a checkpoint.
+        run = _monitor.MetaFitRun(self, stream, batch_rng, validation_tasks)
 
-        if stream.kind == "sequence":
-            stats_tasks = stream.tasks
+        if run.theta is None:
+            if stream.kind == "sequence":
+                stats_tasks = stream.tasks
+            else:
+                n_stats = max(1, min(N_STATS_TASKS, self.n_meta_iter * self.meta_batch_size))
+                stats_tasks = stream.peek(n_stats)
+            X_all, y_all = _concat_points(stats_tasks)
+            n_features, n_outputs = stream.signature
+            scaling = _scale_stats(X_all, y_all, self.standardize)
+            del X_all, y_all, stats_tasks
+            net, theta = self._build_net(n_features, n_outputs, int(init_seed))
+            run.start(scaling, (n_features, n_outputs))
         else:
-            n_stats = max(1, min(N_STATS_TASKS, self.n_meta_iter * self.meta_batch_size))
-            stats_tasks = stream.peek(n_stats)
-        X_all, y_all = _concat_points(stats_tasks)
-        n_features, n_outputs = stream.signature
-        x_mean, x_scale, y_mean, y_scale = _scale_stats(X_all, y_all, self.standardize)
-
-        net, theta = self._build_net(n_features, n_outputs, int(init_seed))
+            scaling, (n_features, n_outputs) = run.scaling, run.signature
+            net, _ = self._build_net(n_features, n_outputs, int(init_seed))
+            theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
         theta = theta.to(device)
         loss = LOSSES[self._loss]
-        batch_rng = np.random.default_rng(batch_seed)
-        scaling = (x_mean, x_scale, y_mean, y_scale)
-        chunks = self._chunks(stream, batch_rng, scaling, device, n_features, n_outputs)
+        run.bind(net, loss, theta, device)
+        chunks = self._chunks(stream, batch_rng, scaling, device, n_features, n_outputs, run)
 
-        completed = 0
-        progress = self._progress_bar()
-        work = net.work(
-            self.meta_batch_size, self.inner_batch_size or len(X_all) // len(stats_tasks)
-        )
+        interrupted = False
+        # Products of one inner step, to pick the CPU thread count (full-task
+        # batches are sized as the demo's 50 points).
+        work = net.work(self.meta_batch_size, self.inner_batch_size or 50)
         try:
-            with fast_cpu_math(device, work):
-                completed = _engine.meta_train(
+            with fast_cpu_math(device, work), run:
+                _engine.meta_train(
                     net,
                     loss,
                     theta,
@@ -209,8 +230,12 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                     inner_steps=self.inner_steps,
                     inner_optimizer=self.inner_optimizer,
                     inner_lr=self.inner_lr,
-                    on_iteration=progress.update if progress is not None else None,
+                    start_iter=run.start_iter,
+                    on_iteration=run.on_iteration,
+                    loss_sums=run.loss_sums,
                 )
+        except _monitor.EarlyStop:
+            pass
         except _engine.MetaDiverged as exc:
             raise FloatingPointError(
                 f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
@@ -222,45 +247,58 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 + ". The estimator was left unchanged."
             ) from None
         except KeyboardInterrupt:
-            completed = -1  # theta holds the last completed meta-iteration
-        finally:
-            if progress is not None:
-                progress.close()
-        if completed == -1:
+            interrupted = True  # theta holds the last completed meta-iteration
+        if interrupted:
             if not bool(torch.isfinite(theta).all()):
                 raise FloatingPointError(
                     "meta_fit was interrupted and the weights were not finite; "
                     "the estimator was left unchanged."
                 )
+            run.interrupted()
             warnings.warn(
                 "meta_fit was interrupted: keeping the weights of the last completed "
-                "meta-iteration.",
+                "meta-iteration"
+                + (" (the best validated ones: early_stopping=True)" if self.early_stopping else "")
+                + (
+                    f" (a checkpoint of it is in {self.checkpoint_path})."
+                    if self.checkpoint_path is not None
+                    else "."
+                ),
                 RuntimeWarning,
                 stacklevel=2,
             )
 
+        theta = run.final_theta(theta)
         self._set_meta_state(net, theta, scaling, n_features, n_outputs, device)
+        run.finish(self, completed=not interrupted)
         return self
 
-    def _progress_bar(self):
-        if not self.verbose:
-            return None
-        from tqdm.auto import tqdm
+    def _chunks(self, stream, rng, scaling, device, n_features, n_outputs, run=None):
+        """Yield device tensors of inner minibatches, a chunk of meta-iterations at a time.
 
-        return tqdm(total=self.n_meta_iter, desc="meta_fit", unit="it")
-
-    def _chunks(self, stream, rng, scaling, device, n_features, n_outputs):
-        """Yield device tensors of inner minibatches, a chunk of meta-iterations at a time."""
+        Chunks start at multiples of ``chunk_iters``, so that a run resumed from
+        a checkpoint (``run.chunk_start``, ``run.start_iter``) draws the chunk it
+        was in again and skips the meta-iterations already done.
+        """
         x_mean, x_scale, y_mean, y_scale = scaling
         T, S = self.meta_batch_size, self.inner_steps
         per_iter = T * S * (self.inner_batch_size or 64) * (n_features + n_outputs)
         chunk_iters = max(1, min(MAX_CHUNK_ITERS, CHUNK_FLOATS // per_iter))
-        remaining = self.n_meta_iter
-        while remaining > 0:
-            k = min(chunk_iters, remaining)
-            remaining -= k
+        iteration = 0 if run is None else run.chunk_start
+        skip = 0 if run is None else run.start_iter - run.chunk_start
+        while iteration < self.n_meta_iter:
+            k = min(chunk_iters, self.n_meta_iter - iteration)
+            if run is not None:
+                run.on_chunk(iteration, stream, rng)
             tasks = stack_if_equal(stream.draw(k * T))
             xb, yb, weight = build_minibatches(rng, tasks, k, T, S, self.inner_batch_size)
+            iteration += k
+            if skip:
+                xb, yb = xb[skip:], yb[skip:]
+                weight = weight if isinstance(weight, float) else weight[skip:]
+                skip, done = 0, skip >= k
+                if done:
+                    continue
             xb = self._to_tensor((xb - x_mean) / x_scale, device)
             yb = self._to_tensor((yb - y_mean) / y_scale, device)
             if not isinstance(weight, float):

@@ -39,21 +39,28 @@ class InnerOptimizer:
         params.addcdiv_(grad, denom, value=-self.lr)
 
 
-def adapt(net, loss, ws, x, y, weight, n_steps, optimizer):
+def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None):
     """Run ``n_steps`` gradient steps on the per-task weights of workspace ``ws`` in place.
 
     ``x`` is either ``(n_tasks, n_points, n_in)``, used at every step (full-batch
     adaptation), or ``(n_steps, n_tasks, batch, n_in)``, one minibatch a step;
-    ``y`` and ``weight`` follow the same layout.
+    ``y`` and ``weight`` follow the same layout.  ``loss_sums``, a device tensor
+    of two values, accumulates the mean task loss at the first and at the last
+    step, from the outputs the gradient computes anyway (no host sync).
     """
     optimizer.reset()
     per_step = x.dim() == 4
     for step in range(n_steps):
+        xs, ys, w = x, y, weight
         if per_step:
+            xs, ys = x[step], y[step]
             w = weight if isinstance(weight, float) else weight[step]
-            net.gradient(ws, x[step], y[step], w, loss)
-        else:
-            net.gradient(ws, x, y, weight, loss)
+        outputs = net.gradient(ws, xs, ys, w, loss)
+        if loss_sums is not None:
+            if step == 0:
+                loss_sums[0].add_(loss.value(outputs, ys, w).mean())
+            if step == n_steps - 1:
+                loss_sums[1].add_(loss.value(outputs, ys, w).mean())
         optimizer.step(ws.params, ws.grad, step)
     return ws
 
@@ -85,6 +92,7 @@ def meta_train(
     start_iter=0,
     check_every=100,
     on_iteration=None,
+    loss_sums=None,
 ):
     """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
 
@@ -93,7 +101,7 @@ def meta_train(
     minibatches of several meta-iterations, moved to the device in one copy.
     ``theta`` always holds the weights after the last completed meta-iteration,
     so an interruption leaves it usable.  Returns the number of meta-iterations
-    completed.
+    completed.  ``loss_sums`` is passed on to :func:`adapt`.
     """
     ws = net.workspace(meta_batch_size, theta)
     optimizer = InnerOptimizer(inner_optimizer, inner_lr, ws.params)
@@ -102,7 +110,7 @@ def meta_train(
         for k in range(x.shape[0]):
             w = weight if isinstance(weight, float) else weight[k]
             net.broadcast(theta, ws)
-            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer)
+            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, loss_sums)
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
             # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
             # towards the mean of the adapted weights.  lerp_ does either in one op.

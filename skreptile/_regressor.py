@@ -73,7 +73,30 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Seeds the initialisation, the order of points and, unless the sampler
         has its own seed, the tasks drawn.  Same seed, same result on the CPU.
     verbose : int, default=0
-        If positive, :meth:`meta_fit` shows a progress bar.
+        If positive, :meth:`meta_fit` shows a progress bar (rate, time left,
+        latest losses); from 2, it also prints every entry of ``history_``.
+    early_stopping : bool, default=False
+        Stop :meth:`meta_fit` when the validation loss has not improved for
+        ``n_iter_no_change`` consecutive checks, and keep the weights with the
+        best validation loss.  Needs ``validation_tasks`` in :meth:`meta_fit`.
+    n_iter_no_change : int, default=10
+        Patience of early stopping, in validation checks (each
+        ``monitor_interval`` meta-iterations).
+    monitor_interval : int, default=100
+        Meta-iterations between two entries of ``history_`` (and validation
+        checks).
+    warm_start : bool, default=False
+        If True, :meth:`meta_fit` continues from the current ``meta_params_``
+        (and scaling) for another ``n_meta_iter`` meta-iterations, drawing new
+        tasks, instead of starting afresh; ``history_`` continues too.
+    checkpoint_path : str, path-like or None, default=None
+        File where :meth:`meta_fit` saves its state every ``checkpoint_interval``
+        meta-iterations (atomically: a crash while writing keeps the previous
+        one).  If the file exists when :meth:`meta_fit` starts, it resumes from
+        it, to the result an uninterrupted run would have had; the parameters
+        must be the same.  The file is removed when :meth:`meta_fit` completes.
+    checkpoint_interval : int, default=1000
+        Meta-iterations between two checkpoints.
 
     Attributes
     ----------
@@ -96,6 +119,22 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Number of features seen during :meth:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Names of features seen during :meth:`fit`, when they are all strings.
+    history_ : dict of list
+        Set by :meth:`meta_fit`, one entry every ``monitor_interval``
+        meta-iterations: ``"meta_iter"`` (counted over warm starts),
+        ``"train_loss"`` (mean loss of the meta-batch tasks at their first
+        inner step, i.e. of the initialisation, in standardised units, averaged
+        since the previous entry), ``"adapted_train_loss"`` (the same at the last
+        inner step) and, with validation tasks, ``"validation_loss"`` (query
+        mean squared error after adaptation, in the targets' units).
+        ``pandas.DataFrame(history_)`` tabulates it.
+    n_meta_iter_ : int
+        Meta-iterations run so far, over warm starts (fewer than asked after
+        early stopping).
+    best_iteration_ : int
+        Meta-iteration of the lowest validation loss (with validation tasks).
+    best_validation_loss_ : float
+        That loss.
 
     See Also
     --------
@@ -169,6 +208,12 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         device="auto",
         random_state=None,
         verbose=0,
+        early_stopping=False,
+        n_iter_no_change=10,
+        monitor_interval=100,
+        warm_start=False,
+        checkpoint_path=None,
+        checkpoint_interval=1000,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -187,6 +232,12 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.early_stopping = early_stopping
+        self.n_iter_no_change = n_iter_no_change
+        self.monitor_interval = monitor_interval
+        self.warm_start = warm_start
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_interval = checkpoint_interval
 
     def fit(self, X, y):
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.

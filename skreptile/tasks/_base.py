@@ -8,7 +8,11 @@ A *task sampler* is any of:
 * a finite sequence of ``(X, y)`` tasks, from which tasks are drawn in shuffled
   passes;
 * a :class:`TaskSampler` (skreptile's own samplers), which is also callable and
-  adds ``sample_batch(rng, n_tasks)`` to draw many tasks as stacked arrays.
+  adds ``sample_batch(rng, n_tasks)`` to draw many tasks as stacked arrays (or,
+  for tasks of different sizes, as a list of ``(X, y)`` pairs).
+
+A sampler must draw its tasks from ``rng`` only, keeping no state of its own
+between calls: a checkpointed ``meta_fit`` then resumes by restoring ``rng``.
 """
 
 import numbers
@@ -30,12 +34,19 @@ class TaskSampler:
     random_state = None
 
     def sample_batch(self, rng, n_tasks):
-        """Draw ``n_tasks`` tasks as arrays ``X (n_tasks, n_points, n_features)`` and ``y``."""
+        """Draw ``n_tasks`` tasks as arrays ``X (n_tasks, n_points, n_features)`` and ``y``.
+
+        A sampler whose tasks differ in size returns a list of ``n_tasks``
+        pairs ``(X, y)`` instead.
+        """
         raise NotImplementedError
 
     def __call__(self, rng):
         """Draw one task ``(X, y)`` with the generator ``rng``."""
-        X, y = self.sample_batch(rng, 1)
+        tasks = self.sample_batch(rng, 1)
+        if isinstance(tasks, list):
+            return tasks[0]
+        X, y = tasks
         return X[0], y[0]
 
     def make_rng(self, fallback_seed):
@@ -197,30 +208,79 @@ class TaskStream:
         if n_buffered >= n_tasks:
             return head
         more = self._draw_new(n_tasks - n_buffered)
-        if isinstance(head, tuple):
+        if isinstance(head, tuple) and isinstance(more, tuple):
             return np.concatenate([head[0], more[0]]), np.concatenate([head[1], more[1]])
-        return head + more
+        return _as_list(head) + _as_list(more)
 
     def _draw_new(self, n_tasks):
         first = self.n_drawn
         self.n_drawn += n_tasks
         if self.kind == "batched":
-            X, y = self.sampler.sample_batch(self.rng, n_tasks)
-            X, y = validate_task_batch(X, y, first, self.signature)
+            drawn = self.sampler.sample_batch(self.rng, n_tasks)
+            if isinstance(drawn, list):  # tasks of different sizes
+                if len(drawn) != n_tasks:
+                    raise TaskError(
+                        f"sample_batch returned {len(drawn)} tasks where {n_tasks} were asked for."
+                    )
+                return self._validate_list(drawn, first)
+            X, y = validate_task_batch(*drawn, first, self.signature)
             self.signature = (X.shape[2], y.shape[2])
             return X, y
         if self.kind == "callable":
-            tasks = []
-            for i in range(n_tasks):
-                X, y = validate_task(self.sampler(self.rng), first + i, self.signature)
-                self.signature = (X.shape[1], y.shape[1])
-                tasks.append((X, y))
-            return tasks
+            return self._validate_list((self.sampler(self.rng) for _ in range(n_tasks)), first)
         # A finite sequence: shuffled passes, so every task is seen equally often.
         while len(self._order) < n_tasks:
             self._order = np.concatenate([self._order, self.rng.permutation(len(self.tasks))])
         picked, self._order = self._order[:n_tasks], self._order[n_tasks:]
         return [self.tasks[i] for i in picked]
+
+    def _validate_list(self, drawn, first):
+        tasks = []
+        for i, task in enumerate(drawn):
+            X, y = validate_task(task, first + i, self.signature)
+            self.signature = (X.shape[1], y.shape[1])
+            tasks.append((X, y))
+        return tasks
+
+    def get_state(self, buffer=True):
+        """Everything that decides the next tasks drawn, as plain data.
+
+        With :meth:`set_state` this lets an interrupted ``meta_fit`` draw again
+        exactly the tasks it would have drawn.  ``buffer=False`` leaves out the
+        tasks drawn ahead by :meth:`peek`.
+        """
+        state = {
+            "kind": self.kind,
+            "n_drawn": self.n_drawn,
+            "signature": self.signature,
+            "rng": self.rng.bit_generator.state,
+            "buffer": getattr(self, "_buffer", None) if buffer else None,
+        }
+        if self.kind == "sequence":
+            state["order"] = self._order
+        return state
+
+    def set_state(self, state):
+        """Restore a state returned by :meth:`get_state` (of a stream of the same kind)."""
+        if state["kind"] != self.kind:
+            raise ValueError(
+                f"Cannot restore the state of a {state['kind']!r} task stream into a "
+                f"{self.kind!r} one: the task sampler is not of the same kind."
+            )
+        self.rng.bit_generator.state = state["rng"]
+        self.n_drawn = int(state["n_drawn"])
+        signature = state["signature"]
+        self.signature = None if signature is None else tuple(int(v) for v in signature)
+        buffer = state["buffer"]
+        self._buffer = list(buffer) if isinstance(buffer, list) else buffer
+        if self.kind == "sequence":
+            self._order = np.asarray(state["order"], dtype=np.intp)
+
+
+def _as_list(tasks):
+    if isinstance(tasks, tuple):
+        return list(zip(tasks[0], tasks[1]))
+    return tasks
 
 
 def stack_if_equal(tasks):

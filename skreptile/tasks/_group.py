@@ -1,0 +1,253 @@
+"""Tasks from one table with a group column: one task per group."""
+
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.utils.validation import check_array
+
+from ._base import TaskSampler
+
+# Bound on the random keys drawn at once when choosing points without replacement.
+_KEY_BUDGET = 1 << 22
+
+
+def _is_missing(value):
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _column(frame, name, what):
+    if not hasattr(frame, "columns"):
+        raise TypeError(
+            f"{what}={name!r} names a column, which needs X to be a pandas DataFrame; "
+            f"got {type(frame).__name__}. Pass the {what} as an array instead."
+        )
+    if name not in frame.columns:
+        raise KeyError(
+            f"{what}={name!r} is not a column of X; its columns are {list(frame.columns)}."
+        )
+    return frame[name]
+
+
+class GroupTaskSampler(TaskSampler):
+    """Meta-training tasks from one table: every group of rows is a task.
+
+    Real data rarely comes as separate tasks: it comes as one table with a
+    column saying which patient, sensor, store, station or day a row belongs to.
+    This sampler makes each group a task.  A meta-training draw picks groups
+    uniformly at random (with replacement: a group can be drawn again later) and
+    takes ``n_points`` of the group's rows, without replacement, or all of them.
+
+    Parameters
+    ----------
+    X : array-like or pandas DataFrame of shape (n_samples, n_features)
+        Inputs.  A DataFrame's column names are kept in ``feature_names_in_``.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs), or str
+        Targets, or the name of the column of the DataFrame ``X`` holding them
+        (then not used as a feature).
+    groups : array-like of shape (n_samples,) or str
+        Group label of every row, or the name of the column of ``X`` holding
+        them (then not used as a feature).  Labels may be of any comparable type.
+    n_points : int or None, default=None
+        Rows per drawn task, chosen at random without replacement within the
+        group.  None takes every row of the group, so tasks have the sizes of
+        their groups; tasks of different sizes in one meta-batch are padded and
+        masked.
+    small_groups : {"error", "skip"}, default="error"
+        What to do with groups of fewer than ``n_points`` rows (fewer than 2
+        when ``n_points`` is None: a task needs two points).  "error" raises a
+        ``ValueError`` naming them; "skip" leaves them out with a ``UserWarning``
+        and lists them in ``skipped_groups_``.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seeds the tasks drawn by ``meta_fit``.  None defers to the estimator's
+        ``random_state``.
+
+    Attributes
+    ----------
+    groups_ : ndarray of shape (n_groups,)
+        Labels of the groups used as tasks, sorted.
+    group_sizes_ : ndarray of shape (n_groups,)
+        Rows of each group.
+    skipped_groups_ : ndarray
+        Labels of the groups left out for being too small.
+    n_features_in_ : int
+        Number of features.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when ``X`` is a DataFrame with string column names.
+
+    Notes
+    -----
+    ``X`` and ``y`` must be numeric and free of missing values; impute or drop
+    missing values first (skreptile does not guess how).  Rows are copied once,
+    sorted by group, when the sampler is built.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skreptile import GroupTaskSampler
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(30, 2))
+    >>> y = X[:, 0] + rng.normal(size=30)
+    >>> groups = np.repeat(["a", "b", "c"], [8, 10, 12])
+    >>> sampler = GroupTaskSampler(X, y, groups, n_points=5, random_state=0)
+    >>> sampler.groups_, sampler.group_sizes_
+    (array(['a', 'b', 'c'], dtype='<U1'), array([ 8, 10, 12]))
+    >>> Xs, ys = sampler.sample_batch(np.random.default_rng(0), 4)
+    >>> Xs.shape, ys.shape
+    ((4, 5, 2), (4, 5))
+    >>> [len(Xt) for Xt, _ in sampler.tasks()]
+    [8, 10, 12]
+    """
+
+    def __init__(self, X, y, groups, *, n_points=None, small_groups="error", random_state=None):
+        self.n_points = n_points
+        self.small_groups = small_groups
+        self.random_state = random_state
+        self._prepare(X, y, groups)
+
+    # ----------------------------------------------------------- validation
+    def _prepare(self, X, y, groups):
+        if self.n_points is not None and (
+            not isinstance(self.n_points, numbers.Integral)
+            or isinstance(self.n_points, bool)
+            or self.n_points < 2
+        ):
+            raise ValueError(f"n_points must be None or an integer >= 2, got {self.n_points!r}.")
+        if self.small_groups not in ("error", "skip"):
+            raise ValueError(f"small_groups must be 'error' or 'skip', got {self.small_groups!r}.")
+        drop = []
+        if isinstance(y, str):
+            drop.append(y)
+            y = _column(X, y, "y")
+        if isinstance(groups, str):
+            drop.append(groups)
+            groups = _column(X, groups, "groups")
+        if drop:
+            X = X.drop(columns=drop)
+        columns = getattr(X, "columns", None)
+        if columns is not None and len(columns) and all(isinstance(c, str) for c in columns):
+            self.feature_names_in_ = np.asarray(columns, dtype=object)
+        X = check_array(X, dtype=np.float64, input_name="X")
+        y = check_array(y, dtype=np.float64, ensure_2d=False, input_name="y")
+        if y.ndim not in (1, 2):
+            raise ValueError(f"y must be 1-D or 2-D, got {y.ndim} dimensions.")
+        groups = np.asarray(groups)
+        if groups.ndim != 1:
+            raise ValueError(f"groups must be 1-D, got shape {groups.shape}.")
+        if not len(X) == len(y) == len(groups):
+            raise ValueError(
+                f"X, y and groups have different numbers of rows "
+                f"({len(X)}, {len(y)} and {len(groups)})."
+            )
+        missing = (
+            np.isnan(groups)
+            if groups.dtype.kind == "f"
+            else np.array([_is_missing(g) for g in groups.tolist()], dtype=bool)
+            if groups.dtype.kind == "O"
+            else np.zeros(len(groups), dtype=bool)
+        )
+        if missing.any():
+            raise ValueError(
+                f"groups has {int(missing.sum())} missing label(s) (first at row "
+                f"{int(np.argmax(missing))}); give every row a group or drop those rows."
+            )
+        try:
+            labels, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        except TypeError as exc:
+            raise TypeError(f"groups labels must be mutually comparable: {exc}") from None
+
+        needed = 2 if self.n_points is None else int(self.n_points)
+        small = sizes < needed
+        if small.any():
+            listed = ", ".join(
+                f"{lab!r} ({n} rows)"
+                for lab, n in zip(labels[small][:5].tolist(), sizes[small].tolist())
+            )
+            more = f" and {int(small.sum()) - 5} more" if small.sum() > 5 else ""
+            message = (
+                f"{int(small.sum())} of {len(labels)} groups have fewer than {needed} rows: "
+                f"{listed}{more}."
+            )
+            if self.small_groups == "error":
+                raise ValueError(
+                    message + " Lower n_points, drop those groups, or pass small_groups='skip'."
+                )
+            if small.all():
+                raise ValueError(message + " No group is left to draw tasks from.")
+            warnings.warn(message + " They are skipped.", UserWarning, stacklevel=3)
+        self.skipped_groups_ = labels[small]
+        keep = ~small
+        order = np.argsort(inverse, kind="stable")
+        rows_kept = keep[inverse[order]]
+        order = order[rows_kept]
+        self.groups_ = labels[keep]
+        self.group_sizes_ = sizes[keep]
+        self.n_features_in_ = X.shape[1]
+        self._X = np.ascontiguousarray(X[order])
+        self._y = np.ascontiguousarray(y[order])
+        self._starts = np.concatenate([[0], np.cumsum(self.group_sizes_)[:-1]]).astype(np.intp)
+
+    # ----------------------------------------------------------------- tasks
+    @property
+    def n_groups_(self):
+        """Number of groups used as tasks."""
+        return len(self.groups_)
+
+    def tasks(self):
+        """Every group's rows as a task ``(X, y)``, in the order of ``groups_``.
+
+        Returns
+        -------
+        tasks : list of (ndarray, ndarray)
+            One ``(X, y)`` pair per group: all of its rows, in their original order.
+        """
+        return [
+            (self._X[s : s + n], self._y[s : s + n])
+            for s, n in zip(self._starts, self.group_sizes_)
+        ]
+
+    def _choose_points(self, rng, sizes, k):
+        """Indices ``(n_tasks, k)`` into groups of ``sizes``, without replacement in a row."""
+        width = int(sizes.max())
+        per_block = max(1, _KEY_BUDGET // width)
+        out = np.empty((len(sizes), k), dtype=np.intp)
+        for start in range(0, len(sizes), per_block):
+            block = sizes[start : start + per_block]
+            keys = rng.random((len(block), width))
+            # Positions past a group's end can never be among the k smallest keys.
+            keys[np.arange(width) >= block[:, None]] = 2.0
+            out[start : start + len(block)] = np.argpartition(keys, k - 1, axis=1)[:, :k]
+        return out
+
+    def sample_batch(self, rng, n_tasks):
+        """Draw ``n_tasks`` tasks from groups chosen uniformly at random.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            Source of randomness; the sampler keeps no state between calls.
+        n_tasks : int
+            Number of tasks.
+
+        Returns
+        -------
+        tasks : tuple of ndarray or list of (ndarray, ndarray)
+            With ``n_points`` set (or groups all of one size), stacked arrays
+            ``X (n_tasks, n_points, n_features)`` and ``y (n_tasks, n_points[, n_outputs])``;
+            otherwise a list of ``(X, y)``, one per task, of its group's size.
+        """
+        chosen = rng.integers(self.n_groups_, size=n_tasks)
+        starts, sizes = self._starts[chosen], self.group_sizes_[chosen]
+        if self.n_points is not None:
+            rows = starts[:, None] + self._choose_points(rng, sizes, int(self.n_points))
+            return self._X[rows], self._y[rows]
+        if (self.group_sizes_ == self.group_sizes_[0]).all():
+            rows = starts[:, None] + np.arange(self.group_sizes_[0])
+            return self._X[rows], self._y[rows]
+        return [(self._X[s : s + n], self._y[s : s + n]) for s, n in zip(starts, sizes)]
+
+    def __repr__(self):
+        return (
+            f"GroupTaskSampler(n_groups={self.n_groups_}, n_points={self.n_points!r}, "
+            f"small_groups={self.small_groups!r}, random_state={self.random_state!r})"
+        )

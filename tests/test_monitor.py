@@ -1,0 +1,268 @@
+"""The meta-training monitor: history, progress bar, early stopping, warm start, checkpoints."""
+
+import os
+
+import numpy as np
+import pytest
+
+import skreptile._engine as engine_module
+import skreptile._monitor as monitor_module
+from skreptile import ReptileRegressor, SineTaskSampler
+from skreptile.evaluation import split_support_query
+
+FAST = dict(meta_batch_size=4, device="cpu", random_state=0)
+
+
+def _validation(n=12, seed=5):
+    X, y = SineTaskSampler().sample_batch(np.random.default_rng(seed), n)
+    return split_support_query(list(zip(X, y)), 10, random_state=0)
+
+
+def _line_sampler(rng):
+    """Unscaled line tasks, for runs whose results must not depend on n_meta_iter."""
+    x = rng.uniform(-1, 1, size=(12, 1))
+    return x, rng.uniform(0.5, 1.5) * x[:, 0] + 1.0
+
+
+def test_history_records_losses_and_validation():
+    # A small adaptation step: early in meta-training, 32 steps of 0.1 can diverge.
+    model = ReptileRegressor(n_meta_iter=250, monitor_interval=50, adapt_lr=0.02, **FAST)
+    model.meta_fit(SineTaskSampler(random_state=0), validation_tasks=_validation())
+    h = model.history_
+    assert h["meta_iter"] == [50, 100, 150, 200, 250]
+    assert set(h) == {"meta_iter", "train_loss", "adapted_train_loss", "validation_loss"}
+    assert all(len(v) == 5 for v in h.values())
+    assert np.isfinite(h["train_loss"]).all() and np.isfinite(h["validation_loss"]).all()
+    # Within a meta-iteration the inner steps lower the task loss.
+    assert np.mean(h["adapted_train_loss"]) < np.mean(h["train_loss"])
+    assert model.n_meta_iter_ == 250
+    assert model.best_validation_loss_ == min(h["validation_loss"])
+    assert model.best_iteration_ == h["meta_iter"][int(np.argmin(h["validation_loss"]))]
+    # The last entry is the validation loss of the final weights, as evaluated afterwards.
+    Xs, ys, Xq, yq = zip(*_validation())
+    mse = [np.mean((model.fit(a, b).predict(c) - d) ** 2) for a, b, c, d in zip(Xs, ys, Xq, yq)]
+    assert h["validation_loss"][-1] == pytest.approx(np.mean(mse), rel=1e-4)
+
+
+def test_history_without_validation_ends_with_the_last_iteration():
+    model = ReptileRegressor(n_meta_iter=130, monitor_interval=50, **FAST)
+    model.meta_fit(SineTaskSampler(random_state=0))
+    assert model.history_["meta_iter"] == [50, 100, 130]
+    assert "validation_loss" not in model.history_
+    assert not hasattr(model, "best_iteration_")
+
+
+def test_verbose_shows_a_progress_bar_with_rate_and_eta(capsys):
+    ReptileRegressor(n_meta_iter=60, verbose=1, monitor_interval=20, **FAST).meta_fit(
+        SineTaskSampler(random_state=0)
+    )
+    err = capsys.readouterr().err
+    assert "meta_fit" in err and "60/60" in err
+    assert "it/s" in err or "s/it" in err  # the rate
+    assert "<" in err  # elapsed<remaining
+    assert "train_loss=" in err
+
+
+def test_early_stopping_restores_the_best_weights():
+    # Training tasks are lines through (0, 1); validation tasks are lines through
+    # (0, -3), scored without adaptation: the more the initialisation learns the
+    # training tasks, the worse it does on validation.
+    rng = np.random.default_rng(0)
+    val = []
+    for _ in range(5):
+        x = rng.uniform(-1, 1, size=(12, 1))
+        y = -x[:, 0] - 3.0
+        val.append((x[:4], y[:4], x[4:], y[4:]))
+    common = dict(
+        FAST,
+        standardize=False,
+        meta_lr=0.2,
+        meta_lr_schedule="constant",
+        adapt_steps=0,
+        inner_lr=0.05,
+        monitor_interval=5,
+    )
+    model = ReptileRegressor(n_meta_iter=200, early_stopping=True, n_iter_no_change=3, **common)
+    model.meta_fit(_line_sampler, validation_tasks=val)
+    h = model.history_
+    assert model.n_meta_iter_ < 200  # stopped early
+    best = int(np.argmin(h["validation_loss"]))
+    assert model.best_iteration_ == h["meta_iter"][best]
+    assert len(h["meta_iter"]) == best + 1 + 3  # patience of three checks
+    # The kept weights are those of meta-iteration best_iteration_: with a callable
+    # sampler, a constant step and no scaling, a run that short gives the same.
+    short = ReptileRegressor(n_meta_iter=model.best_iteration_, **common).meta_fit(_line_sampler)
+    np.testing.assert_allclose(model.meta_params_, short.meta_params_, atol=1e-6)
+
+
+def test_early_stopping_needs_validation_tasks():
+    with pytest.raises(ValueError, match="early_stopping=True needs validation tasks"):
+        ReptileRegressor(n_meta_iter=5, early_stopping=True, **FAST).meta_fit(
+            SineTaskSampler(random_state=0)
+        )
+    with pytest.raises(ValueError, match="validation_tasks must be a sequence"):
+        ReptileRegressor(n_meta_iter=5, **FAST).meta_fit(
+            SineTaskSampler(random_state=0), validation_tasks=[(np.ones((3, 1)), np.ones(3))]
+        )
+
+
+def test_warm_start_continues_as_one_longer_run():
+    common = dict(FAST, standardize=False, meta_lr=0.3, meta_lr_schedule="constant")
+    warm = ReptileRegressor(n_meta_iter=30, warm_start=True, monitor_interval=10, **common)
+    warm.meta_fit(_line_sampler)
+    first = warm.meta_params_.copy()
+    warm.meta_fit(_line_sampler)
+    assert warm.n_meta_iter_ == 60
+    assert warm.history_["meta_iter"] == [10, 20, 30, 40, 50, 60]
+    assert not np.allclose(first, warm.meta_params_)
+    # The second call drew new tasks, continuing the streams: the same as 60 at once.
+    long = ReptileRegressor(n_meta_iter=60, monitor_interval=10, **common).meta_fit(_line_sampler)
+    np.testing.assert_allclose(warm.meta_params_, long.meta_params_, atol=1e-6)
+    np.testing.assert_allclose(warm.history_["train_loss"], long.history_["train_loss"], rtol=1e-5)
+    # Without warm_start, meta_fit starts afresh.
+    cold = ReptileRegressor(n_meta_iter=30, **common).meta_fit(_line_sampler)
+    cold.meta_fit(_line_sampler)
+    np.testing.assert_array_equal(cold.meta_params_, first)
+    assert cold.n_meta_iter_ == 30
+
+
+def test_warm_start_checks_the_tasks_shape():
+    model = ReptileRegressor(n_meta_iter=5, warm_start=True, **FAST).meta_fit(
+        SineTaskSampler(random_state=0)
+    )
+    with pytest.raises(ValueError, match="warm_start=True: the tasks have 2 features"):
+        model.meta_fit([(np.ones((5, 2)), np.ones(5))])
+
+
+class CrashingSine(SineTaskSampler):
+    """Raises on its n-th draw, like a process killed in the middle of meta_fit."""
+
+    def __init__(self, crash_on, **kwargs):
+        super().__init__(**kwargs)
+        self.crash_on = crash_on
+        self.calls = 0
+
+    def sample_batch(self, rng, n_tasks):
+        self.calls += 1
+        if self.calls == self.crash_on:
+            raise RuntimeError("killed")
+        return super().sample_batch(rng, n_tasks)
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
+    path = tmp_path / "meta.ckpt"
+    params = dict(
+        FAST, n_meta_iter=600, monitor_interval=50, early_stopping=True, n_iter_no_change=50
+    )
+    val = _validation()
+    reference = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0), val)
+    # Draws: 1 peeks the scaling tasks, 2 fills chunk [0, 256), 3 chunk [256, 512).
+    # Checkpoints every 70 iterations: the last before the crash, at 210, is mid-chunk.
+    with pytest.raises(RuntimeError, match="killed"):
+        ReptileRegressor(checkpoint_path=path, checkpoint_interval=70, **params).meta_fit(
+            CrashingSine(crash_on=3, random_state=0), val
+        )
+    assert path.exists()
+    assert os.listdir(tmp_path) == ["meta.ckpt"]  # no temporary file left
+    resumed = ReptileRegressor(checkpoint_path=str(path), checkpoint_interval=70, **params)
+    resumed.meta_fit(SineTaskSampler(random_state=0), val)
+    np.testing.assert_array_equal(resumed.meta_params_, reference.meta_params_)
+    assert resumed.history_ == reference.history_
+    assert resumed.n_meta_iter_ == 600
+    assert (resumed.best_iteration_, resumed.best_validation_loss_) == (
+        reference.best_iteration_,
+        reference.best_validation_loss_,
+    )
+    assert not path.exists()  # a completed meta_fit removes its checkpoint
+
+
+def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    params = dict(FAST, n_meta_iter=40, monitor_interval=10, random_state=None)
+    real = engine_module.meta_lr_at
+
+    def interrupt_at_23(meta_lr, schedule, iteration, n_meta_iter):
+        if iteration == 23:
+            raise KeyboardInterrupt
+        return real(meta_lr, schedule, iteration, n_meta_iter)
+
+    monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at_23)
+    with pytest.warns(RuntimeWarning, match="a checkpoint of it is in"):
+        part = ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
+    assert part.n_meta_iter_ == 23 and path.exists()
+    monkeypatch.setattr(engine_module, "meta_lr_at", real)
+    # random_state=None: the seeds drawn by the first run are in the checkpoint.
+    resumed = ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
+    assert resumed.n_meta_iter_ == 40 and resumed.history_["meta_iter"] == [10, 20, 30, 40]
+    assert not path.exists()
+    # Interrupted inside meta-iteration 24 and resumed, a seeded run gives what the
+    # same run gives uninterrupted, history included.
+    seeded = dict(params, random_state=3)
+    monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at_23)
+    with pytest.warns(RuntimeWarning):
+        ReptileRegressor(checkpoint_path=path, **seeded).meta_fit(_line_sampler)
+    monkeypatch.setattr(engine_module, "meta_lr_at", real)
+    resumed = ReptileRegressor(checkpoint_path=path, **seeded).meta_fit(_line_sampler)
+    straight = ReptileRegressor(**seeded).meta_fit(_line_sampler)
+    np.testing.assert_array_equal(resumed.meta_params_, straight.meta_params_)
+    assert resumed.history_ == straight.history_
+
+
+def test_resuming_with_other_parameters_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError):
+        ReptileRegressor(
+            n_meta_iter=300, checkpoint_path=path, checkpoint_interval=50, **FAST
+        ).meta_fit(CrashingSine(crash_on=3, random_state=0))
+    other = ReptileRegressor(n_meta_iter=300, inner_lr=0.05, checkpoint_path=path, **FAST)
+    with pytest.raises(ValueError, match="other parameters \\(inner_lr: 0.1 then, 0.05 now\\)"):
+        other.meta_fit(SineTaskSampler(random_state=0))
+    with pytest.raises(ValueError, match="other validation tasks"):
+        ReptileRegressor(n_meta_iter=300, checkpoint_path=path, **FAST).meta_fit(
+            SineTaskSampler(random_state=0), _validation()
+        )
+
+
+def test_a_file_that_is_not_a_checkpoint_is_not_overwritten(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    with pytest.raises(ValueError, match="not a readable skreptile checkpoint"):
+        ReptileRegressor(n_meta_iter=5, checkpoint_path=path, **FAST).meta_fit(SineTaskSampler())
+    assert path.read_text() == "my notes"
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "state.npz"
+    monitor_module.save_checkpoint(path, {"theta": np.arange(3.0), "n": 1})
+    real_savez = np.savez
+
+    def failing_savez(f, **arrays):
+        real_savez(f, **arrays)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        monitor_module.save_checkpoint(path, {"theta": np.zeros(3), "n": 2})
+    monkeypatch.setattr(np, "savez", real_savez)
+    state = monitor_module.load_checkpoint(path)  # the previous checkpoint, intact
+    assert state["n"] == 1 and list(state["theta"]) == [0.0, 1.0, 2.0]
+    assert os.listdir(tmp_path) == ["state.npz"]
+    # Plain arrays and JSON: loading never needs pickle.
+    with np.load(path, allow_pickle=False) as data:
+        assert "__header__" in data.files
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(monitor_interval=0), "monitor_interval"),
+        (dict(n_iter_no_change=0), "n_iter_no_change"),
+        (dict(checkpoint_interval=0), "checkpoint_interval"),
+        (dict(checkpoint_path=3), "checkpoint_path"),
+        (dict(warm_start="yes"), "warm_start"),
+        (dict(early_stopping=1.5), "early_stopping"),
+    ],
+)
+def test_bad_monitor_parameters(params, message):
+    with pytest.raises(ValueError, match=message):
+        ReptileRegressor(n_meta_iter=5, **FAST, **params).meta_fit(SineTaskSampler())
