@@ -94,7 +94,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Number of targets.
     n_features_in_ : int
         Number of features seen during :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during :meth:`fit`, when they are all strings.
 
     See Also

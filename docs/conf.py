@@ -1,0 +1,291 @@
+"""Sphinx configuration of skreptile's documentation.
+
+Build with ``make -C docs html`` (warnings are errors) or
+``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+
+Three things here are specific to this project:
+
+* The API reference (``api.rst``) is generated at every build from
+  ``skreptile.__all__`` and the ``__all__`` of every public submodule, with the
+  template ``_templates/api.rst.jinja``: a new public name or submodule appears
+  in the reference without editing the docs.
+* Markdown pages in ``docs/`` that no toctree names (guides added later, such
+  as ``real_data.md``) are listed in the user guide automatically.
+* Intersphinx inventories are fetched online when possible and otherwise read
+  from ``_inventories/`` (see ``tools/make_inventories.py``), so the build is
+  the same, and warning-free, without internet access.
+"""
+
+import inspect
+import os
+import pkgutil
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import jinja2
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # document the package of this checkout
+
+import skreptile  # noqa: E402
+
+# -- Project -----------------------------------------------------------------
+project = "skreptile"
+author = "The skreptile developers"
+copyright = "2026, The skreptile developers"
+release = skreptile.__version__
+version = re.match(r"\d+\.\d+", release).group(0)
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+    "myst_parser",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "tools", "_inventories", "**.ipynb_checkpoints"]
+# Every cross-reference must resolve: a renamed function breaks the build.
+nitpicky = True
+default_role = "literal"
+pygments_style = "sphinx"
+
+# -- HTML --------------------------------------------------------------------
+html_theme = "pydata_sphinx_theme"
+html_title = f"skreptile {release}"
+html_theme_options = {
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
+}
+html_sidebars = {"changelog": [], "api": []}
+html_show_sourcelink = False
+
+# -- autodoc, autosummary, numpydoc ------------------------------------------
+autosummary_generate = True
+autodoc_typehints = "none"
+autodoc_member_order = "bysource"
+numpydoc_show_class_members = False  # the class template lists members itself
+numpydoc_attributes_as_param_list = True
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = "all"  # only the types below become links
+numpydoc_xref_aliases = {
+    "ndarray": "numpy.ndarray",
+    "Generator": "numpy.random.Generator",
+    "numpy.random.Generator": "numpy.random.Generator",
+    "RandomState": "numpy.random.RandomState",
+    "torch.device": "torch.device",
+    "torch.nn.Module": "torch.nn.Module",
+    "Pipeline": "sklearn.pipeline.Pipeline",
+    "sklearn.pipeline.Pipeline": "sklearn.pipeline.Pipeline",
+    "TaskSampler": "skreptile.TaskSampler",
+}
+# Docstrings are checked at every build; these checks are not required.
+numpydoc_validation_checks = {
+    "all",
+    "ES01",  # extended summary
+    "SA01",  # See Also section
+    "EX01",  # Examples section
+    "GL01",  # summary on the line after the opening quotes
+    "RT02",  # a named return value (``self : object``) is fine
+}
+
+# -- intersphinx -------------------------------------------------------------
+# The published inventory first; the shipped one when it cannot be reached.
+# Set SKREPTILE_DOCS_OFFLINE=1 to skip the network entirely.
+_OFFLINE = bool(os.environ.get("SKREPTILE_DOCS_OFFLINE"))
+_PROJECTS = {
+    "python": "https://docs.python.org/3/",
+    "numpy": "https://numpy.org/doc/stable/",
+    "sklearn": "https://scikit-learn.org/stable/",
+    "torch": "https://docs.pytorch.org/docs/stable/",
+    "joblib": "https://joblib.readthedocs.io/en/stable/",
+}
+intersphinx_mapping = {
+    key: (url, ((str(HERE / "_inventories" / f"{key}.inv"),) if _OFFLINE else (None, str(HERE / "_inventories" / f"{key}.inv"))))
+    for key, url in _PROJECTS.items()
+}
+intersphinx_timeout = 5
+
+# -- MyST (the markdown pages) -------------------------------------------------
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+
+# -- sphinx-gallery ----------------------------------------------------------
+# Examples executed at every build: quick on two CPU cores and needing no data
+# beyond what the package generates.  Other examples (those reading data sets,
+# or running for minutes) are rendered with their code but not run.  Adding an
+# example here is a one-line change; SKREPTILE_GALLERY_PATTERN (a regular
+# expression on the example's path) overrides the list, e.g. ``plot_`` runs all.
+EXECUTED_EXAMPLES = [
+    "plot_sine_adaptation.py",
+]
+_pattern = os.environ.get("SKREPTILE_GALLERY_PATTERN") or (
+    "/(" + "|".join(re.escape(name) for name in EXECUTED_EXAMPLES) + ")$"
+)
+sphinx_gallery_conf = {
+    "examples_dirs": str(ROOT / "examples"),
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": _pattern,
+    "ignore_pattern": r"(__init__|conftest)\.py",
+    "backreferences_dir": "gen_modules/backreferences",
+    "doc_module": ("skreptile",),
+    "reference_url": {"skreptile": None},
+    "remove_config_comments": True,
+    "image_scrapers": ("matplotlib",),
+    "matplotlib_animations": False,
+    "min_reported_time": 1,
+    "show_memory": False,
+    "download_all_examples": False,
+}
+
+# Examples run in this process: no interactive backend, and no warnings from
+# matplotlib's font cache rebuilding into the captured output.
+os.environ.setdefault("MPLBACKEND", "Agg")
+warnings.filterwarnings("ignore", message="Matplotlib is currently using agg")
+
+
+# -- The generated API reference ----------------------------------------------
+def _public_modules():
+    """``skreptile`` and its public submodules (no component starting with "_")."""
+    names = ["skreptile"]
+    for info in pkgutil.walk_packages(skreptile.__path__, "skreptile."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return names
+
+
+def _kind(obj):
+    from sklearn.base import BaseEstimator
+
+    from skreptile.tasks import TaskSampler
+
+    if inspect.isclass(obj):
+        if issubclass(obj, BaseException):
+            return "exceptions"
+        if issubclass(obj, BaseEstimator):
+            return "estimators"
+        if issubclass(obj, TaskSampler):
+            return "samplers"
+        return "classes"
+    if callable(obj):
+        return "functions"
+    return None
+
+
+_SECTION_TITLES = {
+    "estimators": "Estimators",
+    "samplers": "Task samplers",
+    "classes": "Classes",
+    "functions": "Functions",
+    "exceptions": "Exceptions and warnings",
+}
+_TEMPLATES = {
+    "estimators": "class.rst",
+    "samplers": "class.rst",
+    "classes": "class.rst",
+    "functions": "function.rst",
+    "exceptions": "exception.rst",
+}
+
+
+def _api_context():
+    """Module by module, the public names of ``__all__`` grouped by kind."""
+    import importlib
+
+    documented = {}  # id(obj) -> where it is documented
+    modules = []
+    for mod_name in _public_modules():
+        module = importlib.import_module(mod_name)
+        if not hasattr(module, "__all__"):
+            raise RuntimeError(
+                f"{mod_name} has no __all__: list its public names there so that the "
+                "API reference documents them."
+            )
+        sections = {kind: [] for kind in _SECTION_TITLES}
+        elsewhere = []
+        for name in module.__all__:
+            if name.startswith("__"):
+                continue  # __version__
+            obj = getattr(module, name)
+            kind = _kind(obj)
+            if kind is None:
+                continue
+            if id(obj) in documented:
+                elsewhere.append((name, documented[id(obj)], kind))
+                continue
+            documented[id(obj)] = f"{mod_name}.{name}"
+            sections[kind].append(name)
+        summary = (inspect.getdoc(module) or "").split("\n\n")[0].replace("\n", " ")
+        modules.append(
+            {
+                "name": mod_name,
+                "summary": summary,
+                "sections": [
+                    (_SECTION_TITLES[kind], _TEMPLATES[kind], sorted(names))
+                    for kind, names in sections.items()
+                    if names
+                ],
+                "elsewhere": elsewhere,
+            }
+        )
+    return {"modules": modules}
+
+
+def _write_if_changed(path, text):
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+def _render(template_name, **context):
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HERE / "_templates")),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template(template_name).render(**context)
+
+
+# Written now, before autosummary looks for the names to generate pages for.
+_write_if_changed(HERE / "api.rst", _render("api.rst.jinja", **_api_context()))
+
+
+# -- Markdown guides that no toctree names yet ---------------------------------
+# Pages written in markdown by the features they document (``real_data.md``,
+# ``classification.md``, ...) join the user guide as soon as they exist.
+PLACED_MARKDOWN = {"benchmarks", "user_guide_sklearn"}
+EXTRA_GUIDES = sorted(p.stem for p in HERE.glob("*.md") if p.stem not in PLACED_MARKDOWN)
+
+
+def _render_jinja_pages(app, docname, source):
+    """Render ``{{ ... }}`` and ``{% ... %}`` in the pages that use them."""
+    if docname == "user_guide/index":
+        source[0] = jinja2.Template(source[0], trim_blocks=True, lstrip_blocks=True).render(
+            extra_guides=EXTRA_GUIDES
+        )
+
+
+def _skip_foreign_members(app, what, name, obj, skip, options):
+    """Document skreptile's own methods; point to scikit-learn for the inherited ones."""
+    if skip or what != "class":
+        return None
+    if re.fullmatch(r"set_\w+_request|get_metadata_routing", name):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("source-read", _render_jinja_pages)
+    app.connect("autodoc-skip-member", _skip_foreign_members)
