@@ -74,7 +74,6 @@ html_show_sourcelink = False
 # -- autodoc, autosummary, numpydoc ------------------------------------------
 autosummary_generate = True
 autodoc_typehints = "none"
-autodoc_member_order = "bysource"
 numpydoc_show_class_members = False  # the class template lists members itself
 numpydoc_attributes_as_param_list = True
 numpydoc_xref_param_type = True
@@ -89,6 +88,7 @@ numpydoc_xref_aliases = {
     "Pipeline": "sklearn.pipeline.Pipeline",
     "sklearn.pipeline.Pipeline": "sklearn.pipeline.Pipeline",
     "TaskSampler": "skreptile.TaskSampler",
+    "callable": ":term:`python:callable`",
 }
 # Docstrings are checked at every build; these checks are not required.
 numpydoc_validation_checks = {
@@ -111,10 +111,10 @@ _PROJECTS = {
     "torch": "https://docs.pytorch.org/docs/stable/",
     "joblib": "https://joblib.readthedocs.io/en/stable/",
 }
-intersphinx_mapping = {
-    key: (url, ((str(HERE / "_inventories" / f"{key}.inv"),) if _OFFLINE else (None, str(HERE / "_inventories" / f"{key}.inv"))))
-    for key, url in _PROJECTS.items()
-}
+intersphinx_mapping = {}
+for _key, _url in _PROJECTS.items():
+    _shipped = str(HERE / "_inventories" / f"{_key}.inv")
+    intersphinx_mapping[_key] = (_url, (_shipped,) if _OFFLINE else (None, _shipped))
 intersphinx_timeout = 5
 
 # -- MyST (the markdown pages) -------------------------------------------------
@@ -140,7 +140,6 @@ sphinx_gallery_conf = {
     "ignore_pattern": r"(__init__|conftest)\.py",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("skreptile",),
-    "reference_url": {"skreptile": None},
     "remove_config_comments": True,
     "image_scrapers": ("matplotlib",),
     "matplotlib_animations": False,
@@ -286,6 +285,12 @@ def _skip_foreign_members(app, what, name, obj, skip, options):
     return None
 
 
+def _jinja_pages_are_outdated(app, env, added, changed, removed):
+    """Read the user guide's index at every build: the markdown pages may have changed."""
+    return ["user_guide/index"]
+
+
 def setup(app):
+    app.connect("env-get-outdated", _jinja_pages_are_outdated)
     app.connect("source-read", _render_jinja_pages)
     app.connect("autodoc-skip-member", _skip_foreign_members)

@@ -82,9 +82,19 @@ def sklearn_entries():
     # Labels that the docstrings of inherited estimator methods (``score``) refer to.
     guide = "modules/model_evaluation.html"
     entries += [
-        ("r2_score", "std:label", f"{guide}#r2-score", "R² score, the coefficient of determination"),
+        (
+            "r2_score",
+            "std:label",
+            f"{guide}#r2-score",
+            "R² score, the coefficient of determination",
+        ),
         ("accuracy_score", "std:label", f"{guide}#accuracy-score", "Accuracy score"),
-        ("metadata_routing", "std:label", "metadata_routing.html#metadata-routing", "Metadata Routing"),
+        (
+            "metadata_routing",
+            "std:label",
+            "metadata_routing.html#metadata-routing",
+            "Metadata Routing",
+        ),
     ]
     for mod_name in modules:
         full = f"sklearn.{mod_name}"
@@ -140,7 +150,11 @@ def numpy_entries():
     random = "reference/random"
     entries += [
         ("numpy.random.Generator", "py:class", f"{random}/generator.html#numpy.random.Generator"),
-        ("numpy.random.default_rng", "py:function", f"{random}/generator.html#numpy.random.default_rng"),
+        (
+            "numpy.random.default_rng",
+            "py:function",
+            f"{random}/generator.html#numpy.random.default_rng",
+        ),
         ("numpy.random.RandomState", "py:class", f"{random}/legacy.html#numpy.random.RandomState"),
         (
             "numpy.random.SeedSequence",
@@ -166,8 +180,16 @@ def torch_entries():
         ("torch.device", "py:class", "tensor_attributes.html#torch.device"),
         ("torch.dtype", "py:class", "tensor_attributes.html#torch.dtype"),
         ("torch.Generator", "py:class", f"{gen}/torch.Generator.html#torch.Generator"),
-        ("torch.cuda.is_available", "py:function", f"{gen}/torch.cuda.is_available.html#torch.cuda.is_available"),
-        ("torch.backends.mps.is_available", "py:function", "backends.html#torch.backends.mps.is_available"),
+        (
+            "torch.cuda.is_available",
+            "py:function",
+            f"{gen}/torch.cuda.is_available.html#torch.cuda.is_available",
+        ),
+        (
+            "torch.backends.mps.is_available",
+            "py:function",
+            "backends.html#torch.backends.mps.is_available",
+        ),
         ("torch.save", "py:function", f"{gen}/torch.save.html#torch.save"),
         ("torch.load", "py:function", f"{gen}/torch.load.html#torch.load"),
     ]
@@ -221,14 +243,32 @@ def python_entries():
     entries += [
         (const, "py:data", f"{lib}/constants.html#{const}") for const in ("None", "True", "False")
     ]
-    entries += [(term, "std:term", f"glossary.html#term-{term}") for term in ("iterable", "sequence", "generator")]
     entries += [
-        ("bltin-boolean-values", "std:label", f"{lib}/stdtypes.html#bltin-boolean-values", "Boolean Type - bool"),
-        ("contextlib.contextmanager", "py:function", f"{lib}/contextlib.html#contextlib.contextmanager"),
+        (term, "std:term", f"glossary.html#term-{term}")
+        for term in ("iterable", "sequence", "generator", "callable")
+    ]
+    entries += [
+        (
+            "bltin-boolean-values",
+            "std:label",
+            f"{lib}/stdtypes.html#bltin-boolean-values",
+            "Boolean Type - bool",
+        ),
+        (
+            "contextlib.contextmanager",
+            "py:function",
+            f"{lib}/contextlib.html#contextlib.contextmanager",
+        ),
         ("collections.namedtuple", "py:function", f"{lib}/collections.html#collections.namedtuple"),
     ]
     for name in ("int", "float", "str", "bool", "tuple", "list", "dict", "callable"):
-        entries.append((name, "py:class" if name != "callable" else "py:function", f"{lib}/functions.html#{name}"))
+        entries.append(
+            (
+                name,
+                "py:class" if name != "callable" else "py:function",
+                f"{lib}/functions.html#{name}",
+            )
+        )
     return f"{sys.version_info.major}.{sys.version_info.minor}", entries
 
 
