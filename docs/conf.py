@@ -6,9 +6,11 @@ Build with ``make -C docs html`` (warnings are errors) or
 Three things here are specific to this project:
 
 * The API reference (``api.rst``) is generated at every build from
-  ``skreptile.__all__`` and the ``__all__`` of every public submodule, with the
+  ``skreptile.__all__`` and the ``__all__`` of every public submodule (a
+  module without one contributes the public names it defines), with the
   template ``_templates/api.rst.jinja``: a new public name or submodule appears
-  in the reference without editing the docs.
+  in the reference without editing the docs.  Its docstrings are validated by
+  numpydoc, and every cross-reference must resolve (``nitpicky``).
 * Markdown pages in ``docs/`` that no toctree names (guides added later, such
   as ``real_data.md``) are listed in the user guide automatically.
 * Intersphinx inventories are fetched online when possible and otherwise read
@@ -164,6 +166,17 @@ def _public_modules():
     return names
 
 
+def _public_names(module):
+    """``module.__all__``, else the public names defined in the module itself."""
+    if hasattr(module, "__all__"):
+        return list(module.__all__)
+    return [
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__
+    ]
+
+
 def _kind(obj):
     from sklearn.base import BaseEstimator
 
@@ -189,31 +202,28 @@ _SECTION_TITLES = {
     "functions": "Functions",
     "exceptions": "Exceptions and warnings",
 }
+# Estimators and samplers show their inherited methods (get_params, score,
+# sample_batch, ...); other classes (a torch.nn.Module, say) only their own.
 _TEMPLATES = {
     "estimators": "class.rst",
     "samplers": "class.rst",
-    "classes": "class.rst",
+    "classes": "class_own_members.rst",
     "functions": "function.rst",
     "exceptions": "exception.rst",
 }
 
 
 def _api_context():
-    """Module by module, the public names of ``__all__`` grouped by kind."""
+    """Module by module, the public names grouped by kind, each documented once."""
     import importlib
 
     documented = {}  # id(obj) -> where it is documented
     modules = []
     for mod_name in _public_modules():
         module = importlib.import_module(mod_name)
-        if not hasattr(module, "__all__"):
-            raise RuntimeError(
-                f"{mod_name} has no __all__: list its public names there so that the "
-                "API reference documents them."
-            )
         sections = {kind: [] for kind in _SECTION_TITLES}
         elsewhere = []
-        for name in module.__all__:
+        for name in _public_names(module):
             if name.startswith("__"):
                 continue  # __version__
             obj = getattr(module, name)
@@ -257,8 +267,23 @@ def _render(template_name, **context):
     return env.get_template(template_name).render(**context)
 
 
+def _remove_stale_stubs(context):
+    """Delete autosummary pages of names no longer public (autosummary keeps them)."""
+    current = {
+        f"{module['name']}.{name}"
+        for module in context["modules"]
+        for _, _, names in module["sections"]
+        for name in names
+    }
+    for stub in (HERE / "gen_modules").glob("*.rst"):
+        if stub.stem not in current:
+            stub.unlink()
+
+
 # Written now, before autosummary looks for the names to generate pages for.
-_write_if_changed(HERE / "api.rst", _render("api.rst.jinja", **_api_context()))
+_API = _api_context()
+_remove_stale_stubs(_API)
+_write_if_changed(HERE / "api.rst", _render("api.rst.jinja", **_API))
 
 
 # -- Markdown guides that no toctree names yet ---------------------------------
