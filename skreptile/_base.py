@@ -419,6 +419,13 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         return self
 
     def torch_module(self):
-        """The adapted network as a plain ``torch.nn.Module`` on the CPU."""
+        """The adapted network as a plain ``torch.nn.Module`` on the CPU.
+
+        Returns
+        -------
+        module : torch.nn.Module
+            A copy of the network with the weights of the last :meth:`fit`,
+            independent of the estimator.
+        """
         check_is_fitted(self)
         return self._net().to_torch_module(torch.as_tensor(self.params_))

@@ -117,7 +117,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Number of targets.
     n_features_in_ : int
         Number of features seen during :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during :meth:`fit`, when they are all strings.
     history_ : dict of list
         Set by :meth:`meta_fit`, one entry every ``monitor_interval``

@@ -1,6 +1,8 @@
 """Task samplers: where meta-training tasks come from.
 
-See :mod:`skreptile.tasks._base` for the protocol any sampler follows.
+``meta_fit`` accepts a callable ``sampler(rng) -> (X, y)``, a sequence of
+``(X, y)`` tasks, or a :class:`~skreptile.TaskSampler` such as
+:class:`~skreptile.SineTaskSampler`, which draws many tasks at once.
 """
 
 from ._base import TaskError, TaskSampler

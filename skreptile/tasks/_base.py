@@ -36,13 +36,38 @@ class TaskSampler:
     def sample_batch(self, rng, n_tasks):
         """Draw ``n_tasks`` tasks as arrays ``X (n_tasks, n_points, n_features)`` and ``y``.
 
-        A sampler whose tasks differ in size returns a list of ``n_tasks``
-        pairs ``(X, y)`` instead.
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The generator to draw with.
+        n_tasks : int
+            Number of tasks.
+
+        Returns
+        -------
+        X : ndarray of shape (n_tasks, n_points, n_features)
+            Inputs of the tasks.
+        y : ndarray of shape (n_tasks, n_points) or (n_tasks, n_points, n_outputs)
+            Targets of the tasks.  A sampler whose tasks differ in size returns
+            a list of ``n_tasks`` pairs ``(X, y)`` instead.
         """
         raise NotImplementedError
 
     def __call__(self, rng):
-        """Draw one task ``(X, y)`` with the generator ``rng``."""
+        """Draw one task ``(X, y)`` with the generator ``rng``.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The generator to draw with.
+
+        Returns
+        -------
+        X : ndarray of shape (n_points, n_features)
+            Inputs of the task.
+        y : ndarray of shape (n_points,) or (n_points, n_outputs)
+            Targets of the task.
+        """
         tasks = self.sample_batch(rng, 1)
         if isinstance(tasks, list):
             return tasks[0]
@@ -50,7 +75,19 @@ class TaskSampler:
         return X[0], y[0]
 
     def make_rng(self, fallback_seed):
-        """The generator of a meta-training run: the sampler's seed, else ``fallback_seed``."""
+        """The generator of a meta-training run: the sampler's seed, else ``fallback_seed``.
+
+        Parameters
+        ----------
+        fallback_seed : int
+            Seed used when the sampler's ``random_state`` is None (``meta_fit``
+            passes one derived from the estimator's ``random_state``).
+
+        Returns
+        -------
+        rng : numpy.random.Generator
+            The generator ``meta_fit`` draws the tasks with.
+        """
         seed = self.random_state
         if seed is None:
             return np.random.default_rng(fallback_seed)

@@ -63,13 +63,43 @@ class SineTaskSampler(TaskSampler):
         self.noise_std = noise_std
 
     def sample_parameters(self, rng, n_tasks):
-        """Draw ``(amplitude, phase)`` arrays for ``n_tasks`` tasks."""
+        """Draw ``(amplitude, phase)`` arrays for ``n_tasks`` tasks.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The generator to draw with.
+        n_tasks : int
+            Number of tasks.
+
+        Returns
+        -------
+        amplitude : ndarray of shape (n_tasks,)
+            Amplitude of each task's sine.
+        phase : ndarray of shape (n_tasks,)
+            Phase of each task's sine.
+        """
         amplitude = rng.uniform(*self.amplitude_range, size=n_tasks)
         phase = rng.uniform(*self.phase_range, size=n_tasks)
         return amplitude, phase
 
     def sample_batch(self, rng, n_tasks):
-        """Draw ``n_tasks`` tasks: ``X`` of shape (n_tasks, n_points, 1), ``y`` (n_tasks, n_points)."""
+        """Draw ``n_tasks`` tasks: ``X`` of shape (n_tasks, n_points, 1), ``y`` (n_tasks, n_points).
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The generator to draw with.
+        n_tasks : int
+            Number of tasks.
+
+        Returns
+        -------
+        X : ndarray of shape (n_tasks, n_points, 1)
+            Inputs of the tasks.
+        y : ndarray of shape (n_tasks, n_points)
+            Targets of the tasks.
+        """
         amplitude, phase = self.sample_parameters(rng, n_tasks)
         if self.grid:
             x = np.broadcast_to(np.linspace(*self.x_range, self.n_points), (n_tasks, self.n_points))
