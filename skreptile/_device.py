@@ -49,9 +49,12 @@ def _flush_denormal_enabled():
     return bool(torch.mul(_TINY, 1e-10).item() == 0.0)
 
 
-# Below this many multiply-adds per matrix product, a second CPU thread costs
-# more in synchronisation than it saves (measured in benchmarks/, 2-core machine).
-SINGLE_THREAD_WORK = 1 << 20
+# Below this many multiply-adds per matrix product, tiny-tensor code runs on one
+# CPU thread.  On a quiet 2-core machine a second thread saves about a quarter
+# from 2^20 multiply-adds up, but when another process holds a core, OpenMP's
+# waiting makes it up to ten times slower (both measured in benchmarks/): only
+# products large enough to amortise that risk get every thread.
+SINGLE_THREAD_WORK = 1 << 23
 
 
 @contextlib.contextmanager
@@ -62,8 +65,8 @@ def fast_cpu_math(device=None, work=0):
       into denormal numbers, which the CPU handles tens of times slower than
       normal ones, and flushing them changes no result that matters.
     * Products smaller than ``SINGLE_THREAD_WORK`` multiply-adds (``work``) run
-      on one thread: for tiny matrices, waking and joining a second thread costs
-      more than the arithmetic, and far more when another process holds a core.
+      on one thread: for small matrices, waking and joining a second thread
+      costs about what it saves, and far more when another process holds a core.
 
     The caller's settings are restored afterwards.
     """

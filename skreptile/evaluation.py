@@ -23,6 +23,7 @@ from ._base import BaseReptile
 from ._device import fast_cpu_math
 from ._losses import LOSSES
 from .tasks import GroupTaskSampler
+from .tasks._base import as_generator
 
 __all__ = ["FewShotResults", "evaluate_few_shot", "plot_few_shot", "split_support_query"]
 
@@ -42,14 +43,6 @@ def _mae(y_true, y_pred):
 
 
 METRICS = {"mse": _mse, "rmse": _rmse, "mae": _mae}
-
-
-def _generator(random_state):
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, np.random.RandomState):
-        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-    return np.random.default_rng(random_state)
 
 
 def _as_tasks(tasks):
@@ -93,7 +86,7 @@ def split_support_query(tasks, n_support, *, random_state=None):
     """
     if not isinstance(n_support, numbers.Integral) or n_support < 1:
         raise ValueError(f"n_support must be a positive integer, got {n_support!r}.")
-    rng = _generator(random_state)
+    rng = as_generator(random_state)
     split = []
     for i, task in enumerate(_as_tasks(tasks)):
         if not (isinstance(task, (tuple, list)) and len(task) == 2):

@@ -88,18 +88,22 @@ class TaskSampler:
         rng : numpy.random.Generator
             The generator ``meta_fit`` draws the tasks with.
         """
-        seed = self.random_state
-        if seed is None:
+        if self.random_state is None:
             return np.random.default_rng(fallback_seed)
-        if isinstance(seed, np.random.Generator):
-            return seed
-        if isinstance(seed, np.random.RandomState):
-            return np.random.default_rng(seed.randint(np.iinfo(np.int32).max))
-        return np.random.default_rng(seed)
+        return as_generator(self.random_state)
 
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
+
+
+def as_generator(random_state):
+    """A :class:`numpy.random.Generator` from a seed, a Generator or a RandomState."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    return np.random.default_rng(random_state)
 
 
 def seed_from_random_state(random_state):
