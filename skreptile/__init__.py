@@ -5,8 +5,17 @@ gradient steps fit a new task well; then use the model as any scikit-learn
 estimator.
 """
 
+from ._classifier import ReptileClassifier
 from ._regressor import ReptileRegressor
 from ._version import __version__
-from .tasks import SineTaskSampler, TaskError, TaskSampler
+from .tasks import ClassTaskSampler, SineTaskSampler, TaskError, TaskSampler
 
-__all__ = ["ReptileRegressor", "SineTaskSampler", "TaskError", "TaskSampler", "__version__"]
+__all__ = [
+    "ClassTaskSampler",
+    "ReptileClassifier",
+    "ReptileRegressor",
+    "SineTaskSampler",
+    "TaskError",
+    "TaskSampler",
+    "__version__",
+]

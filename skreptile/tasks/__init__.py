@@ -4,6 +4,7 @@ See :mod:`skreptile.tasks._base` for the protocol any sampler follows.
 """
 
 from ._base import TaskError, TaskSampler
+from ._class import ClassTaskSampler
 from ._sine import SineTaskSampler
 
-__all__ = ["SineTaskSampler", "TaskError", "TaskSampler"]
+__all__ = ["ClassTaskSampler", "SineTaskSampler", "TaskError", "TaskSampler"]
