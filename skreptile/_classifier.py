@@ -143,7 +143,7 @@ class _ClassTasks:
         if not (isinstance(task, (tuple, list)) and len(task) == 2):
             return task  # the task stream names the problem
         X, y = task
-        X = self._flatten(np.asarray(X), 0, where)
+        X = self._flatten(np.asarray(X), 1, where)
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
