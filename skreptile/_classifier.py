@@ -15,7 +15,7 @@ from .tasks._base import TaskError, TaskSampler
 
 # Rows of one forward pass when predicting query points one by one with the
 # support set (non-transductive batch normalisation); bounds the memory.
-PREDICT_ROWS = 4096
+PREDICT_ROWS = 1024
 
 
 def _normalise_shape(shape):
