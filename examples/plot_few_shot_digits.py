@@ -90,6 +90,6 @@ for i, method in enumerate(methods):
 ax.axhline(20, color="gray", ls=":", label="chance")
 ax.set_xticks(np.arange(len(settings)), list(settings))
 ax.set_ylabel("5-way 1-shot accuracy (%)")
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper right")
 fig.tight_layout()
 fig.savefig("few_shot_digits.png", dpi=100)
