@@ -171,8 +171,9 @@ class _ClassTasks:
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise TaskError(f"{where}: y contains NaN or infinity.")
         # Fast path: labels already 0 .. N-1 in every task (skreptile's samplers).
-        n_classes = int(y.max()) + 1 if y.dtype.kind in "iuf" and y.size else 0
-        if y.dtype.kind in "iuf" and y.size and y.min() >= 0 and (y == np.round(y)).all():
+        numeric = y.dtype.kind in "iuf" and y.size > 0
+        n_classes = int(y.max()) + 1 if numeric else 0
+        if numeric and n_classes <= y.shape[1] and y.min() >= 0 and (y == np.round(y)).all():
             onehot = y[..., None] == np.arange(n_classes)
             if onehot.any(axis=1).all():
                 self._check_classes(n_classes, where)

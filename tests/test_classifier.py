@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from skreptile import ClassTaskSampler, ReptileClassifier, TaskError
+from skreptile import ClassTaskSampler, ReptileClassifier, TaskError, TaskSampler
 from skreptile._losses import CrossEntropy
 from skreptile.nn import ConvNet
 
@@ -119,6 +119,16 @@ def test_tasks_from_callables_and_sequences_with_their_own_labels():
         ReptileClassifier(n_meta_iter=5, device="cpu").meta_fit(bad)
     with pytest.raises(TaskError, match="Task 0: y must be a 1-D array"):
         ReptileClassifier(n_meta_iter=5, device="cpu").meta_fit([(centres[:4], np.eye(4))])
+
+
+def test_a_sampler_with_its_own_labels_is_remapped_per_task():
+    class OwnLabels(TaskSampler):
+        def sample_batch(self, rng, n_tasks):
+            labels = np.tile([10**9, 10**9 + 7, 5], (n_tasks, 2))
+            return rng.normal(size=(n_tasks, 6, 2)) + labels[..., None] % 3, labels
+
+    model = ReptileClassifier(n_meta_iter=3, device="cpu", random_state=0)
+    assert model.meta_fit(OwnLabels()).n_outputs_ == 3
 
 
 def test_same_random_state_gives_the_same_model(digits):

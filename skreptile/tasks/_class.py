@@ -62,8 +62,8 @@ class ClassTaskSampler(TaskSampler):
     >>> Xt, yt = sampler.sample_batch(np.random.default_rng(0), n_tasks=8)
     >>> Xt.shape, yt.shape
     ((8, 6, 1, 4, 4), (8, 6))
-    >>> sorted(set(yt[0]))
-    [0, 1, 2]
+    >>> np.unique(yt[0])
+    array([0, 1, 2])
     >>> Xs, ys, Xq, yq = sampler.sample_episodes(np.random.default_rng(1), 4, n_query=3)
     >>> Xs.shape, Xq.shape
     ((4, 6, 1, 4, 4), (4, 9, 1, 4, 4))
