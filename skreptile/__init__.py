@@ -5,14 +5,23 @@ gradient steps fit a new task well; then use the model as any scikit-learn
 estimator.
 """
 
+from ._classifier import ReptileClassifier
 from ._regressor import ReptileRegressor
 from ._state import InconsistentVersionWarning
 from ._version import __version__
-from .tasks import GroupTaskSampler, SineTaskSampler, TaskError, TaskSampler
+from .tasks import (
+    ClassTaskSampler,
+    GroupTaskSampler,
+    SineTaskSampler,
+    TaskError,
+    TaskSampler,
+)
 
 __all__ = [
+    "ClassTaskSampler",
     "GroupTaskSampler",
     "InconsistentVersionWarning",
+    "ReptileClassifier",
     "ReptileRegressor",
     "SineTaskSampler",
     "TaskError",

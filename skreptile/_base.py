@@ -129,7 +129,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         # it for reproducibility without disturbing the caller's random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = self.module(n_features, n_outputs)
+            module = self._make_module(n_features, n_outputs)
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
                 f"module must build a torch.nn.Module from (n_features, n_outputs); "
@@ -137,6 +137,14 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             )
         net = BatchedModule(module.float())
         return net, net.init_params()
+
+    def _make_module(self, n_features, n_outputs):
+        """The user's ``torch.nn.Module`` (a hook: the classifier adapts it to images)."""
+        return self.module(n_features, n_outputs)
+
+    def _scaling(self, X, Y):
+        """``(x_mean, x_scale, y_mean, y_scale)`` of the points ``X``, ``Y`` (a hook)."""
+        return _scale_stats(X, Y, self.standardize)
 
     def _net(self):
         """The network of the learned state, rebuilt after unpickling."""
@@ -199,7 +207,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 stats_tasks = stream.peek(n_stats)
             X_all, y_all = _concat_points(stats_tasks)
             n_features, n_outputs = stream.signature
-            scaling = _scale_stats(X_all, y_all, self.standardize)
+            scaling = self._scaling(X_all, y_all)
             del X_all, y_all, stats_tasks
             net, theta = self._build_net(n_features, n_outputs, int(init_seed))
             run.start(scaling, (n_features, n_outputs))
@@ -408,9 +416,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             init_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
             net, theta = self._build_net(X.shape[1], Y.shape[1], init_seed)
             init = theta.numpy()
-            self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = _scale_stats(
-                X, Y, self.standardize
-            )
+            self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = self._scaling(X, Y)
             self.n_outputs_ = Y.shape[1]
             self._cache["net"] = net
         params = self._adapt(init, X, Y)

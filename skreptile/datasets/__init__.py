@@ -1,4 +1,5 @@
-"""Real data sets for meta-learning, loaded from local files or downloaded on request."""
+"""Real data sets for meta-learning, loaded from local files (Beijing air quality may be
+downloaded on request)."""
 
 from ._beijing import (
     BEIJING_FILES,
@@ -7,6 +8,7 @@ from ._beijing import (
     get_data_home,
     load_beijing_air_quality,
 )
+from ._omniglot import load_omniglot
 
 __all__ = [
     "BEIJING_FILES",
@@ -14,4 +16,5 @@ __all__ = [
     "beijing_daily_tasks",
     "get_data_home",
     "load_beijing_air_quality",
+    "load_omniglot",
 ]

@@ -6,7 +6,8 @@
 """
 
 from ._base import TaskError, TaskSampler
+from ._class import ClassTaskSampler
 from ._group import GroupTaskSampler
 from ._sine import SineTaskSampler
 
-__all__ = ["GroupTaskSampler", "SineTaskSampler", "TaskError", "TaskSampler"]
+__all__ = ["ClassTaskSampler", "GroupTaskSampler", "SineTaskSampler", "TaskError", "TaskSampler"]

@@ -1,0 +1,230 @@
+"""N-way K-shot classification tasks drawn from a labelled data set."""
+
+import numpy as np
+from sklearn.utils.validation import check_array, column_or_1d
+
+from ._base import TaskSampler
+
+
+def _rotations():
+    """The four rotations by multiples of 90 degrees on the last two axes (None: identity)."""
+    return [None] + [lambda a, k=k: np.rot90(a, k, axes=(-2, -1)) for k in (1, 2, 3)]
+
+
+class ClassTaskSampler(TaskSampler):
+    """Draws N-way K-shot tasks from a labelled data set, as in few-shot classification.
+
+    A task picks ``n_way`` distinct classes and ``k_shot`` examples of each;
+    its labels are ``0 .. n_way - 1``, assigned to the classes in a random
+    order for every task, so that a network cannot learn a fixed map from a
+    class to an output and must learn to adapt instead.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or (n_samples, channels, height, width)
+        The examples, flat or as images.  Tasks come back in the same form.
+        A 3-D array ``(n_samples, height, width)`` is taken as one-channel images.
+    y : array-like of shape (n_samples,)
+        Class of every example.
+    n_way : int, default=5
+        Classes per task.
+    k_shot : int, default=1
+        Examples per class in a task.  Meta-training often uses more shots than
+        evaluation (the Reptile paper trains with 10 for 1-shot Omniglot).
+    augment : None, "rot90" or sequence of callables, default=None
+        Class augmentation: every class is split into one new class per
+        variant.  "rot90" makes four classes of each, rotated by 0, 90, 180
+        and 270 degrees, as in the paper's Omniglot experiments.  A sequence
+        of callables gives the variants explicitly: each maps an array of
+        examples ``(..., channels, height, width)`` (or ``(..., n_features)``
+        for flat data without ``image_shape``) to one of the same shape.
+    image_shape : tuple of int or None, default=None
+        ``(channels, height, width)`` (or ``(height, width)``) of flat
+        examples, needed to rotate them; ignored for image-shaped ``X``.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seeds the tasks drawn by ``meta_fit``.  None defers to the estimator's
+        ``random_state``.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The classes of ``y``, before augmentation.
+    n_task_classes_ : int
+        Classes tasks are drawn from: ``n_classes`` times the number of variants.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skreptile import ClassTaskSampler
+    >>> X = np.random.default_rng(0).random((60, 1, 4, 4))
+    >>> y = np.repeat(np.arange(12), 5)
+    >>> sampler = ClassTaskSampler(X, y, n_way=3, k_shot=2, augment="rot90", random_state=0)
+    >>> Xt, yt = sampler.sample_batch(np.random.default_rng(0), n_tasks=8)
+    >>> Xt.shape, yt.shape
+    ((8, 6, 1, 4, 4), (8, 6))
+    >>> np.unique(yt[0])
+    array([0, 1, 2])
+    >>> Xs, ys, Xq, yq = sampler.sample_episodes(np.random.default_rng(1), 4, n_query=3)
+    >>> Xs.shape, Xq.shape
+    ((4, 6, 1, 4, 4), (4, 9, 1, 4, 4))
+    """
+
+    def __init__(self, X, y, n_way=5, k_shot=1, augment=None, image_shape=None, random_state=None):
+        X = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
+        y = column_or_1d(y, warn=True)
+        if len(X) != len(y):
+            raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)}).")
+        if X.ndim == 3:
+            X = X[:, None]
+        if X.ndim not in (2, 4):
+            raise ValueError(
+                "X must be (n_samples, n_features) or images (n_samples, channels, height, "
+                f"width); got {X.ndim} dimensions."
+            )
+        self.X = X
+        self.y = y
+        self.n_way = int(n_way)
+        self.k_shot = int(k_shot)
+        self.augment = augment
+        self.image_shape = image_shape
+        self.random_state = random_state
+
+        self._flat = X.ndim == 2
+        if self._flat and image_shape is not None:
+            shape = tuple(int(s) for s in image_shape)
+            shape = (1, *shape) if len(shape) == 2 else shape
+            if len(shape) != 3 or int(np.prod(shape)) != X.shape[1]:
+                raise ValueError(
+                    f"image_shape={image_shape} does not match the {X.shape[1]} features of X."
+                )
+            self._images = X.reshape(len(X), *shape)
+        else:
+            self._images = X
+        self._variants = self._check_augment(augment)
+
+        self.classes_, y_index, counts = np.unique(y, return_inverse=True, return_counts=True)
+        order = np.argsort(y_index, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # Row c lists the examples of class c, padded with -1.
+        self._members = np.full((len(counts), counts.max()), -1, dtype=np.intp)
+        for c, (start, count) in enumerate(zip(starts, counts)):
+            self._members[c, :count] = order[start : start + count]
+        self._counts = counts
+        self.n_task_classes_ = len(counts) * len(self._variants)
+        if self.n_way < 1 or self.k_shot < 1:
+            raise ValueError(f"n_way and k_shot must be positive; got {n_way} and {k_shot}.")
+        if self.n_way > self.n_task_classes_:
+            raise ValueError(
+                f"n_way={self.n_way} classes per task, but there are only "
+                f"{self.n_task_classes_} classes to draw from."
+            )
+        self._check_enough(self.k_shot, "k_shot")
+
+    def _check_augment(self, augment):
+        if augment is None:
+            return [None]
+        if isinstance(augment, str):
+            if augment != "rot90":
+                raise ValueError(f"augment must be None, 'rot90' or callables; got {augment!r}.")
+            if self._images.ndim != 4:
+                raise ValueError("augment='rot90' needs images: give 4-D X or image_shape.")
+            if self._images.shape[-1] != self._images.shape[-2]:
+                raise ValueError(
+                    f"augment='rot90' needs square images; got {self._images.shape[-2:]}."
+                )
+            return _rotations()
+        variants = list(augment)
+        if not variants or not all(callable(f) for f in variants):
+            raise ValueError("augment must be None, 'rot90' or a non-empty sequence of callables.")
+        return variants
+
+    def _check_enough(self, n_per_class, what):
+        fewest = int(self._counts.min())
+        if fewest < n_per_class:
+            cls = self.classes_[int(np.argmin(self._counts))]
+            raise ValueError(
+                f"Class {cls!r} has {fewest} example(s), fewer than the {n_per_class} a task "
+                f"needs ({what})."
+            )
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(X of shape {self.X.shape}, {len(self.classes_)} classes, "
+            f"n_way={self.n_way}, k_shot={self.k_shot}, augment={self.augment!r}, "
+            f"random_state={self.random_state!r})"
+        )
+
+    def _draw(self, rng, n_tasks, n_per_class):
+        """Examples ``(n_tasks, n_way, n_per_class, ...)`` and their labels ``(n_tasks, n_way)``."""
+        n_way = self.n_way
+        picked = np.stack(
+            [rng.choice(self.n_task_classes_, n_way, replace=False) for _ in range(n_tasks)]
+        )
+        base, variant = np.divmod(picked, len(self._variants))
+        # Distinct examples of every picked class: the smallest random keys among its members.
+        keys = rng.random((n_tasks, n_way, self._members.shape[1]))
+        keys[self._members[base] < 0] = 2.0
+        positions = np.argsort(keys, axis=-1)[..., :n_per_class]
+        index = np.take_along_axis(self._members[base], positions, axis=-1)
+        examples = self._images[index]
+        for v, transform in enumerate(self._variants):
+            if transform is None:
+                continue
+            mask = variant == v
+            if mask.any():
+                examples[mask] = transform(examples[mask])
+        labels = np.argsort(rng.random((n_tasks, n_way)), axis=1)
+        return examples, labels
+
+    def _as_tasks(self, rng, examples, labels):
+        """Flatten classes into shuffled points: ``X (n_tasks, n_points, ...)``, ``y``."""
+        n_tasks, n_way, n_per_class = examples.shape[:3]
+        n_points = n_way * n_per_class
+        X = examples.reshape(n_tasks, n_points, *examples.shape[3:])
+        y = np.repeat(labels, n_per_class, axis=1)
+        order = np.argsort(rng.random((n_tasks, n_points)), axis=1)
+        rows = np.arange(n_tasks)[:, None]
+        X, y = X[rows, order], y[rows, order]
+        if self._flat:
+            X = X.reshape(n_tasks, n_points, -1)
+        return np.ascontiguousarray(X), y
+
+    def sample_batch(self, rng, n_tasks):
+        """Draw ``n_tasks`` tasks of ``n_way * k_shot`` points.
+
+        Returns
+        -------
+        X : ndarray of shape (n_tasks, n_way * k_shot, ...)
+            The examples of every task, in random order, flat or as images like
+            the ``X`` given.
+        y : ndarray of shape (n_tasks, n_way * k_shot)
+            Labels in ``0 .. n_way - 1``.
+        """
+        examples, labels = self._draw(rng, n_tasks, self.k_shot)
+        return self._as_tasks(rng, examples, labels)
+
+    def sample_episodes(self, rng, n_episodes, n_query=1):
+        """Draw evaluation episodes: ``k_shot`` support and ``n_query`` query examples a class.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+        n_episodes : int
+        n_query : int, default=1
+            Query examples per class (the Reptile paper uses 1).
+
+        Returns
+        -------
+        X_support : ndarray of shape (n_episodes, n_way * k_shot, ...)
+        y_support : ndarray of shape (n_episodes, n_way * k_shot)
+        X_query : ndarray of shape (n_episodes, n_way * n_query, ...)
+        y_query : ndarray of shape (n_episodes, n_way * n_query)
+            Labels in ``0 .. n_way - 1``, the same class to label map for the
+            support and query points of an episode.
+        """
+        self._check_enough(self.k_shot + n_query, "k_shot + n_query")
+        examples, labels = self._draw(rng, n_episodes, self.k_shot + n_query)
+        k = self.k_shot
+        support = self._as_tasks(rng, examples[:, :, :k], labels)
+        query = self._as_tasks(rng, examples[:, :, k:], labels)
+        return (*support, *query)
