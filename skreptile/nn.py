@@ -78,5 +78,16 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(channels * height * width, n_outputs)
 
     def forward(self, x):
-        """Logits of shape ``(batch, n_outputs)`` for images ``(batch, channels, height, width)``."""
+        """Compute the logits of a batch of images.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (batch, channels, height, width)
+            The images.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (batch, n_outputs)
+            One score per class.
+        """
         return self.classifier(self.features(x).flatten(1))
