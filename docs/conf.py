@@ -130,6 +130,7 @@ myst_heading_anchors = 3
 # example here is a one-line change; SKREPTILE_GALLERY_PATTERN (a regular
 # expression on the example's path) overrides the list, e.g. ``plot_`` runs all.
 EXECUTED_EXAMPLES = [
+    "plot_few_shot_digits.py",
     "plot_sine_adaptation.py",
 ]
 _pattern = os.environ.get("SKREPTILE_GALLERY_PATTERN") or (

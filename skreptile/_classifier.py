@@ -305,7 +305,6 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
     checkpoint_interval : int, default=1000
         Meta-iterations between two checkpoints.
 
-
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -330,7 +329,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         Number of features of the meta-training tasks.
     n_features_in_ : int
         Number of features seen during :meth:`fit` (pixel values for images).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during :meth:`fit`, when they are all strings.
 
     See Also
@@ -597,11 +596,12 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         return torch.cat(out).cpu().numpy().astype(np.float64)
 
     def predict_proba(self, X):
-        """Class probabilities from the adapted network.
+        """Return class probabilities from the adapted network.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
+            Examples, flat or as images.
 
         Returns
         -------
@@ -611,7 +611,18 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         return _softmax(self._logits(X))
 
     def predict_log_proba(self, X):
-        """Logarithms of :meth:`predict_proba`."""
+        """Return the logarithms of :meth:`predict_proba`, computed stably.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
+            Examples, flat or as images.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probabilities of the classes ``classes_``.
+        """
         logits = self._logits(X)
         logits = logits - logits.max(axis=1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -622,6 +633,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
+            Examples, flat or as images.
 
         Returns
         -------

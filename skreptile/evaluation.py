@@ -151,7 +151,7 @@ class FewShotResults:
     Returned by :func:`evaluate_few_shot`.  The interval of a mean is Student's
     t interval over tasks, which treats tasks as independent draws.
 
-    Attributes
+    Parameters
     ----------
     model_name : str or None
         Name of the meta-learned model's rows.
@@ -165,7 +165,6 @@ class FewShotResults:
         Name of the per-task error.
     confidence : float
         Level of the intervals.
-    n_tasks : int
     """
 
     def __init__(self, model_name, adapt_steps, model_errors, baseline_errors, metric, confidence):
@@ -181,7 +180,20 @@ class FewShotResults:
         self.n_tasks = len(first)
 
     def errors(self, method, adapt_steps=None):
-        """Per-task errors of ``method`` (the model's name with ``adapt_steps``, or a baseline)."""
+        """Return the per-task errors of one method.
+
+        Parameters
+        ----------
+        method : str
+            The model's name or a baseline's.
+        adapt_steps : int or None, default=None
+            For the model, the number of adaptation steps (None: the largest).
+
+        Returns
+        -------
+        errors : ndarray of shape (n_tasks,)
+            The error on every task.
+        """
         if method == self.model_name and self.model_errors is not None:
             if adapt_steps is None:
                 adapt_steps = self.adapt_steps[-1]
@@ -220,7 +232,13 @@ class FewShotResults:
         )
 
     def best_baseline(self):
-        """Name of the baseline with the lowest mean error (None without baselines)."""
+        """Return the name of the baseline with the lowest mean error.
+
+        Returns
+        -------
+        name : str or None
+            The baseline's name, None when there are no baselines.
+        """
         if not self.baseline_errors:
             return None
         return min(self.baseline_errors, key=lambda name: self.baseline_errors[name].mean())
@@ -248,13 +266,30 @@ class FewShotResults:
         return dict(mean=mean, ci_low=low, ci_high=high, ratio=float(a.mean() / b.mean()))
 
     def to_frame(self):
-        """The summary as a pandas DataFrame (needs pandas)."""
+        """Return the summary as a pandas DataFrame (needs pandas).
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+            One row per method and number of steps.
+        """
         import pandas as pd
 
         return pd.DataFrame(self.summary())
 
     def to_string(self, digits=4):
-        """The summary as a plain-text table."""
+        """Return the summary as a plain-text table.
+
+        Parameters
+        ----------
+        digits : int, default=4
+            Decimals of the errors.
+
+        Returns
+        -------
+        table : str
+            The table.
+        """
         pct = f"{self.confidence:.0%} CI"
         rows = self.summary()
         width = max([len("method")] + [len(str(row["method"])) for row in rows])
@@ -476,6 +511,7 @@ def plot_few_shot(results, ax=None, *, baselines=True, color="C0"):
     Returns
     -------
     ax : matplotlib Axes
+        The axes drawn on.
 
     Examples
     --------

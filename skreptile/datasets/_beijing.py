@@ -61,10 +61,18 @@ _COLUMNS = [
 
 
 def get_data_home(data_home=None):
-    """The folder of skreptile's data sets, created if needed.
+    """Return the folder of skreptile's data sets, created if needed.
 
-    ``data_home`` if given, else the environment variable ``SKREPTILE_DATA``,
-    else ``~/skreptile_data``.
+    Parameters
+    ----------
+    data_home : str, path-like or None, default=None
+        The folder; None uses the environment variable ``SKREPTILE_DATA``, else
+        ``~/skreptile_data``.
+
+    Returns
+    -------
+    path : pathlib.Path
+        The folder, which exists.
     """
     if data_home is None:
         data_home = os.environ.get("SKREPTILE_DATA", os.path.join("~", "skreptile_data"))

@@ -192,6 +192,13 @@ class ClassTaskSampler(TaskSampler):
     def sample_batch(self, rng, n_tasks):
         """Draw ``n_tasks`` tasks of ``n_way * k_shot`` points.
 
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The generator to draw with.
+        n_tasks : int
+            Number of tasks.
+
         Returns
         -------
         X : ndarray of shape (n_tasks, n_way * k_shot, ...)
@@ -209,15 +216,20 @@ class ClassTaskSampler(TaskSampler):
         Parameters
         ----------
         rng : numpy.random.Generator
+            The generator to draw with.
         n_episodes : int
+            Number of episodes.
         n_query : int, default=1
             Query examples per class (the Reptile paper uses 1).
 
         Returns
         -------
         X_support : ndarray of shape (n_episodes, n_way * k_shot, ...)
+            Support examples of every episode.
         y_support : ndarray of shape (n_episodes, n_way * k_shot)
+            Their labels.
         X_query : ndarray of shape (n_episodes, n_way * n_query, ...)
+            Query examples of every episode.
         y_query : ndarray of shape (n_episodes, n_way * n_query)
             Labels in ``0 .. n_way - 1``, the same class to label map for the
             support and query points of an episode.

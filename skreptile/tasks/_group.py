@@ -72,7 +72,7 @@ class GroupTaskSampler(TaskSampler):
         Labels of the groups left out for being too small.
     n_features_in_ : int
         Number of features.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features, when ``X`` is a DataFrame with string column names.
 
     Notes
