@@ -82,16 +82,23 @@ def adaptation_curve(net, loss, theta, packed, steps, optimizer, lr):
     ws = net.workspace(packed.n_tasks, theta)
     net.broadcast(theta, ws)
     inner = _engine.InnerOptimizer(optimizer, lr, ws.params)
-    inner.reset()
     out = {}
-    for step in range(wanted[-1] + 1):
+
+    def predict_when_wanted(step, ws):
+        # A task whose adaptation diverged predicts NaN or infinity; callers decide.
         if step in wanted:
-            # A task whose adaptation diverged predicts NaN or infinity; callers decide.
             with torch.no_grad():
                 out[step] = net.forward_tasks(ws, packed.xq).cpu().numpy().astype(np.float64)
-        if step == wanted[-1]:
-            break
-        # Exactly the steps of _engine.adapt, written out to predict on the way.
-        net.gradient(ws, packed.xs, packed.ys, packed.weight, loss)
-        inner.step(ws.params, ws.grad, step)
+
+    _engine.adapt(
+        net,
+        loss,
+        ws,
+        packed.xs,
+        packed.ys,
+        packed.weight,
+        wanted[-1],
+        inner,
+        on_step=predict_when_wanted,
+    )
     return out

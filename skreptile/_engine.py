@@ -39,7 +39,7 @@ class InnerOptimizer:
         params.addcdiv_(grad, denom, value=-self.lr)
 
 
-def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None):
+def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_step=None):
     """Run ``n_steps`` gradient steps on the per-task weights of workspace ``ws`` in place.
 
     ``x`` is either ``(n_tasks, n_points, n_in)``, used at every step (full-batch
@@ -47,10 +47,14 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None):
     ``y`` and ``weight`` follow the same layout.  ``loss_sums``, a device tensor
     of two values, accumulates the mean task loss at the first and at the last
     step, from the outputs the gradient computes anyway (no host sync).
+    ``on_step(step, ws)``, when given, is called before every step and after
+    the last (``step == n_steps``), e.g. to predict along the way.
     """
     optimizer.reset()
     per_step = x.dim() == 4
     for step in range(n_steps):
+        if on_step is not None:
+            on_step(step, ws)
         xs, ys, w = x, y, weight
         if per_step:
             xs, ys = x[step], y[step]
@@ -62,6 +66,8 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None):
             if step == n_steps - 1:
                 loss_sums[1].add_(loss.value(outputs, ys, w).mean())
         optimizer.step(ws.params, ws.grad, step)
+    if on_step is not None:
+        on_step(n_steps, ws)
     return ws
 
 
