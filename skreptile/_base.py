@@ -1,14 +1,23 @@
-"""Machinery shared by the Reptile estimators: meta_fit, fit from the initialisation.
+"""What the Reptile estimators share: the network, one adaptation path, the learned state.
 
 The learned state is kept in numpy arrays (``meta_params_``, ``params_`` and the
 scaling statistics) so that estimators pickle, clone and move between machines
 without torch objects; the torch network and the tensors on the device are a
 cache rebuilt on demand.
+
+Every adaptation, whether :meth:`fit` on one task, :meth:`few_shot_predict`
+on many, :func:`~skreptile.evaluation.evaluate_few_shot` or the validation of
+``meta_fit``, packs its tasks into :class:`~skreptile._packing.PackedTasks` and
+runs :func:`~skreptile._engine.adapt_tasks`.  The two estimators differ only
+by their loss, how they encode targets and how they read predictions
+(``_encode_targets`` and ``_decode``).
 """
 
+import contextlib
 import os
 import warnings
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,47 +26,27 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine, _monitor
-from ._batches import build_minibatches
+from . import _engine
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
+from ._packing import PackedTasks
+from ._scaling import Scaling
 from ._state import LearnedStateMixin
-from .tasks._base import TaskStream, seed_from_random_state, stack_if_equal
+from .tasks._base import seed_from_random_state
+from .tasks._split import check_split
 
-# The first meta-training tasks, over which the scaling statistics are gathered.
-N_STATS_TASKS = 256
-# Upper bound on the floats of one chunk of minibatches moved to the device.
-CHUNK_FLOATS = 1 << 21
-MAX_CHUNK_ITERS = 256
-
-
-def _scale_stats(X, y, standardize):
-    """Per-feature and per-output mean and scale over all points of ``X`` and ``y``."""
-    n_features, n_outputs = X.shape[-1], y.shape[-1]
-    if not standardize:
-        return np.zeros(n_features), np.ones(n_features), np.zeros(n_outputs), np.ones(n_outputs)
-    X = X.reshape(-1, n_features)
-    y = y.reshape(-1, n_outputs)
-
-    def _safe_std(a):
-        std = a.std(axis=0)
-        # A constant column carries no scale: leave it unscaled rather than divide by 0.
-        return np.where(std > 1e-12 * np.maximum(1.0, np.abs(a.mean(axis=0))), std, 1.0)
-
-    return X.mean(axis=0), _safe_std(X), y.mean(axis=0), _safe_std(y)
+# Tasks adapted together, to bound memory on large evaluations.
+BLOCK_TASKS = 1024
+# Rows of one forward pass when query points are predicted one by one with
+# their task's support set (non-transductive batch normalisation).
+PREDICT_ROWS = 1024
 
 
-def _concat_points(tasks):
-    if isinstance(tasks, tuple):
-        return tasks
-    return np.concatenate([X for X, _ in tasks]), np.concatenate([y for _, y in tasks])
-
-
-def _check_adaptation(loss_before, loss_after, lr):
+def check_adaptation(loss_before, loss_after, lr, stacklevel=4):
     """Fail loudly when adaptation diverged instead of returning garbage predictions.
 
-    Non-finite weights raise; a support loss that grew (gradient descent with a
+    Non-finite losses raise; a support loss that grew (gradient descent with a
     step size above the curvature's limit) warns, naming the step size.
     """
     if not bool(torch.isfinite(loss_after).all()):
@@ -74,12 +63,70 @@ def _check_adaptation(loss_before, loss_after, lr):
             f"(step size adapt_lr={lr} is likely too large for this initialisation; "
             "a longer meta_fit or a smaller adapt_lr helps).",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
+def has_batch_norm(net):
+    """Whether the network normalises over the batch (so predictions depend on the batch)."""
+    module = getattr(net, "module", None)
+    return module is not None and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
+    )
+
+
+class Initialisation(NamedTuple):
+    """Everything adaptation starts from: the learned state, or meta-training's current one."""
+
+    net: object
+    theta: torch.Tensor
+    scaling: Scaling
+    device: torch.device
+    optimizer_state: dict | None
+
+
+class FewShotTasks:
+    """Held-out tasks validated and encoded by an estimator, ready to pack.
+
+    Attributes
+    ----------
+    X_support, Y_support, X_query : list of ndarray
+        Flat inputs and encoded 2-D targets, per task.
+    Y_query : list of ndarray or None
+        Encoded query targets, when given.
+    info : list
+        What the estimator needs to read each task's predictions (its classes,
+        or whether its targets were 1-D).
+    """
+
+    def __init__(self, X_support, Y_support, X_query, Y_query, info):
+        self.X_support, self.Y_support = X_support, Y_support
+        self.X_query, self.Y_query, self.info = X_query, Y_query, info
+
+    def __len__(self):
+        return len(self.X_support)
+
+
+class PlainTasks:
+    """What ``meta_fit`` learns about the tasks beyond their arrays: nothing, for regression.
+
+    The classifier's counterpart records the image shape (see ``_labels.py``).
+    """
+
+    input_shape = None
+
+    def state(self):
+        return {}
+
+    def restore(self, state):
+        pass
+
+    def set_state(self, est):
+        pass
+
+
 class BaseReptile(LearnedStateMixin, BaseEstimator):
-    """Shared implementation of :class:`ReptileRegressor` (and later classifiers)."""
+    """Shared implementation of :class:`ReptileRegressor` and :class:`ReptileClassifier`."""
 
     _loss = "squared_error"
 
@@ -98,6 +145,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         "adapt_steps": [Interval(Integral, 0, None, closed="left")],
         "adapt_lr": [Interval(Real, 0, None, closed="neither"), None],
         "standardize": ["boolean"],
+        "transductive": ["boolean"],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -109,7 +157,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         "checkpoint_interval": [Interval(Integral, 1, None, closed="left")],
     }
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ the network
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, Integral):
@@ -119,8 +167,11 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be positive, got {self.hidden_layer_sizes}.")
         return sizes
 
-    def _build_net(self, n_features, n_outputs, seed):
-        """The batched network and its initial flat weights, seeded by ``seed``."""
+    def _build_net(self, n_features, n_outputs, seed, input_shape=None):
+        """The batched network and its initial flat weights, seeded by ``seed``.
+
+        ``input_shape`` is the ``(channels, height, width)`` of image inputs.
+        """
         if self.module is None:
             net = BatchedMLP((n_features, *self._hidden_sizes(), n_outputs), self.activation)
             generator = torch.Generator().manual_seed(seed)
@@ -129,7 +180,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         # it for reproducibility without disturbing the caller's random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = self._make_module(n_features, n_outputs)
+            module = self._make_module(n_features, n_outputs, input_shape)
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
                 f"module must build a torch.nn.Module from (n_features, n_outputs); "
@@ -138,20 +189,17 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         net = BatchedModule(module.float())
         return net, net.init_params()
 
-    def _make_module(self, n_features, n_outputs):
+    def _make_module(self, n_features, n_outputs, input_shape=None):
         """The user's ``torch.nn.Module`` (a hook: the classifier adapts it to images)."""
         return self.module(n_features, n_outputs)
-
-    def _scaling(self, X, Y):
-        """``(x_mean, x_scale, y_mean, y_scale)`` of the points ``X``, ``Y`` (a hook)."""
-        return _scale_stats(X, Y, self.standardize)
 
     def _net(self):
         """The network of the learned state, rebuilt after unpickling."""
         cache = self.__dict__.setdefault("_cache", {})
         if "net" not in cache:
-            n_features = getattr(self, "n_features_meta_", None) or self.n_features_in_
-            cache["net"], _ = self._build_net(n_features, self.n_outputs_, 0)
+            cache["net"], _ = self._build_net(
+                self.n_features_in_, self.n_outputs_, 0, getattr(self, "input_shape_", None)
+            )
         return cache["net"]
 
     def _device(self):
@@ -163,10 +211,57 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             cache["device_param"] = str(self.device)
         return cache["device"]
 
-    def _to_tensor(self, array, device):
-        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+    def _cached_tensor(self, name, device):
+        """The learned array ``name`` (e.g. ``"params_"``) as a float32 tensor on ``device``."""
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (name, str(device))
+        array = self.__dict__[name]
+        held = cache.get(key)
+        if held is None or held[0] is not array:
+            held = cache[key] = (array, torch.as_tensor(array, dtype=torch.float32, device=device))
+        return held[1]
 
-    # -------------------------------------------------------------- meta_fit
+    def _scaling(self):
+        return Scaling(self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
+
+    def _adapt_lr(self):
+        return self.inner_lr if self.adapt_lr is None else self.adapt_lr
+
+    def _support_context(self, net):
+        """Whether query points are predicted in a batch with their support set."""
+        return not self.transductive and has_batch_norm(net)
+
+    def _is_meta_fitted(self):
+        return hasattr(self, "meta_params_")
+
+    def __sklearn_is_fitted__(self):
+        # Meta-fitted is not fitted: predictions come only after adaptation.
+        return hasattr(self, "params_")
+
+    @contextlib.contextmanager
+    def _unchanged_on_error(self):
+        """Leave the estimator exactly as it was if the block raises (or is interrupted)."""
+        saved = dict(self.__dict__)
+        cache = dict(saved.get("_cache", {}))
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            if "_cache" in saved:
+                self._cache = cache
+            raise
+
+    # ------------------------------------------------------ family hooks
+    def _meta_training_tasks(self, task_sampler):
+        """The sampler ``meta_fit`` draws from and the record of what it learns about the tasks."""
+        return task_sampler, PlainTasks()
+
+    def _meta_family_state(self):
+        """The family's part of the meta-learned state, as :meth:`PlainTasks.state` gives it."""
+        return {}
+
+    # ------------------------------------------------------------- meta_fit
     def meta_fit(self, task_sampler, validation_tasks=None):
         """Meta-learn an initialisation from tasks drawn from ``task_sampler``.
 
@@ -176,12 +271,14 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             Where tasks come from: a callable ``sampler(rng) -> (X, y)`` with
             ``rng`` a :class:`numpy.random.Generator`, a finite sequence of
             ``(X, y)`` tasks, or one of skreptile's samplers (such as
-            :class:`~skreptile.SineTaskSampler` or
-            :class:`~skreptile.GroupTaskSampler`), which draw many tasks at once.
+            :class:`~skreptile.SineTaskSampler`,
+            :class:`~skreptile.GroupTaskSampler` or
+            :class:`~skreptile.ClassTaskSampler`), which draw many tasks at once.
         validation_tasks : sequence of (X_support, y_support, X_query, y_query), default=None
             Held-out tasks scored every ``monitor_interval`` meta-iterations: the
-            model adapts on the support points as :meth:`fit` does and its mean
-            squared error on the query points goes into ``history_``; needed by
+            model adapts on the support points as :meth:`fit` does and its
+            query loss (squared error in the targets' units for regressors, log
+            loss for classifiers) goes into ``history_``; needed by
             ``early_stopping``.  :func:`skreptile.evaluation.split_support_query`
             makes them from whole tasks.
 
@@ -190,239 +287,117 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         self : object
             The estimator with ``meta_params_`` learned; call :meth:`fit` to adapt.
         """
-        self._validate_params()
-        device = resolve_device(self.device)
-        seed = seed_from_random_state(self.random_state)
-        init_seed, batch_seed, task_seed = np.random.SeedSequence(seed).generate_state(3)
-        stream = TaskStream(task_sampler, task_seed)
-        batch_rng = np.random.default_rng(batch_seed)
-        # Fresh start, warm start or resumption from a checkpoint.
-        run = _monitor.MetaFitRun(self, stream, batch_rng, validation_tasks)
+        from ._meta_fit import run_meta_fit
 
-        if run.theta is None:
-            if stream.kind == "sequence":
-                stats_tasks = stream.tasks
-            else:
-                n_stats = max(1, min(N_STATS_TASKS, self.n_meta_iter * self.meta_batch_size))
-                stats_tasks = stream.peek(n_stats)
-            X_all, y_all = _concat_points(stats_tasks)
-            n_features, n_outputs = stream.signature
-            scaling = self._scaling(X_all, y_all)
-            del X_all, y_all, stats_tasks
-            net, theta = self._build_net(n_features, n_outputs, int(init_seed))
-            run.start(scaling, (n_features, n_outputs))
-        else:
-            scaling, (n_features, n_outputs) = run.scaling, run.signature
-            net, _ = self._build_net(n_features, n_outputs, int(init_seed))
-            theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
-        theta = theta.to(device)
-        loss = LOSSES[self._loss]
-        run.bind(net, loss, theta, device)
-        chunks = self._chunks(stream, batch_rng, scaling, device, n_features, n_outputs, run)
-
-        interrupted = False
-        # Products of one inner step, to pick the CPU thread count (full-task
-        # batches are sized as the demo's 50 points).
-        work = net.work(self.meta_batch_size, self.inner_batch_size or 50)
-        try:
-            with fast_cpu_math(device, work), run:
-                _engine.meta_train(
-                    net,
-                    loss,
-                    theta,
-                    chunks,
-                    n_meta_iter=self.n_meta_iter,
-                    meta_batch_size=self.meta_batch_size,
-                    meta_lr=self.meta_lr,
-                    meta_lr_schedule=self.meta_lr_schedule,
-                    inner_steps=self.inner_steps,
-                    inner_optimizer=self.inner_optimizer,
-                    inner_lr=self.inner_lr,
-                    start_iter=run.start_iter,
-                    on_iteration=run.on_iteration,
-                    loss_sums=run.loss_sums,
-                )
-        except _monitor.EarlyStop:
-            pass
-        except _engine.MetaDiverged as exc:
-            raise FloatingPointError(
-                f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
-                f"{exc.args[0]}. The step sizes are likely too large for this data "
-                f"(inner_lr={self.inner_lr}, meta_lr={self.meta_lr}"
-                + (", standardize=False" if not self.standardize else "")
-                + "); try smaller values"
-                + (" or standardize=True" if not self.standardize else "")
-                + ". The estimator was left unchanged."
-            ) from None
-        except KeyboardInterrupt:
-            interrupted = True  # theta holds the last completed meta-iteration
-        if interrupted:
-            if not bool(torch.isfinite(theta).all()):
-                raise FloatingPointError(
-                    "meta_fit was interrupted and the weights were not finite; "
-                    "the estimator was left unchanged."
-                )
-            run.interrupted()
-            warnings.warn(
-                "meta_fit was interrupted: keeping the weights of the last completed "
-                "meta-iteration"
-                + (" (the best validated ones: early_stopping=True)" if self.early_stopping else "")
-                + (
-                    f" (a checkpoint of it is in {self.checkpoint_path})."
-                    if self.checkpoint_path is not None
-                    else "."
-                ),
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-        theta = run.final_theta(theta)
-        self._set_meta_state(net, theta, scaling, n_features, n_outputs, device)
-        run.finish(self, completed=not interrupted)
+        with self._unchanged_on_error():
+            run_meta_fit(self, task_sampler, validation_tasks)
         return self
 
-    def _chunks(self, stream, rng, scaling, device, n_features, n_outputs, run=None):
-        """Yield device tensors of inner minibatches, a chunk of meta-iterations at a time.
-
-        Chunks start at multiples of ``chunk_iters``, so that a run resumed from
-        a checkpoint (``run.chunk_start``, ``run.start_iter``) draws the chunk it
-        was in again and skips the meta-iterations already done.
-        """
-        x_mean, x_scale, y_mean, y_scale = scaling
-        T, S = self.meta_batch_size, self.inner_steps
-        per_iter = T * S * (self.inner_batch_size or 64) * (n_features + n_outputs)
-        chunk_iters = max(1, min(MAX_CHUNK_ITERS, CHUNK_FLOATS // per_iter))
-        iteration = 0 if run is None else run.chunk_start
-        skip = 0 if run is None else run.start_iter - run.chunk_start
-        while iteration < self.n_meta_iter:
-            k = min(chunk_iters, self.n_meta_iter - iteration)
-            if run is not None:
-                run.on_chunk(iteration, stream, rng)
-            tasks = stack_if_equal(stream.draw(k * T))
-            xb, yb, weight = build_minibatches(rng, tasks, k, T, S, self.inner_batch_size)
-            iteration += k
-            if skip:
-                xb, yb = xb[skip:], yb[skip:]
-                weight = weight if isinstance(weight, float) else weight[skip:]
-                skip, done = 0, skip >= k
-                if done:
-                    continue
-            xb = self._to_tensor((xb - x_mean) / x_scale, device)
-            yb = self._to_tensor((yb - y_mean) / y_scale, device)
-            if not isinstance(weight, float):
-                weight = self._to_tensor(weight, device)
-            yield xb, yb, weight
-
-    def _set_meta_state(self, net, theta, scaling, n_features, n_outputs, device):
-        # Only now, after meta-training succeeded, does the estimator change.
-        for attr in ("params_",):
-            self.__dict__.pop(attr, None)
-        self.meta_params_ = theta.detach().cpu().numpy().copy()
-        self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling
-        self.n_features_meta_ = n_features
-        self.n_outputs_ = n_outputs
-        self.meta_config_ = self._meta_config()
-        self._cache = {"net": net, "device": device, "device_param": str(self.device)}
-
-    # ------------------------------------------------------------------- fit
-    def _is_meta_fitted(self):
-        return hasattr(self, "meta_params_")
-
-    def _adapt(self, init, X, Y):
-        """Adapt a copy of the flat weights ``init`` to ``X`` and ``Y``; return the result."""
-        net = self._net()
-        ws = self._adapt_tasks(init, X[None], Y[None])
-        return net.task_params(ws, 0)
-
-    def _adapt_tasks(self, init, X, Y):
-        """Adapt one copy of ``init`` per task to stacked ``X (n_tasks, n, d)`` and ``Y``.
-
-        All tasks are adapted together, as during meta-training; the result is
-        the workspace holding every task's adapted weights.
-        """
-        device = self._device()
-        net = self._net()
-        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
-        y = self._to_tensor((Y - self.y_mean_) / self.y_scale_, device)
-        init = self._to_tensor(init, device)
-        ws = net.workspace(len(X), init)
-        net.broadcast(init, ws)
-        lr = self.inner_lr if self.adapt_lr is None else self.adapt_lr
-        optimizer = _engine.InnerOptimizer(self.inner_optimizer, lr, ws.params)
-        loss = LOSSES[self._loss]
-        weight = 1.0 / X.shape[1]
-        with fast_cpu_math(device, net.work(*X.shape[:2])), torch.no_grad():
-            loss_before = loss.value(net.forward_tasks(ws, x), y, weight)
-            _engine.adapt(net, loss, ws, x, y, weight, self.adapt_steps, optimizer)
-            loss_after = loss.value(net.forward_tasks(ws, x), y, weight)
-        _check_adaptation(loss_before, loss_after, lr)
-        return ws
-
-    def _predict_tasks(self, ws, X):
-        """Predictions, in scaled units, of every adapted task of ``ws`` on stacked ``X``."""
-        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, ws.params.device)
-        with torch.no_grad(), fast_cpu_math(x.device, self._net().work(*X.shape[:2])):
-            out = self._net().forward_tasks(ws, x)
-        return out.cpu().numpy().astype(np.float64)
-
-    def _predict_scaled(self, X):
-        check_is_fitted(self)
-        self._check_meta_config()
-        device = self._device()
-        net = self._net()
-        # On the CPU the perceptron predicts in float64: BLAS picks kernels by
-        # matrix size, and in float32 a row's prediction would then depend (at
-        # 1e-6) on how many rows are predicted with it.  It costs microseconds.
-        dtype = torch.float64 if device.type == "cpu" and isinstance(net, BatchedMLP) else None
-        cache = self.__dict__.setdefault("_cache", {})
-        params = cache.get("params")
-        if params is None or params.device != device:
-            params = cache["params"] = self._to_tensor(self.params_, device)
-        x = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
-        if dtype is not None:
-            params, x = params.to(dtype), x.to(dtype)
-        with torch.no_grad(), fast_cpu_math(device, net.work(1, len(X))):
-            out = net.predict(params, x)
-        return out.cpu().numpy().astype(np.float64)
-
-    def __sklearn_is_fitted__(self):
-        # Meta-fitted is not fitted: predictions come only after adaptation.
-        return hasattr(self, "params_")
-
+    # ------------------------------------------------------------------ fit
     def _check_fit_preconditions(self):
         """Fail before ``fit`` changes anything: bad parameters, missing device, stale init."""
         self._validate_params()
         self._device()
         self._check_meta_config()
 
-    def _fit_scaled(self, X, Y):
-        """Adapt to ``X`` and 2-D ``Y`` (already validated) and store ``params_``."""
+    def _fit(self, X, Y, info):
+        """Adapt to validated flat ``X`` and encoded 2-D ``Y``; store ``params_``."""
         if self._is_meta_fitted():
-            if X.shape[1] != self.n_features_meta_:
-                raise ValueError(
-                    f"X has {X.shape[1]} features, but the meta-learned initialisation expects "
-                    f"{self.n_features_meta_} (the tasks given to meta_fit)."
-                )
-            if Y.shape[1] != self.n_outputs_:
-                raise ValueError(
-                    f"y has {Y.shape[1]} outputs, but the meta-learned initialisation predicts "
-                    f"{self.n_outputs_}."
-                )
-            init = self.meta_params_
+            net, theta = self._net(), self.meta_params_
+            scaling, state = self._scaling(), self._fit_optimizer_state()
         else:
             # Not meta-fitted: a plain network trained from a fresh random
             # initialisation, scaled by the data it is fitted on.
             seed = seed_from_random_state(self.random_state)
             init_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-            net, theta = self._build_net(X.shape[1], Y.shape[1], init_seed)
-            init = theta.numpy()
-            self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = self._scaling(X, Y)
+            net, theta = self._build_net(
+                X.shape[1], Y.shape[1], init_seed, self.__dict__.get("input_shape_")
+            )
+            inputs, targets = self._scaling_modes(self.__dict__.get("input_shape_"))
+            scaling = Scaling.fit(X, Y, inputs=inputs, targets=targets)
+            self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling.as_tuple()
             self.n_outputs_ = Y.shape[1]
+            self._cache = {}
             self._cache["net"] = net
-        params = self._adapt(init, X, Y)
-        self.params_ = params.detach().cpu().numpy().copy()
-        self._cache["params"] = params
+            state = None
+        device = self._device()
+        packed = PackedTasks(X[None], Y[None], None, scaling, device)
+        theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
+        lr = self._adapt_lr()
+        with fast_cpu_math(device, net.work(1, len(X))):
+            ws, before, after = _engine.adapt_tasks(
+                net,
+                LOSSES[self._loss],
+                theta,
+                packed,
+                self.adapt_steps,
+                self.inner_optimizer,
+                lr,
+                state,
+            )
+        check_adaptation(before, after, lr, stacklevel=4)
+        self.params_ = net.task_params(ws, 0).detach().cpu().numpy().copy()
+        if self._support_context(net):
+            # Non-transductive batch norm predicts every point with the support set.
+            self.support_X_ = X.astype(np.float32)
+        else:
+            self.__dict__.pop("support_X_", None)
+        self._set_fit_info(info)
         return self
+
+    def _fit_optimizer_state(self):
+        """Adam's state at the end of meta-training, averaged over task slots (or None)."""
+        state = getattr(self, "inner_optimizer_state_", None)
+        if state is None or self.inner_optimizer != "adam":
+            return None
+        return {
+            "v": np.asarray(state["v"]).reshape(-1, len(self.meta_params_)).mean(0),
+            "t": state["t"],
+        }
+
+    # -------------------------------------------------------------- predict
+    def _outputs(self, X):
+        """Network outputs, in scaled units, of the adapted model on flat ``X``."""
+        check_is_fitted(self)
+        self._check_meta_config()
+        device, net = self._device(), self._net()
+        params = self._cached_tensor("params_", device)
+        scaling = self._scaling()
+        x = torch.as_tensor(scaling.x(X), dtype=torch.float32, device=device)
+        with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1))):
+            if self._support_context(net) and hasattr(self, "support_X_"):
+                support = torch.as_tensor(
+                    scaling.x(self.support_X_.astype(np.float64)),
+                    dtype=torch.float32,
+                    device=device,
+                )
+                out = self._with_support(net, params[None], support[None], x[None])[0]
+            else:
+                if device.type == "cpu" and isinstance(net, BatchedMLP):
+                    # On the CPU the perceptron predicts in float64: BLAS picks
+                    # kernels by matrix size, and in float32 a row's prediction
+                    # would then depend (at 1e-6) on how many rows come with it.
+                    params, x = params.double(), x.double()
+                out = net.predict(params, x)
+        return out.cpu().numpy().astype(np.float64)
+
+    @staticmethod
+    def _with_support(net, params, support, queries):
+        """Outputs ``(n_tasks, n_query, n_out)``, each query point in a batch with its task's support.
+
+        ``params`` holds one row of weights per task; ``support`` and
+        ``queries`` are ``(n_tasks, n, n_features)``.
+        """
+        n_tasks, n_support = support.shape[:2]
+        n_query = queries.shape[1]
+        per_task = torch.vmap(torch.vmap(net.predict, in_dims=(None, 0)), in_dims=(0, 0))
+        step = max(1, PREDICT_ROWS // (n_support + 1))
+        out = []
+        for start in range(0, n_query, step):
+            q = queries[:, start : start + step, None]
+            batch = torch.cat([support[:, None].expand(n_tasks, q.shape[1], -1, -1), q], dim=2)
+            out.append(per_task(params, batch)[:, :, -1])
+        return torch.cat(out, dim=1)
 
     def torch_module(self):
         """The adapted network as a plain ``torch.nn.Module`` on the CPU.
@@ -435,3 +410,154 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         """
         check_is_fitted(self)
         return self._net().to_torch_module(torch.as_tensor(self.params_))
+
+    # --------------------------------------------------------- many tasks
+    def _initialisation(self):
+        """The meta-learned :class:`Initialisation` on the estimator's device."""
+        device = self._device()
+        return Initialisation(
+            self._net(),
+            self._cached_tensor("meta_params_", device),
+            self._scaling(),
+            device,
+            self._fit_optimizer_state(),
+        )
+
+    def _prepare_tasks(self, tasks, with_query_y, signature=None):
+        """Validate and encode held-out tasks into :class:`FewShotTasks`.
+
+        ``signature`` is ``(n_features, n_outputs)``, by default the learned one.
+        """
+        n_features, n_outputs = signature or (self.n_features_in_, self.n_outputs_)
+        checked = check_split(
+            tasks, numeric_y=self._loss == "squared_error", with_query_y=with_query_y
+        )
+        Xs, Ys, Xq, Yq, info = [], [], [], [], []
+        for i, task in enumerate(checked):
+            where = f"Task {i}"
+            xs = self._task_inputs(task[0], n_features, where)
+            xq = self._task_inputs(task[2], n_features, where)
+            ys, task_info = self._encode_targets(task[1], n_outputs, where)
+            Xs.append(xs)
+            Ys.append(ys)
+            Xq.append(xq)
+            info.append(task_info)
+            if with_query_y:
+                Yq.append(self._encode_query(task[3], task_info, f"Task {i}"))
+        return FewShotTasks(Xs, Ys, Xq, Yq if with_query_y else None, info)
+
+    def _task_inputs(self, X, n_features, where):
+        """Flat inputs of a held-out task, checked against the meta-learned shape."""
+        X = X.reshape(len(X), -1)
+        if X.shape[1] != n_features:
+            raise ValueError(
+                f"{where} has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{n_features} features as input (the tasks given to meta_fit)."
+            )
+        return X
+
+    def _adaptation_curve(self, tasks, steps, init=None):
+        """Scaled query outputs of every task after each number of steps in ``steps``.
+
+        ``init`` is the :class:`Initialisation` to adapt from (by default the
+        meta-learned one).  Returns ``{n_steps: list of ndarray (n_query,
+        n_outputs)}``; tasks whose adaptation diverged give non-finite outputs,
+        which callers judge.
+        """
+        net, theta, scaling, device, state = init or self._initialisation()
+        loss, lr = LOSSES[self._loss], self._adapt_lr()
+        wanted = sorted({int(s) for s in steps})
+        context = self._support_context(net)
+        out = {s: [None] * len(tasks) for s in wanted}
+        for block in self._blocks(tasks, context):
+            packed = PackedTasks(
+                [tasks.X_support[i] for i in block],
+                [tasks.Y_support[i] for i in block],
+                [tasks.X_query[i] for i in block],
+                scaling,
+                device,
+            )
+
+            def predict_when_wanted(step, ws, packed=packed, block=block):
+                if step not in wanted:
+                    return
+                with torch.no_grad():
+                    if context:
+                        rows = net.all_task_params(ws)
+                        pred = self._with_support(net, rows, packed.xs, packed.xq)
+                    else:
+                        pred = net.forward_tasks(ws, packed.xq)
+                pred = pred.cpu().numpy().astype(np.float64)
+                for j, i in enumerate(block):
+                    out[step][i] = pred[j, : packed.query_sizes[j]]
+
+            with fast_cpu_math(device, net.work(len(block), packed.xs.shape[1])):
+                _engine.adapt_tasks(
+                    net,
+                    loss,
+                    theta,
+                    packed,
+                    wanted[-1],
+                    self.inner_optimizer,
+                    lr,
+                    state,
+                    on_step=predict_when_wanted,
+                )
+        return out
+
+    @staticmethod
+    def _blocks(tasks, context):
+        """Task numbers adapted together: blocks of equal support size when batch norm needs it."""
+        n = len(tasks)
+        if not context:
+            return [list(range(s, min(n, s + BLOCK_TASKS))) for s in range(0, n, BLOCK_TASKS)]
+        # Padding rows would enter the batch statistics: group tasks by support size.
+        by_size = {}
+        for i, X in enumerate(tasks.X_support):
+            by_size.setdefault(len(X), []).append(i)
+        rows = max(len(X) for X in tasks.X_support) + 1
+        per_block = max(1, PREDICT_ROWS // rows)
+        return [
+            group[s : s + per_block]
+            for group in by_size.values()
+            for s in range(0, len(group), per_block)
+        ]
+
+    def few_shot_predict(self, X_support, y_support, X_query):
+        """Adapt to many new tasks at once and predict their query points.
+
+        Equivalent to ``fit(X_support[t], y_support[t]).predict(X_query[t])``
+        for every task ``t``, but all tasks are adapted together, as in
+        meta-training, which is much faster for many tasks.  The estimator
+        itself is left unchanged.
+
+        Parameters
+        ----------
+        X_support : array-like of shape (n_tasks, n_support, ...) or list of arrays
+            Training points of every task, flat or (classifier) images; a list
+            allows tasks of different sizes.
+        y_support : array-like of shape (n_tasks, n_support[, n_outputs]) or list of arrays
+            Their targets (classifier: every task has its own classes).
+        X_query : array-like of shape (n_tasks, n_query, ...) or list of arrays
+            Points to predict, for every task.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_tasks, n_query[, n_outputs]) or list of ndarray
+            Predictions per task; a list when the query sets differ in size.
+        """
+        check_is_fitted(self, "meta_params_")
+        self._check_meta_config()
+        stacked = [np.ndim(a) for a in (X_support, X_query) if isinstance(a, np.ndarray)]
+        if any(d < 3 for d in stacked) or not (len(X_support) == len(y_support) == len(X_query)):
+            raise ValueError(
+                "few_shot_predict needs X_support (n_tasks, n_support, ...), y_support "
+                "(n_tasks, n_support) and X_query (n_tasks, n_query, ...) with the same n_tasks "
+                "(or lists of one array per task)."
+            )
+        tasks = self._prepare_tasks(list(zip(X_support, y_support, X_query)), with_query_y=False)
+        scaled = self._adaptation_curve(tasks, [self.adapt_steps])[self.adapt_steps]
+        preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
+        if len({p.shape for p in preds}) == 1:
+            return np.stack(preds)
+        return preds

@@ -1,76 +1,14 @@
 """ReptileClassifier: few-shot classification from a meta-learned initialisation."""
 
-import inspect
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseReptile, _scale_stats
-from ._device import fast_cpu_math
-from .tasks._base import TaskError, TaskSampler
-
-# Rows of one forward pass when predicting query points one by one with the
-# support set (non-transductive batch normalisation); bounds the memory.
-PREDICT_ROWS = 1024
-
-
-def _normalise_shape(shape):
-    """``(channels, height, width)`` from a 3- or 2-element shape (None stays None)."""
-    if shape is None:
-        return None
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(
-            f"input_shape must be (channels, height, width) or (height, width); got {shape}."
-        )
-    return shape
-
-
-class _ImageInput(torch.nn.Module):
-    """Feeds flat inputs ``(..., n_features)`` to a network of images ``(..., C, H, W)``."""
-
-    def __init__(self, net, shape):
-        super().__init__()
-        self.net = net
-        self.shape = tuple(shape)
-
-    def forward(self, x):
-        return self.net(x.reshape(*x.shape[:-1], *self.shape))
-
-
-def _accepts_input_shape(factory):
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    return "input_shape" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    )
-
-
-def _has_batch_norm(net):
-    module = getattr(net, "module", None)
-    return module is not None and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
-    )
-
-
-def _ndim(X):
-    """Dimensions of array-likes and nested lists, None for anything else (left to validation)."""
-    if hasattr(X, "ndim"):
-        return X.ndim
-    if isinstance(X, (list, tuple)):
-        try:
-            return np.ndim(X)
-        except ValueError:
-            return None
-    return None
+from ._base import BaseReptile
+from ._images import ImageInput, accepts_input_shape, flatten_images, normalise_shape
+from ._labels import ClassTasks, encode_labels
 
 
 def _softmax(logits):
@@ -78,124 +16,37 @@ def _softmax(logits):
     return z / z.sum(axis=-1, keepdims=True)
 
 
-class _ClassTasks:
-    """Turns classification tasks into flat inputs and one-hot targets for ``meta_fit``.
-
-    Each task's labels, whatever they are, are remapped to ``0 .. N-1`` in
-    sorted order; image tasks ``(n_points, C, H, W)`` are flattened and their
-    shape recorded.  ``sampler`` is what the base class's task stream draws from.
-    """
-
-    def __init__(self, sampler, input_shape):
-        self.input_shape = input_shape
-        self.n_classes = None
-        self.n_seen = 0
-        if isinstance(sampler, TaskSampler):
-            self.sampler = _EncodedSampler(sampler, self)
-        elif callable(sampler):
-            self.sampler = self._wrap_callable(sampler)
-        elif isinstance(sampler, Sequence) and not isinstance(sampler, (str, bytes)):
-            self.sampler = [self.encode_task(task, i) for i, task in enumerate(sampler)]
-        else:
-            self.sampler = sampler  # the task stream reports what is wrong
-
-    def _wrap_callable(self, sampler):
-        def draw(rng):
-            index = self.n_seen
-            self.n_seen += 1
-            return self.encode_task(sampler(rng), index)
-
-        return draw
-
-    def _flatten(self, X, n_lead, where):
-        """Flatten image examples after ``n_lead`` leading axes, recording their shape."""
-        if X.ndim <= n_lead + 1:
-            if self.input_shape is not None and X.ndim == n_lead + 1:
-                if int(np.prod(self.input_shape)) != X.shape[-1]:
-                    raise TaskError(
-                        f"{where} has {X.shape[-1]} features, but input_shape="
-                        f"{self.input_shape} has {int(np.prod(self.input_shape))} values."
-                    )
-            return X
-        shape = _normalise_shape(X.shape[n_lead:]) if X.ndim - n_lead in (2, 3) else None
-        if shape is None:
-            raise TaskError(
-                f"{where}: examples must be flat or images (channels, height, width); "
-                f"got shape {X.shape[n_lead:]}."
-            )
-        if self.input_shape is None:
-            self.input_shape = shape
-        elif shape != self.input_shape:
-            raise TaskError(f"{where} has images of shape {shape}, expected {self.input_shape}.")
-        return X.reshape(*X.shape[:n_lead], -1)
-
-    def _check_classes(self, n_classes, where):
-        if self.n_classes is None:
-            self.n_classes = n_classes
-        elif n_classes != self.n_classes:
-            raise TaskError(
-                f"{where} has {n_classes} classes, but earlier tasks have {self.n_classes}; "
-                "meta-training tasks must all be N-way for the same N."
-            )
-
-    def encode_task(self, task, index):
-        where = f"Task {index}"
-        if not (isinstance(task, (tuple, list)) and len(task) == 2):
-            return task  # the task stream names the problem
-        X, y = task
-        X = self._flatten(np.asarray(X), 1, where)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise TaskError(f"{where}: y must be a 1-D array of class labels; got {y.shape}.")
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise TaskError(f"{where}: y contains NaN or infinity.")
-        classes, y_index = np.unique(y, return_inverse=True)
-        self._check_classes(len(classes), where)
-        return X, np.eye(len(classes))[y_index]
-
-    def encode_batch(self, X, y):
-        first = self.n_seen
-        self.n_seen += len(X)
-        where = f"Tasks {first} to {first + len(X) - 1}"
-        X = self._flatten(np.asarray(X), 2, where)
-        y = np.asarray(y)
-        if y.ndim == 3 and y.shape[2] == 1:
-            y = y[:, :, 0]
-        if y.ndim != 2 or y.shape[0] != len(X):
-            raise TaskError(
-                f"{where}: sample_batch must return y of shape (n_tasks, n_points) with class "
-                f"labels; got {y.shape}."
-            )
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise TaskError(f"{where}: y contains NaN or infinity.")
-        # Fast path: labels already 0 .. N-1 in every task (skreptile's samplers).
-        numeric = y.dtype.kind in "iuf" and y.size > 0
-        n_classes = int(y.max()) + 1 if numeric else 0
-        if numeric and n_classes <= y.shape[1] and y.min() >= 0 and (y == np.round(y)).all():
-            onehot = y[..., None] == np.arange(n_classes)
-            if onehot.any(axis=1).all():
-                self._check_classes(n_classes, where)
-                return X, onehot.astype(np.float64)
-        tasks = [self.encode_task((X[t], y[t]), first + t) for t in range(len(X))]
-        return X, np.stack([Y for _, Y in tasks])
+def _log_softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-class _EncodedSampler(TaskSampler):
-    """A skreptile sampler whose batches go through :class:`_ClassTasks`."""
+class _ImageTasks:
+    """What ``meta_fit`` learns about classification tasks beyond their arrays: the image shape."""
 
-    def __init__(self, inner, tasks):
-        self.inner = inner
+    def __init__(self, tasks):
         self.tasks = tasks
-        self.random_state = inner.random_state
 
-    def make_rng(self, fallback_seed):
-        return self.inner.make_rng(fallback_seed)
+    @property
+    def input_shape(self):
+        return self.tasks.input_shape
 
-    def sample_batch(self, rng, n_tasks):
-        X, y = self.inner.sample_batch(rng, n_tasks)
-        return self.tasks.encode_batch(X, y)
+    def state(self):
+        shape = self.tasks.input_shape
+        return {"input_shape": None if shape is None else list(shape)}
+
+    def restore(self, state):
+        shape = state.get("input_shape")
+        shape = None if shape is None else tuple(int(s) for s in shape)
+        if self.tasks.input_shape is not None and shape != self.tasks.input_shape:
+            raise ValueError(
+                f"The tasks have images of shape {self.tasks.input_shape}, but the run to "
+                f"continue was meta-trained on {shape}."
+            )
+        self.tasks.input_shape = shape
+
+    def set_state(self, est):
+        est.input_shape_ = self.tasks.input_shape
 
 
 class ReptileClassifier(ClassifierMixin, BaseReptile):
@@ -418,97 +269,103 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
 
-    # ------------------------------------------------------------ hooks
-    def _build_shape(self):
-        """Image shape of the network being built: the meta-training tasks' or the fitted one."""
-        tasks = self.__dict__.get("_meta_tasks")
-        if tasks is not None:
-            return tasks.input_shape
-        return getattr(self, "input_shape_", None)
-
-    def _make_module(self, n_features, n_outputs):
-        shape = self._build_shape()
+    # ------------------------------------------------------ family hooks
+    def _make_module(self, n_features, n_outputs, input_shape=None):
         kwargs = {}
-        if shape is not None and _accepts_input_shape(self.module):
-            kwargs["input_shape"] = shape
+        if input_shape is not None and accepts_input_shape(self.module):
+            kwargs["input_shape"] = input_shape
         module = self.module(n_features, n_outputs, **kwargs)
         if not isinstance(module, torch.nn.Module):
             return module  # the base class reports it
         # Batch statistics only, never running ones: every task is new, and
         # running statistics cannot be updated per task under vmap.
         torch.func.replace_all_batch_norm_modules_(module)
-        if shape is not None:
-            if int(np.prod(shape)) != n_features:
+        if input_shape is not None:
+            if int(np.prod(input_shape)) != n_features:
                 raise ValueError(
-                    f"input_shape={shape} has {int(np.prod(shape))} values, but the inputs "
-                    f"have {n_features} features."
+                    f"input_shape={input_shape} has {int(np.prod(input_shape))} values, but the "
+                    f"inputs have {n_features} features."
                 )
-            module = _ImageInput(module, shape)
+            module = ImageInput(module, input_shape)
         return module
 
-    def _scaling(self, X, Y):
-        n_features, n_outputs = X.shape[-1], Y.shape[-1]
-        y_mean, y_scale = np.zeros(n_outputs), np.ones(n_outputs)
+    def _scaling_modes(self, input_shape=None):
         if not self.standardize:
-            return np.zeros(n_features), np.ones(n_features), y_mean, y_scale
-        if self._build_shape() is None:
-            x_mean, x_scale, _, _ = _scale_stats(X, Y[..., :1], True)
-            return x_mean, x_scale, y_mean, y_scale
-        mean, std = float(X.mean()), float(X.std())
-        if not std > 1e-12 * max(1.0, abs(mean)):
-            std = 1.0
-        return np.full(n_features, mean), np.full(n_features, std), y_mean, y_scale
+            return None, False
+        # Images: one mean and scale, so that a convolution sees every pixel alike.
+        return ("global" if input_shape is not None else "per_feature"), False
 
-    # ------------------------------------------------------------ meta_fit
-    def meta_fit(self, task_sampler):
-        """Meta-learn an initialisation from classification tasks drawn from ``task_sampler``.
+    def _meta_training_tasks(self, task_sampler):
+        tasks = ClassTasks(task_sampler, normalise_shape(self.input_shape))
+        return tasks.sampler, _ImageTasks(tasks)
 
-        Parameters
-        ----------
-        task_sampler : ClassTaskSampler, callable or sequence of (X, y)
-            Where tasks come from: a :class:`~skreptile.ClassTaskSampler`, a
-            callable ``sampler(rng) -> (X, y)`` or a finite sequence of
-            ``(X, y)`` tasks.  Every task has the same number N of classes; its
-            labels may be anything and are mapped to the N outputs in sorted
-            order.  ``X`` is flat ``(n_points, n_features)`` or images
-            ``(n_points, channels, height, width)``.
+    def _meta_family_state(self):
+        shape = getattr(self, "input_shape_", None)
+        return {"input_shape": None if shape is None else list(shape)}
 
-        Returns
-        -------
-        self : object
-            The estimator with ``meta_params_`` learned; call :meth:`fit` to adapt.
-        """
-        self._validate_params()
-        tasks = _ClassTasks(task_sampler, _normalise_shape(self.input_shape))
-        self._meta_tasks = tasks
-        try:
-            super().meta_fit(tasks.sampler)
-        finally:
-            del self._meta_tasks
-        self.input_shape_ = tasks.input_shape
-        for attr in ("classes_", "support_X_"):
-            self.__dict__.pop(attr, None)
-        return self
+    def _task_inputs(self, X, n_features, where):
+        if X.ndim == 4 and getattr(self, "input_shape_", None) is not None:
+            if tuple(X.shape[1:]) != tuple(self.input_shape_):
+                raise ValueError(
+                    f"{where} has images of shape {tuple(X.shape[1:])}, but the model expects "
+                    f"{tuple(self.input_shape_)}."
+                )
+        return super()._task_inputs(X, n_features, where)
+
+    @staticmethod
+    def _encode_targets(y, n_outputs, where):
+        """One-hot targets over the task's sorted classes, and those classes."""
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"{where}: y must hold one class label per sample; got {y.shape}.")
+        classes, onehot = encode_labels(
+            y, len(np.unique(y)) if n_outputs is None else n_outputs, where
+        )
+        return onehot, classes
+
+    @staticmethod
+    def _encode_query(y, classes, where):
+        y = np.asarray(y).reshape(len(y))
+        index = np.searchsorted(classes, y)
+        index = np.minimum(index, len(classes) - 1)
+        unseen = classes[index] != y
+        if unseen.any():
+            raise ValueError(
+                f"{where}: the query labels {sorted(set(y[unseen].tolist()))} do not appear "
+                "among its support labels; every query class needs support examples."
+            )
+        return index
+
+    @staticmethod
+    def _decode(scaled, classes, kind, scaling=None):
+        logits = scaled[:, : len(classes)]
+        if kind == "predict":
+            return classes[np.argmax(logits, axis=1)]
+        return logits
+
+    @staticmethod
+    def _query_losses(tasks, scaled, scaling):
+        """Log loss of every task's query points."""
+        return np.array(
+            [
+                -np.mean(_log_softmax(s[:, : len(c)])[np.arange(len(i)), i])
+                for s, c, i in zip(scaled, tasks.info, tasks.Y_query)
+            ]
+        )
+
+    def _set_fit_info(self, classes):
+        self.classes_ = classes
 
     # ------------------------------------------------------------ fit / predict
-    def _flatten_images(self, X, reset):
-        """Flat ``X`` from images ``(n, C, H, W)``; the expected image shape (or None)."""
-        expected = (
-            getattr(self, "input_shape_", None) if not reset else _normalise_shape(self.input_shape)
-        )
-        if _ndim(X) != 4:
-            return X, expected
-        X = check_array(X, allow_nd=True, dtype=np.float64)
-        shape = tuple(X.shape[1:])
-        if expected is not None and shape != expected:
-            raise ValueError(f"X has images of shape {shape}, but expected {expected}.")
-        return X.reshape(len(X), -1), shape
-
     def fit(self, X, y):
         """Adapt the meta-learned initialisation to the labelled examples ``(X, y)``.
 
         Every call starts again from the initialisation learned by
         :meth:`meta_fit` (or from a fresh random one if it was never called).
+        Everything is checked before anything changes: a refused or failed
+        ``fit`` leaves the estimator as it was.
 
         Parameters
         ----------
@@ -523,77 +380,36 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self : object
             The adapted estimator.
         """
-        self._check_fit_preconditions()
-        meta_fitted = self._is_meta_fitted()
-        X, shape = self._flatten_images(X, reset=not meta_fitted)
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
-        if type_of_target(y) not in ("binary", "multiclass"):
-            raise ValueError(f"y must hold one class label per sample; got {type_of_target(y)}.")
-        classes, y_index = np.unique(y, return_inverse=True)
-        if meta_fitted:
-            n_outputs = self.n_outputs_
-            if len(classes) > n_outputs:
+        with self._unchanged_on_error():
+            self._check_fit_preconditions()
+            meta_fitted = self._is_meta_fitted()
+            expected = self.input_shape_ if meta_fitted else normalise_shape(self.input_shape)
+            X, shape = flatten_images(X, expected)
+            X, y = validate_data(self, X, y, reset=not meta_fitted, dtype=np.float64)
+            check_classification_targets(y)
+            if type_of_target(y) not in ("binary", "multiclass"):
                 raise ValueError(
-                    f"y has {len(classes)} classes, but the initialisation was meta-learned "
-                    f"for {n_outputs}-way tasks."
+                    f"y must hold one class label per sample; got {type_of_target(y)}."
                 )
-        else:
-            n_outputs = len(classes)
-            self.input_shape_ = shape
-        try:
-            self._fit_scaled(X, np.eye(n_outputs)[y_index])
-        except ValueError as exc:
-            if len(X) < 2 and "more than 1 value per channel" in str(exc):
-                raise ValueError(
-                    "The network normalises over the batch and cannot fit 1 sample; "
-                    "give at least 2."
-                ) from exc
-            raise
-        self.classes_ = classes
-        if _has_batch_norm(self._net()):
-            self.support_X_ = X
-        else:
-            self.__dict__.pop("support_X_", None)
+            Y, classes = self._encode_targets(y, self.n_outputs_ if meta_fitted else None, "y")
+            if not meta_fitted:
+                self.input_shape_ = shape
+            try:
+                self._fit(X, Y, classes)
+            except ValueError as exc:
+                if len(X) < 2 and "more than 1 value per channel" in str(exc):
+                    raise ValueError(
+                        "The network normalises over the batch and cannot fit 1 sample; "
+                        "give at least 2."
+                    ) from exc
+                raise
         return self
-
-    def _params_tensor(self, device):
-        cache = self.__dict__.setdefault("_cache", {})
-        params = cache.get("params")
-        if params is None or params.device != device:
-            params = cache["params"] = self._to_tensor(self.params_, device)
-        return params
-
-    def _with_support(self):
-        return not self.transductive and hasattr(self, "support_X_")
 
     def _logits(self, X):
         check_is_fitted(self)
-        X, _ = self._flatten_images(X, reset=False)
+        X, _ = flatten_images(X, self.input_shape_)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        if self._with_support():
-            logits = self._support_logits(X)
-        else:
-            logits = self._predict_scaled(X)
-        return logits[:, : len(self.classes_)]
-
-    def _support_logits(self, X):
-        """Logits of every point of ``X`` in a batch with the support set, one point at a time."""
-        device = self._device()
-        net = self._net()
-        params = self._params_tensor(device)
-        support = self._to_tensor((self.support_X_ - self.x_mean_) / self.x_scale_, device)
-        queries = self._to_tensor((X - self.x_mean_) / self.x_scale_, device)
-        per_query = torch.vmap(net.predict, in_dims=(None, 0))
-        n_support = len(support)
-        step = max(1, PREDICT_ROWS // (n_support + 1))
-        out = []
-        with torch.no_grad(), fast_cpu_math(device, net.work(1, PREDICT_ROWS)):
-            for start in range(0, len(queries), step):
-                q = queries[start : start + step, None]
-                batch = torch.cat([support.expand(len(q), n_support, -1), q], dim=1)
-                out.append(per_query(params, batch)[:, -1])
-        return torch.cat(out).cpu().numpy().astype(np.float64)
+        return self._decode(self._outputs(X), self.classes_, "logits")
 
     def predict_proba(self, X):
         """Return class probabilities from the adapted network.
@@ -623,9 +439,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         log_proba : ndarray of shape (n_samples, n_classes)
             Log-probabilities of the classes ``classes_``.
         """
-        logits = self._logits(X)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return _log_softmax(self._logits(X))
 
     def predict(self, X):
         """Classify with the adapted network.
@@ -642,89 +456,3 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         """
         logits = self._logits(X)
         return self.classes_[np.argmax(logits, axis=1)]
-
-    # ------------------------------------------------------------ many tasks
-    def few_shot_predict(self, X_support, y_support, X_query):
-        """Adapt to many tasks at once and classify their query points.
-
-        Equivalent to ``fit(X_support[e], y_support[e]).predict(X_query[e])``
-        for every task ``e``, but all tasks are adapted together, as in
-        meta-training, which is much faster for evaluating many episodes.  The
-        estimator itself is left unchanged.
-
-        Parameters
-        ----------
-        X_support : array-like of shape (n_tasks, n_support, ...)
-            Training examples of every task, flat or as images.
-        y_support : array-like of shape (n_tasks, n_support)
-            Their labels; every task has its own (at most ``n_outputs_``) classes.
-        X_query : array-like of shape (n_tasks, n_query, ...)
-            Points to classify, for every task.
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_tasks, n_query)
-            Predicted labels, among each task's own labels.
-        """
-        check_is_fitted(self, "meta_params_")
-        Xs, Xq, ys = np.asarray(X_support), np.asarray(X_query), np.asarray(y_support)
-        if Xs.ndim < 3 or Xq.ndim != Xs.ndim or ys.shape != Xs.shape[:2] or len(Xq) != len(Xs):
-            raise ValueError(
-                "few_shot_predict needs X_support (n_tasks, n_support, ...), y_support "
-                "(n_tasks, n_support) and X_query (n_tasks, n_query, ...) with the same n_tasks; "
-                f"got {Xs.shape}, {ys.shape} and {Xq.shape}."
-            )
-        n_tasks, n_support = ys.shape
-        Xs = check_array(Xs.reshape(n_tasks * n_support, -1), dtype=np.float64)
-        Xq = check_array(Xq.reshape(n_tasks * Xq.shape[1], -1), dtype=np.float64)
-        Xs, Xq = Xs.reshape(n_tasks, n_support, -1), Xq.reshape(n_tasks, -1, Xs.shape[-1])
-        if Xs.shape[-1] != self.n_features_meta_:
-            raise ValueError(
-                f"The tasks have {Xs.shape[-1]} features, but the meta-learned initialisation "
-                f"expects {self.n_features_meta_}."
-            )
-        classes, Y = [], np.zeros((n_tasks, n_support, self.n_outputs_))
-        for t in range(n_tasks):
-            check_classification_targets(ys[t])
-            task_classes, index = np.unique(ys[t], return_inverse=True)
-            if len(task_classes) > self.n_outputs_:
-                raise ValueError(
-                    f"Task {t} has {len(task_classes)} classes, but the initialisation was "
-                    f"meta-learned for {self.n_outputs_}-way tasks."
-                )
-            Y[t, np.arange(n_support), index] = 1.0
-            classes.append(task_classes)
-        with_support = not self.transductive and _has_batch_norm(self._net())
-        n_query = Xq.shape[1]
-        rows = n_support + n_query * ((n_support + 1) if with_support else 1)
-        step = max(1, PREDICT_ROWS // rows)
-        predictions = []
-        for start in range(0, n_tasks, step):
-            chunk = slice(start, start + step)
-            ws = self._adapt_tasks(self.meta_params_, Xs[chunk], Y[chunk])
-            if with_support:
-                logits = self._tasks_support_logits(ws, Xs[chunk], Xq[chunk])
-            else:
-                logits = self._predict_tasks(ws, Xq[chunk])
-            for t, task_logits in enumerate(logits, start):
-                predictions.append(classes[t][task_logits[:, : len(classes[t])].argmax(axis=1)])
-        return np.stack(predictions)
-
-    def _tasks_support_logits(self, ws, Xs, Xq):
-        """Per-task logits of query points, each in a batch with its task's support set."""
-        net = self._net()
-        device = ws.params.device
-        support = self._to_tensor((Xs - self.x_mean_) / self.x_scale_, device)
-        queries = self._to_tensor((Xq - self.x_mean_) / self.x_scale_, device)
-        n_tasks, n_query = queries.shape[:2]
-        batch = torch.cat(
-            [
-                support[:, None].expand(n_tasks, n_query, *support.shape[1:]),
-                queries[:, :, None],
-            ],
-            dim=2,
-        )
-        per_task = torch.vmap(torch.vmap(net.predict, in_dims=(None, 0)), in_dims=(0, 0))
-        with torch.no_grad(), fast_cpu_math(device, net.work(n_tasks, batch.shape[1])):
-            out = per_task(ws.params, batch)[:, :, -1]
-        return out.cpu().numpy().astype(np.float64)

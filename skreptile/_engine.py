@@ -2,41 +2,80 @@
 
 Nothing here knows about scikit-learn or numpy; the estimators hand it tensors
 already on the right device.  Every loop runs without host synchronisation
-(no ``.item()``) except for an occasional finiteness check.
+(no ``.item()``) except for an occasional finiteness check.  All adaptation,
+in meta-training, ``fit``, batched prediction, validation and evaluation, goes
+through :func:`adapt`.
 """
+
+import math
 
 import torch
 
+ADAM_BETA2 = 0.999
+ADAM_EPSILON = 1e-8
+
 
 class InnerOptimizer:
-    """Plain SGD or Adam (with ``beta1 = 0``, as in the Reptile paper) on task rows.
+    """The inner-loop optimiser of every task slot of a workspace.
 
-    The state of Adam is one buffer of the parameters' shape, reset for every
-    task, so that each task's adaptation starts from the same point.
+    ``"sgd"``: ``w <- w - lr * g``.
+
+    ``"adam"``: the optimiser of the Reptile paper's code (openai/supervised-
+    reptile, TensorFlow's ``AdamOptimizer(beta1=0)``): with ``beta1 = 0`` the
+    first moment is the gradient itself, and
+    ``v <- beta2 v + (1 - beta2) g^2``,
+    ``w <- w - lr * sqrt(1 - beta2^t) * g / (sqrt(v) + 1e-8)``.
+    As in that code, the optimiser's state (``v`` and the step count ``t``) is
+    *not* part of the model's weights: it is kept across tasks and
+    meta-iterations (one state per task slot of a meta-batch), and adaptation
+    after meta-training starts from the state meta-training ended with.
+
+    Parameters
+    ----------
+    kind : {"sgd", "adam"}
+    lr : float
+    net : BatchedMLP or BatchedModule
+    ws : Workspace
+        The task slots whose weights the optimiser updates.
+    state : dict or None
+        ``{"v": Tensor (n_params,) or (n_slots, n_params), "t": int}`` to start
+        from (one ``v`` broadcast to every slot, or one per slot); None starts afresh.
     """
 
-    def __init__(self, kind, lr, params, beta2=0.999, eps=1e-8):
+    def __init__(self, kind, lr, net, ws, state=None):
         self.kind = kind
         self.lr = float(lr)
-        self.beta2 = beta2
-        self.eps = eps
-        self._second_moment = torch.zeros_like(params) if kind == "adam" else None
+        self.net = net
+        self.t = 0
+        self._v = None
+        if kind == "adam":
+            self._v = net.workspace(ws.n_tasks, ws.params)
+            self._v.params.zero_()
+            if state is not None:
+                v = torch.as_tensor(state["v"], dtype=ws.params.dtype, device=ws.params.device)
+                if v.dim() == 1:
+                    net.broadcast(v, self._v)
+                else:
+                    net.set_task_params(self._v, v)
+                self.t = int(state["t"])
 
-    def reset(self):
-        """Forget the state of the previous tasks."""
-        if self._second_moment is not None:
-            self._second_moment.zero_()
-
-    def step(self, params, grad, step_index):
-        """Update ``params`` in place from ``grad``; ``step_index`` counts from 0."""
-        if self._second_moment is None:
+    def step(self, params, grad):
+        """Update ``params`` in place from ``grad``."""
+        if self._v is None:
             params.add_(grad, alpha=-self.lr)
             return
-        v = self._second_moment
-        v.mul_(self.beta2).addcmul_(grad, grad, value=1.0 - self.beta2)
-        bias_correction = 1.0 - self.beta2 ** (step_index + 1)
-        denom = (v / bias_correction).sqrt_().add_(self.eps)
-        params.addcdiv_(grad, denom, value=-self.lr)
+        self.t += 1
+        v = self._v.params
+        v.mul_(ADAM_BETA2).addcmul_(grad, grad, value=1.0 - ADAM_BETA2)
+        step = self.lr * math.sqrt(1.0 - ADAM_BETA2**self.t)
+        params.addcdiv_(grad, v.sqrt().add_(ADAM_EPSILON), value=-step)
+
+    def state(self, per_slot=True):
+        """The state to continue from: per slot, or averaged over slots; None for SGD."""
+        if self._v is None:
+            return None
+        v = self.net.all_task_params(self._v) if per_slot else self.net.task_mean(self._v)
+        return {"v": v.detach().cpu().numpy().copy(), "t": self.t}
 
 
 def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_step=None):
@@ -50,7 +89,6 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     ``on_step(step, ws)``, when given, is called before every step and after
     the last (``step == n_steps``), e.g. to predict along the way.
     """
-    optimizer.reset()
     per_step = x.dim() == 4
     for step in range(n_steps):
         if on_step is not None:
@@ -65,10 +103,32 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
                 loss_sums[0].add_(loss.value(outputs, ys, w).mean())
             if step == n_steps - 1:
                 loss_sums[1].add_(loss.value(outputs, ys, w).mean())
-        optimizer.step(ws.params, ws.grad, step)
+        optimizer.step(ws.params, ws.grad)
     if on_step is not None:
         on_step(n_steps, ws)
     return ws
+
+
+def adapt_tasks(
+    net, loss, theta, packed, n_steps, optimizer, lr, optimizer_state=None, on_step=None
+):
+    """Adapt one copy of ``theta`` per task of ``packed`` (full batch) and measure it.
+
+    Returns
+    -------
+    ws : Workspace
+        Every task's adapted weights.
+    loss_before, loss_after : Tensor of shape (n_tasks,)
+        Each task's support loss at ``theta`` and after adaptation.
+    """
+    ws = net.workspace(packed.n_tasks, theta)
+    net.broadcast(theta, ws)
+    inner = InnerOptimizer(optimizer, lr, net, ws, optimizer_state)
+    with torch.no_grad():
+        loss_before = loss.value(net.forward_tasks(ws, packed.xs), packed.ys, packed.weight)
+        adapt(net, loss, ws, packed.xs, packed.ys, packed.weight, n_steps, inner, on_step=on_step)
+        loss_after = loss.value(net.forward_tasks(ws, packed.xs), packed.ys, packed.weight)
+    return ws, loss_before, loss_after
 
 
 class MetaDiverged(FloatingPointError):
@@ -87,14 +147,13 @@ def meta_train(
     loss,
     theta,
     chunks,
+    optimizer,
+    ws,
     *,
     n_meta_iter,
-    meta_batch_size,
     meta_lr,
     meta_lr_schedule,
     inner_steps,
-    inner_optimizer,
-    inner_lr,
     start_iter=0,
     check_every=100,
     on_iteration=None,
@@ -105,12 +164,13 @@ def meta_train(
     ``chunks`` yields ``(x, y, weight)`` with ``x`` of shape
     ``(n_iters_in_chunk, inner_steps, meta_batch_size, batch, n_in)``: the inner
     minibatches of several meta-iterations, moved to the device in one copy.
-    ``theta`` always holds the weights after the last completed meta-iteration,
-    so an interruption leaves it usable.  Returns the number of meta-iterations
-    completed.  ``loss_sums`` is passed on to :func:`adapt`.
+    ``ws`` holds the task slots and ``optimizer`` their inner optimiser.  The
+    step size of iteration ``i`` is that of a run of ``n_meta_iter`` iterations,
+    whatever ``start_iter``, so a resumed or warm-started run follows the
+    schedule of one uninterrupted run.  ``theta`` always holds the weights after
+    the last completed meta-iteration, so an interruption leaves it usable.
+    Returns the number of meta-iterations completed.
     """
-    ws = net.workspace(meta_batch_size, theta)
-    optimizer = InnerOptimizer(inner_optimizer, inner_lr, ws.params)
     iteration = start_iter
     for x, y, weight in chunks:
         for k in range(x.shape[0]):

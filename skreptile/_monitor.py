@@ -3,287 +3,199 @@
 :class:`MetaFitRun` is the bookkeeping of one ``meta_fit`` call: where it
 starts (afresh, from a warm start or from a checkpoint), the progress bar, the
 history of losses, validation and early stopping, and the checkpoint file.
-``BaseReptile.meta_fit`` calls it through a few hooks.
 
-Resuming reproduces an uninterrupted run exactly because everything random in
-meta-training comes from two numpy generators, the task stream's and the one
-that orders points into minibatches, and tasks are drawn a chunk of
-meta-iterations at a time.  A checkpoint at meta-iteration ``i`` holds the
-weights after ``i`` iterations and the generators' states at the start of the
-chunk containing ``i``: the resumed run draws that chunk again, identically,
-and skips the iterations already done.
+Resuming reproduces an uninterrupted run exactly because the tasks of
+meta-iteration ``t`` and the order of their points depend only on the seed and
+``t`` (:class:`~skreptile.tasks._base.TaskSource`): a checkpoint holds the
+weights after ``t`` iterations, the inner optimiser's state and the
+bookkeeping, and no random generator state.
 
-Checkpoints are ``.npz`` files of plain arrays and a JSON header (no pickle),
-written to a temporary file and moved into place with :func:`os.replace`, so
-that a crash while writing leaves the previous checkpoint intact.
+``warm_start`` follows the convention of scikit-learn's gradient boosting:
+``n_meta_iter`` is the length of the whole run, and a warm ``meta_fit``
+continues from the ``n_meta_iter_`` iterations already done up to
+``n_meta_iter``, on the step-size schedule of that whole run.
 """
 
-import hashlib
-import json
 import math
-import numbers
 import os
-import tempfile
 
 import numpy as np
 import torch
 
-from ._adaptation import PackedTasks, adaptation_curve
+from . import _checkpoint, _fingerprints
+from ._scaling import Scaling
+from .tasks._split import check_split
 
-CHECKPOINT_FORMAT = 1
 
-# Parameters that do not change what meta_fit computes, ignored when resuming.
-_NOT_FINGERPRINTED = {"verbose", "checkpoint_path", "checkpoint_interval", "warm_start", "device"}
+def _validation_digest(validation):
+    if validation is None:
+        return None
+    return _fingerprints.digest_arrays([np.asarray(a) for task in validation for a in task])
+
+
+def _optimizer_rows(state):
+    """Adam's per-slot state as ``(n_slots, n_params)`` rows (None for SGD)."""
+    if state is None:
+        return None
+    return {"v": np.atleast_2d(state["v"]), "t": state["t"]}
 
 
 class EarlyStop(Exception):
     """Raised from the iteration callback to end meta-training early."""
 
 
-# --------------------------------------------------------------- files
-def _encode(obj, arrays):
-    if isinstance(obj, np.ndarray):
-        key = f"a{len(arrays)}"
-        arrays[key] = obj
-        return {"__nd__": key}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, arrays) for v in obj]}
-    if isinstance(obj, list):
-        return [_encode(v, arrays) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _encode(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"Cannot store {type(obj).__name__} in a checkpoint.")
-
-
-def _decode(obj, arrays):
-    if isinstance(obj, dict):
-        if "__nd__" in obj:
-            return arrays[obj["__nd__"]]
-        if "__tuple__" in obj:
-            return tuple(_decode(v, arrays) for v in obj["__tuple__"])
-        return {k: _decode(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_decode(v, arrays) for v in obj]
-    return obj
-
-
-def save_checkpoint(path, state):
-    """Write ``state`` (nested dicts, lists, tuples, arrays, scalars) to ``path`` atomically."""
-    arrays = {}
-    header = json.dumps(_encode(state, arrays))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".skreptile-ckpt-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __header__=np.array(header), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path):
-    """Read a checkpoint written by :func:`save_checkpoint`."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if k != "__header__"}
-        header = json.loads(str(data["__header__"]))
-    return _decode(header, arrays)
-
-
-# ---------------------------------------------------------- fingerprints
-def _describe(value):
-    if isinstance(value, list):
-        value = tuple(value)
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    return repr(value)
-
-
-def fingerprint(est):
-    """The parameters that decide what ``meta_fit`` computes, as strings."""
-    out = {}
-    for name, value in sorted(est.get_params(deep=False).items()):
-        if name in _NOT_FINGERPRINTED:
-            continue
-        if name == "random_state" and not isinstance(value, numbers.Integral):
-            continue  # the checkpoint holds the generators' states themselves
-        out[name] = _describe(value)
-    return out
-
-
-def _digest(arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a, dtype=np.float64)
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------ validation
-def check_validation_tasks(validation_tasks):
-    """Validation tasks as ``(X_support, Y_support, X_query, Y_query)`` with 2-D targets."""
-    if validation_tasks is None:
-        return None
-    from .evaluation import _check_split
-
-    try:
-        tasks = _check_split(validation_tasks)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            "validation_tasks must be a sequence of (X_support, y_support, X_query, y_query) "
-            f"tuples, such as skreptile.evaluation.split_support_query returns: {exc}"
-        ) from exc
-    two_d = lambda y: y[:, None] if y.ndim == 1 else y  # noqa: E731
-    return [(Xs, two_d(ys), Xq, two_d(yq)) for Xs, ys, Xq, yq in tasks]
-
-
-# ------------------------------------------------------------------ runs
 class MetaFitRun:
     """The bookkeeping of one ``meta_fit`` call; see the module docstring.
 
     After construction, ``theta`` is None for a fresh start (the caller then
-    initialises and calls :meth:`start`), or holds the weights to continue
-    from, with ``scaling`` and ``signature``.
+    computes the scaling and calls :meth:`start`), or holds the weights to
+    continue from, with ``scaling``, ``signature`` and the optimiser's state.
     """
 
-    def __init__(self, est, stream, batch_rng, validation_tasks):
+    def __init__(self, est, validation_tasks):
         self.est = est
-        self.stream = stream
-        self.batch_rng = batch_rng
+        self.source = None
         self.n_meta_iter = est.n_meta_iter
-        self.validation = check_validation_tasks(validation_tasks)
-        if est.early_stopping and self.validation is None:
+        self.validation = validation_tasks
+        if validation_tasks is not None:
+            # Checked now, encoded once the shapes of the tasks are known.
+            try:
+                check_split(validation_tasks, numeric_y=est._loss == "squared_error")
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    "validation_tasks must be a sequence of (X_support, y_support, X_query, "
+                    "y_query) tuples, such as skreptile.evaluation.split_support_query "
+                    f"returns: {exc}"
+                ) from exc
+        if est.early_stopping and validation_tasks is None:
             raise ValueError(
                 "early_stopping=True needs validation tasks: pass validation_tasks to meta_fit, "
                 "for example skreptile.evaluation.split_support_query(held_out_tasks, n_support)."
             )
-        self.validation_digest = (
-            None if self.validation is None else _digest([a for t in self.validation for a in t])
-        )
         self.path = None if est.checkpoint_path is None else os.fspath(est.checkpoint_path)
-        self.theta = self.scaling = self.signature = None
-        self.offset = self.start_iter = self.chunk_start = self.last_record = 0
-        self.iteration = 0
+        self.theta = self.scaling = self.signature = self.optimizer_state = None
+        self.feature_names = None
+        self.family_state = {}
+        self.offset = self.start_iter = self.last_record = self.iteration = 0
         keys = ["meta_iter", "train_loss", "adapted_train_loss"]
-        if self.validation is not None:
+        if validation_tasks is not None:
             keys.append("validation_loss")
         self.history = {k: [] for k in keys}
         self.best = None  # {"loss", "iteration", "theta"} of the best validation so far
         self.bad_rounds = 0
         self.loss_state = np.zeros(2, dtype=np.float32)
-        self.chunk_state = None
-        self.resumed_from = None
         self.bar = None
-        if self.path is not None and os.path.exists(self.path):
-            try:
-                state = load_checkpoint(self.path)
-            except Exception as exc:
-                raise ValueError(
-                    f"checkpoint_path={self.path!r} exists but is not a readable skreptile "
-                    f"checkpoint ({type(exc).__name__}: {exc}); delete it or choose another path."
-                ) from exc
-            self._resume(state)
-        elif est.warm_start and est._is_meta_fitted():
+        self.saved = None  # the checkpoint to resume from
+        if self.path is not None:
+            _checkpoint.check_checkpoint_path(self.path)
+            if os.path.exists(self.path):
+                self.saved = _checkpoint.load_run_state(self.path)
+
+    @property
+    def seed(self):
+        """The seed of the run being resumed, or None."""
+        return None if self.saved is None else int(self.saved["seed"])
+
+    def attach(self, source, seed):
+        """Decide where training starts, now that the tasks are known."""
+        self.source, self.run_seed = source, seed
+        if self.saved is not None:
+            self._resume(self.saved)
+        elif self.est.warm_start and self.est._is_meta_fitted():
             self._warm_start()
 
     # -- where training starts ----------------------------------------------
     def _resume(self, state):
         path = self.path
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a skreptile checkpoint of a known format.")
-        mine, theirs = fingerprint(self.est), state["params"]
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differ:
-            details = ", ".join(f"{k}: {theirs.get(k)} then, {mine.get(k)} now" for k in differ)
-            raise ValueError(
-                f"The checkpoint {path} was written by a meta_fit with other parameters "
-                f"({details}). Resume with the same parameters, or delete the file or choose "
-                "another checkpoint_path to start afresh."
-            )
-        if state["validation_digest"] != self.validation_digest:
+        for what, then, now in (
+            ("parameters", state["params"], _fingerprints.fingerprint_params(self.est)),
+            ("tasks", state["tasks"], _fingerprints.fingerprint_tasks(self.source)),
+        ):
+            differ = _fingerprints.differences(then, now)
+            if differ:
+                raise ValueError(
+                    f"The checkpoint {path} was written by a meta_fit with other {what} "
+                    f"({'; '.join(differ)}). Resume with the same {what}, or delete the file "
+                    "or choose another checkpoint_path to start afresh."
+                )
+        if state["validation_digest"] != _validation_digest(self.validation):
             raise ValueError(
                 f"The checkpoint {path} was written with other validation tasks; resume with "
                 "the same validation_tasks, or delete the file to start afresh."
             )
-        self.stream.set_state(state["stream"])
-        self.batch_rng.bit_generator.state = state["batch_rng"]
         self.theta = state["theta"]
-        self.scaling = tuple(state["scaling"])
+        self.scaling = Scaling(*state["scaling"])
         self.signature = tuple(int(v) for v in state["signature"])
-        self.offset = int(state["offset"])
+        self.feature_names = state["feature_names"]
+        self.family_state = state["family"]
+        self.optimizer_state = state["optimizer"]
         self.start_iter = self.iteration = int(state["iteration"])
-        self.chunk_start = int(state["chunk_start"])
-        self.last_record = int(state["last_record"])
         self.loss_state = np.asarray(state["loss_sums"], dtype=np.float32)
+        self.last_record = int(state["last_record"])
+        if set(state["history"]) != set(self.history):
+            raise _checkpoint.malformed(
+                path, f"history keys {sorted(state['history'])}, expected {sorted(self.history)}"
+            )
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.best = state["best"]
         self.bad_rounds = int(state["bad_rounds"])
-        self.resumed_from = self.start_iter
 
     def _warm_start(self):
         est = self.est
-        self.theta = est.meta_params_
-        self.scaling = (est.x_mean_, est.x_scale_, est.y_mean_, est.y_scale_)
-        self.signature = (int(est.n_features_meta_), int(est.n_outputs_))
-        if self.stream.signature is not None and tuple(self.stream.signature) != self.signature:
+        done = int(getattr(est, "n_meta_iter_", 0))
+        if self.n_meta_iter < done:
             raise ValueError(
-                f"warm_start=True: the tasks have {self.stream.signature[0]} features and "
-                f"{self.stream.signature[1]} outputs, but the meta-learned initialisation has "
+                f"warm_start=True: n_meta_iter={self.n_meta_iter} is the length of the whole "
+                f"run, but {done} meta-iterations are done already. Set n_meta_iter above "
+                f"{done} to continue, or warm_start=False to start afresh."
+            )
+        self.theta = est.meta_params_
+        self.scaling = est._scaling()
+        self.signature = (int(est.n_features_in_), int(est.n_outputs_))
+        self.feature_names = getattr(est, "feature_names_in_", None)
+        self.family_state = est._meta_family_state()
+        self.optimizer_state = getattr(est, "inner_optimizer_state_", None)
+        if self.source.signature is not None and tuple(self.source.signature) != self.signature:
+            raise ValueError(
+                f"warm_start=True: the tasks have {self.source.signature[0]} features and "
+                f"{self.source.signature[1]} outputs, but the meta-learned initialisation has "
                 f"{self.signature[0]} and {self.signature[1]}."
             )
-        self.offset = int(getattr(est, "n_meta_iter_", 0))
+        self.start_iter = self.iteration = self.last_record = done
         previous = getattr(est, "history_", None) or {}
         n_prev = len(previous.get("meta_iter", []))
         for key in set(self.history) | set(previous):
-            values = list(previous.get(key, [math.nan] * n_prev))
-            self.history[key] = values
-        # Continue the random streams where the last meta_fit left them, so that
-        # a warm start sees new tasks rather than the same ones again.
-        saved = getattr(est, "_meta_rng_state", None)
-        if saved is not None and saved["stream"]["kind"] == self.stream.kind:
-            state = dict(saved["stream"], buffer=None, signature=self.signature)
-            if self.stream.kind == "sequence":
-                state["order"] = np.empty(0, dtype=np.intp)
-            self.stream.set_state(state)
-            self.batch_rng.bit_generator.state = saved["batch_rng"]
-        else:
-            self.stream.signature = self.signature
+            self.history[key] = list(previous.get(key, [math.nan] * n_prev))
 
-    def start(self, scaling, signature):
-        """Record the scaling and task shape of a fresh start."""
+    def start(self, scaling, signature, family_state):
+        """Record the scaling, task shape and family state of a fresh start."""
         self.scaling = scaling
         self.signature = tuple(int(v) for v in signature)
+        self.family_state = family_state
 
-    def bind(self, net, loss, theta, device):
-        """Attach the network and the device tensor ``theta`` that meta-training updates."""
-        self.net, self.loss, self.theta_t, self.device = net, loss, theta, device
+    def check_weights(self, n_params):
+        """Refuse weights to continue from that do not fit the network."""
+        if self.saved is not None:
+            _checkpoint.check_weights(self.path, self.saved, n_params)
+        elif self.theta is not None and len(self.theta) != n_params:
+            raise ValueError(
+                f"warm_start=True: the meta-learned weights have {len(self.theta)} values, but "
+                f"the network has {n_params}; the architecture changed. Set warm_start=False "
+                "to start afresh."
+            )
+
+    def bind(self, net, loss, theta, optimizer, device):
+        """Attach the network, the device tensor ``theta`` and the inner optimiser."""
+        self.net, self.loss, self.theta_t, self.optimizer = net, loss, theta, optimizer
+        self.device = device
         self.loss_sums = torch.as_tensor(self.loss_state, device=device)
         # The sums as of the last completed meta-iteration: an interruption inside
         # one leaves its partial loss in loss_sums, which a checkpoint must not keep.
         self.loss_done = self.loss_sums.clone()
         if self.validation is not None:
-            self.packed = PackedTasks(
-                [(Xs, Ys) for Xs, Ys, _, _ in self.validation],
-                [(Xq, Yq) for _, _, Xq, Yq in self.validation],
-                self.scaling,
-                device,
+            self.tasks = self.est._prepare_tasks(
+                self.validation, with_query_y=True, signature=self.signature
             )
-            self.query_y = np.zeros(
-                (len(self.validation), self.packed.xq.shape[1], self.signature[1])
-            )
-            for t, (_, _, _, Yq) in enumerate(self.validation):
-                self.query_y[t, : len(Yq)] = Yq
-            self.query_mask = (np.arange(self.query_y.shape[1]) < self.packed.query_sizes[:, None])[
-                :, :, None
-            ]
 
     # -- hooks of the training loop --------------------------------------------
     def __enter__(self):
@@ -300,12 +212,8 @@ class MetaFitRun:
             self.bar.close()
         return False
 
-    def on_chunk(self, iteration, stream, rng):
-        """Remember the generators' states before drawing the chunk starting at ``iteration``."""
-        self.chunk_state = (iteration, stream.get_state(), rng.bit_generator.state)
-
     def on_iteration(self, iteration):
-        """Called after every meta-iteration (numbered from 1 within this call)."""
+        """Called after every meta-iteration (numbered over the whole run)."""
         self.iteration = iteration
         self.loss_done.copy_(self.loss_sums)
         if self.bar is not None:
@@ -326,9 +234,9 @@ class MetaFitRun:
         self.loss_sums.zero_()
         self.loss_done.zero_()
         entry = {
-            "meta_iter": self.offset + iteration,
-            "train_loss": float(sums[0] / n),
-            "adapted_train_loss": float(sums[1] / n),
+            "meta_iter": iteration,
+            "train_loss": float(sums[0] / max(n, 1)),
+            "adapted_train_loss": float(sums[1] / max(n, 1)),
         }
         stop = False
         if self.validation is not None:
@@ -336,7 +244,7 @@ class MetaFitRun:
             entry["validation_loss"] = loss
             if self.best is None or loss < self.best["loss"]:
                 theta = self.theta_t.detach().cpu().numpy().copy()
-                self.best = {"loss": loss, "iteration": self.offset + iteration, "theta": theta}
+                self.best = {"loss": loss, "iteration": iteration, "theta": theta}
                 self.bad_rounds = 0
             else:
                 self.bad_rounds += 1
@@ -355,55 +263,63 @@ class MetaFitRun:
             raise EarlyStop
 
     def _validate(self):
-        """Mean query MSE, in the targets' units, of the validation tasks after adaptation."""
+        """Mean query loss of the validation tasks after adaptation from the current weights."""
+        from ._base import Initialisation
+
         est = self.est
-        lr = est.inner_lr if est.adapt_lr is None else est.adapt_lr
-        scaled = adaptation_curve(
-            self.net,
-            self.loss,
-            self.theta_t,
-            self.packed,
-            [est.adapt_steps],
-            est.inner_optimizer,
-            lr,
-        )[est.adapt_steps]
-        _, _, y_mean, y_scale = self.scaling
+        init = Initialisation(
+            self.net, self.theta_t, self.scaling, self.device, self.optimizer.state(per_slot=False)
+        )
+        scaled = est._adaptation_curve(self.tasks, [est.adapt_steps], init)[est.adapt_steps]
         with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
-            squared = np.where(
-                self.query_mask, (scaled * y_scale + y_mean - self.query_y) ** 2, 0.0
-            )
-        per_task = squared.sum(axis=(1, 2)) / (self.packed.query_sizes * self.signature[1])
-        loss = float(per_task.mean())
+            losses = est._query_losses(self.tasks, scaled, self.scaling)
+        loss = float(np.mean(losses))
         return loss if math.isfinite(loss) else math.inf
 
     # -- checkpoints and the end -------------------------------------------
     def save(self, iteration):
         """Write a checkpoint of the state after ``iteration`` meta-iterations."""
-        chunk_start, stream_state, rng_state = self.chunk_state
         state = {
-            "format": CHECKPOINT_FORMAT,
-            "params": fingerprint(self.est),
-            "validation_digest": self.validation_digest,
+            "format": _checkpoint.CHECKPOINT_FORMAT,
+            "params": _fingerprints.fingerprint_params(self.est),
+            "tasks": _fingerprints.fingerprint_tasks(self.source),
+            "validation_digest": _validation_digest(self.validation),
+            "seed": self.run_seed,
             "theta": self.theta_t.detach().cpu().numpy().copy(),
-            "scaling": tuple(np.asarray(a, dtype=np.float64) for a in self.scaling),
+            "scaling": tuple(np.asarray(a, dtype=np.float64) for a in self.scaling.as_tuple()),
             "signature": list(self.signature),
-            "offset": self.offset,
+            "feature_names": None
+            if self.source.feature_names is None
+            else [str(c) for c in self.source.feature_names],
+            "family": self.family_state,
+            "optimizer": _optimizer_rows(self.optimizer.state()),
             "iteration": iteration,
-            "chunk_start": chunk_start,
-            "stream": stream_state,
-            "batch_rng": rng_state,
             "last_record": self.last_record,
             "loss_sums": self.loss_done.cpu().numpy(),
             "history": self.history,
             "best": self.best,
             "bad_rounds": self.bad_rounds,
         }
-        save_checkpoint(self.path, state)
+        _checkpoint.save_checkpoint(self.path, state)
 
     def interrupted(self):
         """Keep a checkpoint of the last completed meta-iteration after an interruption."""
-        if self.path is not None and self.chunk_state is not None:
+        if self.path is not None and self.iteration > self.start_iter:
             self.save(self.iteration)
+        import warnings
+
+        warnings.warn(
+            f"meta_fit was interrupted after meta-iteration {self.iteration}; the estimator "
+            "was left as it was before the call"
+            + (
+                f", and the progress is in the checkpoint {self.path}: call meta_fit again "
+                "to resume from it."
+                if self.path is not None and self.iteration > self.start_iter
+                else ". Set checkpoint_path to keep the progress of an interrupted run."
+            ),
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def final_theta(self, theta):
         """The weights to keep: the best validated ones with early stopping, else ``theta``."""
@@ -411,19 +327,15 @@ class MetaFitRun:
             return torch.as_tensor(self.best["theta"], device=theta.device)
         return theta
 
-    def finish(self, est, completed=True):
+    def finish(self, est):
         """Set the monitor's fitted attributes; remove the checkpoint of a completed run."""
         est.history_ = {k: list(v) for k, v in self.history.items()}
-        est.n_meta_iter_ = self.offset + self.iteration
+        est.n_meta_iter_ = self.iteration
         if self.best is not None:
             est.best_iteration_ = int(self.best["iteration"])
             est.best_validation_loss_ = float(self.best["loss"])
         else:
             for attr in ("best_iteration_", "best_validation_loss_"):
                 est.__dict__.pop(attr, None)
-        est._meta_rng_state = {
-            "stream": self.stream.get_state(buffer=False),
-            "batch_rng": self.batch_rng.bit_generator.state,
-        }
-        if completed and self.path is not None and os.path.exists(self.path):
+        if self.path is not None and os.path.exists(self.path):
             os.remove(self.path)

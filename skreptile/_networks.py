@@ -157,6 +157,15 @@ class BatchedMLP:
         """The flat weights of one task."""
         return torch.cat([view[index].reshape(-1) for view in ws.param_views])
 
+    def all_task_params(self, ws):
+        """Every task's flat weights, ``(n_tasks, n_params)``."""
+        return torch.cat([view.reshape(ws.n_tasks, -1) for view in ws.param_views], dim=1)
+
+    def set_task_params(self, ws, rows):
+        """Set every task's weights from ``rows`` of shape ``(n_tasks, n_params)``."""
+        for view, part in zip(ws.param_views, torch.split(rows, self._numels, dim=1)):
+            view.copy_(part.reshape(view.shape))
+
     # -- computation --------------------------------------------------------
     def forward(self, views, x, keep_hidden=False):
         """Outputs ``(n_tasks, n_points, n_out)`` for inputs ``(n_tasks, n_points, n_in)``."""
@@ -282,6 +291,14 @@ class BatchedModule:
     def task_params(self, ws, index):
         """The flat weights of one task."""
         return ws.params[index]
+
+    def all_task_params(self, ws):
+        """Every task's flat weights, ``(n_tasks, n_params)``."""
+        return ws.params
+
+    def set_task_params(self, ws, rows):
+        """Set every task's weights from ``rows`` of shape ``(n_tasks, n_params)``."""
+        ws.params.copy_(rows)
 
     def forward_tasks(self, ws, x):
         """Outputs of every task's network on that task's inputs."""

@@ -205,6 +205,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         adapt_steps=32,
         adapt_lr=0.07,
         standardize=True,
+        transductive=False,
         device="auto",
         random_state=None,
         verbose=0,
@@ -229,6 +230,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.adapt_steps = adapt_steps
         self.adapt_lr = adapt_lr
         self.standardize = standardize
+        self.transductive = transductive
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -244,11 +246,14 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
 
         Every call starts again from the initialisation learned by
         :meth:`meta_fit` (or from a fresh random one if it was never called).
+        Everything is checked before anything changes: a refused or failed
+        ``fit`` leaves the estimator as it was.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Inputs of the new task's support points.
+            Inputs of the new task's support points, with the features (and
+            column names, for a DataFrame) of the meta-training tasks.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
 
@@ -257,11 +262,21 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self : object
             The adapted estimator.
         """
-        self._check_fit_preconditions()
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
-        self._y_1d = y.ndim == 1
-        Y = y[:, None] if y.ndim == 1 else y
-        return self._fit_scaled(X, Y)
+        with self._unchanged_on_error():
+            self._check_fit_preconditions()
+            meta_fitted = self._is_meta_fitted()
+            X, y = validate_data(
+                self,
+                X,
+                y,
+                reset=not meta_fitted,
+                multi_output=True,
+                y_numeric=True,
+                dtype=np.float64,
+            )
+            Y, y_1d = self._encode_targets(y, self.n_outputs_ if meta_fitted else None, "y")
+            self._fit(X, Y, y_1d)
+        return self
 
     def predict(self, X):
         """Predict targets with the adapted network.
@@ -278,8 +293,40 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        y = self._predict_scaled(X) * self.y_scale_ + self.y_mean_
-        return y[:, 0] if self._y_1d else y
+        return self._decode(self._outputs(X), self._y_1d, "predict")
+
+    # ------------------------------------------------------ family hooks
+    def _scaling_modes(self, input_shape=None):
+        return ("per_feature", True) if self.standardize else (None, False)
+
+    @staticmethod
+    def _encode_targets(y, n_outputs, where):
+        """2-D float targets, and whether they were 1-D."""
+        y = np.asarray(y, dtype=np.float64)
+        Y = y[:, None] if y.ndim == 1 else y
+        if n_outputs is not None and Y.shape[1] != n_outputs:
+            raise ValueError(
+                f"{where} has {Y.shape[1]} outputs, but the meta-learned initialisation "
+                f"predicts {n_outputs}."
+            )
+        return Y, y.ndim == 1
+
+    def _encode_query(self, y, y_1d, where):
+        return self._encode_targets(y, None, where)[0]
+
+    def _decode(self, scaled, y_1d, kind, scaling=None):
+        y = (scaling or self._scaling()).y_inverse(scaled)
+        return y[:, 0] if y_1d else y
+
+    @staticmethod
+    def _query_losses(tasks, scaled, scaling):
+        """Mean squared error of every task's query points, in the targets' units."""
+        return np.array(
+            [np.mean((scaling.y_inverse(s) - y) ** 2) for s, y in zip(scaled, tasks.Y_query)]
+        )
+
+    def _set_fit_info(self, y_1d):
+        self._y_1d = y_1d
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -5,8 +5,14 @@ A meta-fitted estimator holds two kinds of learned state:
 * the *meta-learned* state, set by ``meta_fit``: the initialisation
   ``meta_params_``, the scaling statistics and ``meta_config_``, the parameters
   that shaped them;
-* the *adapted* state, set by ``fit``: ``params_``, ``n_features_in_`` and
-  ``feature_names_in_``.
+* the *adapted* state, set by ``fit``: ``params_``, ``classes_`` and, for
+  networks with batch normalisation, ``support_X_``.
+
+Everything that shapes the initialisation is meta-learned state, kept by
+``clone``, pickling, ``warm_start`` and checkpoints: the number, names and
+order of the features (``n_features_in_``, ``feature_names_in_``: ``fit``
+checks them in scikit-learn's words), the image shape, the number of outputs,
+the scaling, and the inner optimiser's state.
 
 ``clone`` keeps the first and drops the second, so that cross-validation and
 grid search adapt every fold from the meta-learned initialisation.  Pickling
@@ -48,8 +54,15 @@ META_STATE = (
     "x_scale_",
     "y_mean_",
     "y_scale_",
-    "n_features_meta_",
+    "n_features_in_",
+    "feature_names_in_",
     "n_outputs_",
+    "input_shape_",
+    "inner_optimizer_state_",
+    "history_",
+    "n_meta_iter_",
+    "best_iteration_",
+    "best_validation_loss_",
 )
 
 _VERSION_KEY = "_skreptile_version"

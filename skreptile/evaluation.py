@@ -8,26 +8,30 @@ and query points, on which all are scored.  Means come with confidence
 intervals over tasks, and paired differences with theirs.
 """
 
-import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
-import torch
 from scipy import stats
-from sklearn.base import clone
-from sklearn.utils.validation import check_array
+from sklearn.base import clone, is_classifier
+from sklearn.pipeline import Pipeline
 
-from ._adaptation import BLOCK_TASKS, PackedTasks, adaptation_curve
 from ._base import BaseReptile
-from ._device import fast_cpu_math
-from ._losses import LOSSES
-from .tasks import GroupTaskSampler
-from .tasks._base import as_generator
+from .tasks._split import check_split, split_support_query
 
 __all__ = ["FewShotResults", "evaluate_few_shot", "plot_few_shot", "split_support_query"]
 
 DEFAULT_STEPS = (0, 1, 2, 4, 8, 16, 32)
+
+
+class _ClassPrediction:
+    """A classifier's prediction for one task: its classes and their probabilities."""
+
+    def __init__(self, classes, proba):
+        self.classes, self.proba = np.asarray(classes), np.asarray(proba)
+
+    def labels(self):
+        return self.classes[np.argmax(self.proba, axis=1)]
 
 
 def _mse(y_true, y_pred):
@@ -42,96 +46,25 @@ def _mae(y_true, y_pred):
     return float(np.mean(np.abs(y_true - y_pred)))
 
 
-METRICS = {"mse": _mse, "rmse": _rmse, "mae": _mae}
+def _accuracy(y_true, pred):
+    return float(np.mean(pred.labels() == y_true))
 
 
-def _as_tasks(tasks):
-    if isinstance(tasks, GroupTaskSampler):
-        return tasks.tasks()
-    if not isinstance(tasks, Sequence) or isinstance(tasks, (str, bytes)):
-        raise TypeError(
-            f"tasks must be a GroupTaskSampler or a sequence of tasks, got {type(tasks).__name__}."
-        )
-    if len(tasks) == 0:
-        raise ValueError("tasks is empty: there is nothing to evaluate on.")
-    return tasks
+def _log_loss(y_true, pred):
+    index = np.searchsorted(pred.classes, y_true).clip(0, len(pred.classes) - 1)
+    p = np.where(pred.classes[index] == y_true, pred.proba[np.arange(len(y_true)), index], 0.0)
+    return float(-np.mean(np.log(np.clip(p, 1e-15, 1.0))))
 
 
-def split_support_query(tasks, n_support, *, random_state=None):
-    """Split every task's points at random into support and query points.
-
-    Parameters
-    ----------
-    tasks : GroupTaskSampler or sequence of (X, y)
-        Held-out tasks; a :class:`~skreptile.GroupTaskSampler` gives one per group.
-    n_support : int
-        Support points per task, drawn without replacement; the remaining
-        points are the query points.
-    random_state : int, numpy.random.Generator or None, default=None
-        Seeds the split.
-
-    Returns
-    -------
-    split : list of (X_support, y_support, X_query, y_query)
-        One tuple per task, points in their original order within each part.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skreptile.evaluation import split_support_query
-    >>> x = np.arange(10.0)[:, None]
-    >>> Xs, ys, Xq, yq = split_support_query([(x, 2 * x[:, 0])], 3, random_state=0)[0]
-    >>> Xs.shape, Xq.shape
-    ((3, 1), (7, 1))
-    """
-    if not isinstance(n_support, numbers.Integral) or n_support < 1:
-        raise ValueError(f"n_support must be a positive integer, got {n_support!r}.")
-    rng = as_generator(random_state)
-    split = []
-    for i, task in enumerate(_as_tasks(tasks)):
-        if not (isinstance(task, (tuple, list)) and len(task) == 2):
-            raise ValueError(f"Task {i}: expected a pair (X, y), got {type(task).__name__}.")
-        X = check_array(task[0], dtype=np.float64, input_name="X")
-        y = check_array(task[1], dtype=np.float64, ensure_2d=False, input_name="y")
-        if len(X) != len(y):
-            raise ValueError(f"Task {i}: X and y have {len(X)} and {len(y)} points.")
-        if len(X) <= n_support:
-            raise ValueError(
-                f"Task {i} has {len(X)} points: n_support={n_support} leaves none to score. "
-                "Drop the smaller tasks or lower n_support."
-            )
-        order = rng.permutation(len(X))
-        s, q = np.sort(order[:n_support]), np.sort(order[n_support:])
-        split.append((X[s], y[s], X[q], y[q]))
-    return split
+# name: (function, greater is better)
+REGRESSION_METRICS = {"mse": (_mse, False), "rmse": (_rmse, False), "mae": (_mae, False)}
+CLASSIFICATION_METRICS = {"accuracy": (_accuracy, True), "log_loss": (_log_loss, False)}
 
 
-def _check_split(tasks):
-    checked = []
-    n_features = None
-    for i, task in enumerate(_as_tasks(tasks)):
-        if not (isinstance(task, (tuple, list)) and len(task) == 4):
-            raise ValueError(
-                f"Task {i}: expected (X_support, y_support, X_query, y_query); pass n_support "
-                "to split tasks given as (X, y) pairs."
-            )
-        Xs, ys, Xq, yq = task
-        Xs = check_array(Xs, dtype=np.float64, input_name="X_support")
-        Xq = check_array(Xq, dtype=np.float64, input_name="X_query")
-        ys = check_array(ys, dtype=np.float64, ensure_2d=False, input_name="y_support")
-        yq = check_array(yq, dtype=np.float64, ensure_2d=False, input_name="y_query")
-        if len(Xs) != len(ys) or len(Xq) != len(yq):
-            raise ValueError(f"Task {i}: X and y of the support or query have different lengths.")
-        if Xs.shape[1] != Xq.shape[1] or (n_features is not None and Xs.shape[1] != n_features):
-            raise ValueError(f"Task {i}: inconsistent numbers of features.")
-        n_features = Xs.shape[1]
-        checked.append((Xs, ys, Xq, yq))
-    return checked
-
-
-def _score(metric_fn, y_true, y_pred):
-    if not np.isfinite(y_pred).all():
-        return np.inf
+def _score(metric_fn, y_true, y_pred, worst):
+    values = y_pred.proba if isinstance(y_pred, _ClassPrediction) else y_pred
+    if not np.isfinite(values).all():
+        return worst
     return metric_fn(y_true, y_pred)
 
 
@@ -165,9 +98,21 @@ class FewShotResults:
         Name of the per-task error.
     confidence : float
         Level of the intervals.
+    greater_is_better : bool, default=False
+        Whether a higher value of the metric is better (accuracy).
     """
 
-    def __init__(self, model_name, adapt_steps, model_errors, baseline_errors, metric, confidence):
+    def __init__(
+        self,
+        model_name,
+        adapt_steps,
+        model_errors,
+        baseline_errors,
+        metric,
+        confidence,
+        greater_is_better=False,
+    ):
+        self.greater_is_better = greater_is_better
         self.model_name = model_name
         self.adapt_steps = np.asarray(adapt_steps, dtype=int)
         self.model_errors = model_errors
@@ -232,7 +177,7 @@ class FewShotResults:
         )
 
     def best_baseline(self):
-        """Return the name of the baseline with the lowest mean error.
+        """Return the name of the baseline with the best mean score (lowest error).
 
         Returns
         -------
@@ -241,7 +186,8 @@ class FewShotResults:
         """
         if not self.baseline_errors:
             return None
-        return min(self.baseline_errors, key=lambda name: self.baseline_errors[name].mean())
+        sign = -1.0 if self.greater_is_better else 1.0
+        return min(self.baseline_errors, key=lambda name: sign * self.baseline_errors[name].mean())
 
     def compare(self, method, other, adapt_steps=None):
         """Paired difference of mean errors, ``method - other``, over the same tasks.
@@ -325,31 +271,65 @@ def _baseline_items(baselines):
     return items
 
 
-def _reptile_predictions(model, tasks, steps):
+def _model_predictions(model, tasks, steps):
     """Query predictions of a meta-fitted model after each number of steps, per task."""
-    net, device = model._net(), model._device()
-    loss = LOSSES[model._loss]
-    lr = model.inner_lr if model.adapt_lr is None else model.adapt_lr
-    scaling = (model.x_mean_, model.x_scale_, model.y_mean_, model.y_scale_)
-    theta = torch.as_tensor(model.meta_params_, dtype=torch.float32, device=device)
-    two_d = lambda y: y[:, None] if y.ndim == 1 else y  # noqa: E731
-    preds = {s: [] for s in steps}
-    for start in range(0, len(tasks), BLOCK_TASKS):
-        block = tasks[start : start + BLOCK_TASKS]
-        packed = PackedTasks(
-            [(Xs, two_d(ys)) for Xs, ys, _, _ in block],
-            [(Xq, None) for _, _, Xq, _ in block],
-            scaling,
-            device,
-        )
-        with fast_cpu_math():
-            curve = adaptation_curve(net, loss, theta, packed, steps, model.inner_optimizer, lr)
-        for s, scaled in curve.items():
-            out = scaled * model.y_scale_ + model.y_mean_
-            for t, (_, _, Xq, yq) in enumerate(block):
-                p = out[t, : len(Xq)]
-                preds[s].append(p[:, 0] if yq.ndim == 1 else p)
+    classifier = is_classifier(model)
+    prepared = model._prepare_tasks([t[:3] for t in tasks], with_query_y=False)
+    curve = model._adaptation_curve(prepared, steps)
+    preds = {}
+    for s, scaled in curve.items():
+        if classifier:
+            preds[s] = [
+                _ClassPrediction(c, _softmax(model._decode(out, c, "logits")))
+                for out, c in zip(scaled, prepared.info)
+            ]
+        else:
+            preds[s] = [
+                model._decode(out, y_1d, "predict") for out, y_1d in zip(scaled, prepared.info)
+            ]
     return preds
+
+
+def _softmax(logits):
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _predict(est, X, classifier):
+    """What the metric scores: values, or a classifier's classes and probabilities."""
+    if classifier:
+        return _ClassPrediction(est.classes_, est.predict_proba(X))
+    return est.predict(X)
+
+
+def _unwrap(model):
+    """The Reptile estimator and the frozen preprocessing in front of it (or None)."""
+    if isinstance(model, Pipeline) and isinstance(model.steps[-1][1], BaseReptile):
+        return model.steps[-1][1], (model[:-1] if len(model.steps) > 1 else None)
+    if isinstance(model, BaseReptile):
+        return model, None
+    raise TypeError(
+        f"model must be a skreptile estimator or a pipeline ending in one (such as "
+        f"meta_fit_pipeline returns), got {type(model).__name__}; pass other estimators "
+        "as baselines."
+    )
+
+
+def _metric(metric, classifier):
+    table = CLASSIFICATION_METRICS if classifier else REGRESSION_METRICS
+    if metric is None:
+        metric = "accuracy" if classifier else "mse"
+    if callable(metric):
+        fn = metric
+        if classifier:
+            fn = lambda y_true, pred: metric(y_true, pred.labels())  # noqa: E731
+        return fn, getattr(metric, "__name__", "error"), False
+    if metric in table:
+        return table[metric][0], metric, table[metric][1]
+    kind = "classifiers" if classifier else "regressors"
+    raise ValueError(
+        f"metric for {kind} must be one of {sorted(table)} or a callable, got {metric!r}."
+    )
 
 
 def evaluate_few_shot(
@@ -359,7 +339,7 @@ def evaluate_few_shot(
     n_support=None,
     adapt_steps=DEFAULT_STEPS,
     baselines=None,
-    metric="mse",
+    metric=None,
     confidence=0.95,
     random_state=None,
 ):
@@ -371,8 +351,10 @@ def evaluate_few_shot(
 
     Parameters
     ----------
-    model : ReptileRegressor or None
-        The model to evaluate, usually meta-fitted.  Its own parameters
+    model : ReptileRegressor, ReptileClassifier, Pipeline or None
+        The model to evaluate, usually meta-fitted, or a pipeline ending in one
+        (as :func:`~skreptile.pipeline.meta_fit_pipeline` makes: its frozen
+        preprocessing transforms every task's points).  Its own parameters
         (``adapt_lr``, ``inner_optimizer``) give the adaptation; ``adapt_steps``
         here overrides its ``adapt_steps``.  A model that was not meta-fitted is
         fitted from scratch on every task.  None evaluates the baselines only.
@@ -385,13 +367,16 @@ def evaluate_few_shot(
     adapt_steps : int or sequence of int, default=(0, 1, 2, 4, 8, 16, 32)
         Numbers of adaptation steps at which to score the model.
     baselines : dict of str to estimator, list of estimators or None, default=None
-        Any scikit-learn regressors (for example ``Ridge()`` or
+        Any scikit-learn regressors or classifiers, like the model (for example ``Ridge()`` or
         ``GaussianProcessRegressor()``), fitted on every task's support points.
         A list names them by class.  Wrap an estimator already trained on other
         data in ``sklearn.frozen.FrozenEstimator`` to score it unchanged.
-    metric : {"mse", "rmse", "mae"} or callable, default="mse"
-        Error of one task, computed on its query points; a callable
-        ``metric(y_true, y_pred) -> float``.  Lower must be better.
+    metric : str, callable or None, default=None
+        Score of one task, computed on its query points: for regressors
+        "mse" (the default), "rmse" or "mae"; for classifiers "accuracy" (the
+        default, higher is better) or "log_loss".  A callable
+        ``metric(y_true, y_pred) -> float`` (predicted labels for classifiers)
+        is an error: lower must be better.
     confidence : float, default=0.95
         Level of the confidence intervals.
     random_state : int, numpy.random.Generator or None, default=None
@@ -425,48 +410,48 @@ def evaluate_few_shot(
     """
     if not (0 < confidence < 1):
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
-    if callable(metric):
-        metric_fn, metric_name = metric, getattr(metric, "__name__", "error")
-    elif metric in METRICS:
-        metric_fn, metric_name = METRICS[metric], metric
-    else:
-        raise ValueError(f"metric must be one of {sorted(METRICS)} or a callable, got {metric!r}.")
-    if n_support is not None:
-        tasks = split_support_query(tasks, n_support, random_state=random_state)
-    tasks = _check_split(tasks)
     items = _baseline_items(baselines)
     if model is None and not items:
         raise ValueError("Nothing to evaluate: give a model, baselines, or both.")
+    reptile, preprocessing = (None, None) if model is None else _unwrap(model)
+    classifier = is_classifier(reptile if reptile is not None else items[0][1])
+    for name, est in items:
+        if is_classifier(est) != classifier:
+            raise ValueError(
+                f"Baseline {name!r} is a {'classifier' if is_classifier(est) else 'regressor'}, "
+                f"but the evaluation scores {'classifiers' if classifier else 'regressors'}."
+            )
+    metric_fn, metric_name, greater = _metric(metric, classifier)
+    worst = -np.inf if greater else np.inf
+    if n_support is not None:
+        tasks = split_support_query(tasks, n_support, random_state=random_state)
+    tasks = check_split(tasks, numeric_y=not classifier)
+    if preprocessing is not None:
+        # The pipeline's frozen preprocessing, applied as its fit and predict would.
+        tasks = [
+            (preprocessing.transform(Xs), ys, preprocessing.transform(Xq), yq)
+            for Xs, ys, Xq, yq in tasks
+        ]
 
     model_errors = None
     steps = np.atleast_1d(np.asarray(adapt_steps))
-    if model is not None:
-        if not isinstance(model, BaseReptile):
-            raise TypeError(
-                f"model must be a skreptile estimator, got {type(model).__name__}; "
-                "pass other estimators as baselines."
-            )
+    if reptile is not None:
         if steps.size == 0 or steps.dtype.kind not in "iu" or (steps < 0).any():
             raise ValueError(f"adapt_steps must be non-negative integers, got {adapt_steps!r}.")
         steps = [int(s) for s in steps]
-        if model._is_meta_fitted():
-            n_features = tasks[0][0].shape[1]
-            if n_features != model.n_features_meta_:
-                raise ValueError(
-                    f"The tasks have {n_features} features, but the model was meta-fitted on "
-                    f"{model.n_features_meta_}."
-                )
-            preds = _reptile_predictions(model, tasks, steps)
+        if reptile._is_meta_fitted():
+            reptile._check_meta_config()
+            preds = _model_predictions(reptile, tasks, steps)
         else:
             preds = {
                 s: [
-                    clone(model).set_params(adapt_steps=s).fit(Xs, ys).predict(Xq)
+                    _predict(clone(reptile).set_params(adapt_steps=s).fit(Xs, ys), Xq, classifier)
                     for Xs, ys, Xq, _ in tasks
                 ]
                 for s in steps
             }
         model_errors = np.array(
-            [[_score(metric_fn, t[3], p) for t, p in zip(tasks, preds[s])] for s in steps]
+            [[_score(metric_fn, t[3], p, worst) for t, p in zip(tasks, preds[s])] for s in steps]
         )
         diverged = ~np.isfinite(model_errors)
         if diverged.any():
@@ -474,23 +459,27 @@ def evaluate_few_shot(
             warnings.warn(
                 f"Adaptation diverged on {int(diverged[first].sum())} of {len(tasks)} tasks "
                 f"after {steps[first]} steps (and on {int(diverged[-1].sum())} after "
-                f"{steps[-1]}); their error counts as infinite. The adaptation step size is "
-                "likely too large for this model.",
+                f"{steps[-1]}); their score counts as the worst possible. The adaptation step "
+                "size is likely too large for this model.",
                 RuntimeWarning,
                 stacklevel=2,
             )
     baseline_errors = {}
     for name, est in items:
         baseline_errors[name] = np.array(
-            [metric_fn(yq, clone(est).fit(Xs, ys).predict(Xq)) for Xs, ys, Xq, yq in tasks]
+            [
+                metric_fn(yq, _predict(clone(est).fit(Xs, ys), Xq, classifier))
+                for Xs, ys, Xq, yq in tasks
+            ]
         )
     return FewShotResults(
-        type(model).__name__ if model is not None else None,
-        steps if model is not None else [],
+        type(reptile).__name__ if reptile is not None else None,
+        steps if reptile is not None else [],
         model_errors,
         baseline_errors,
         metric_name,
         confidence,
+        greater,
     )
 
 

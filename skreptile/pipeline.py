@@ -8,7 +8,6 @@ away from the coordinates the initialisation was learned in.
 :func:`meta_fit_pipeline` does the right thing in one call.
 """
 
-from collections.abc import Sequence
 from numbers import Integral
 
 import numpy as np
@@ -17,7 +16,14 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 
-from .tasks._base import TaskError, TaskSampler, seed_from_random_state
+from .tasks._base import (
+    TaskError,
+    TaskSampler,
+    is_pair,
+    keyed_generator,
+    sampler_kind,
+    seed_from_random_state,
+)
 
 __all__ = ["meta_fit_pipeline"]
 
@@ -36,8 +42,8 @@ class _TransformedTaskSampler(TaskSampler):
         self.sampler = sampler
         self.transform = transform
 
-    def make_rng(self, fallback_seed):
-        return self.sampler.make_rng(fallback_seed)
+    def resolve_seed(self, fallback_seed):
+        return self.sampler.resolve_seed(fallback_seed)
 
     def sample_batch(self, rng, n_tasks):
         X, y = self.sampler.sample_batch(rng, n_tasks)
@@ -57,14 +63,14 @@ class _TransformedCallable:
 
     def __call__(self, rng):
         task = self.sampler(rng)
-        if not (isinstance(task, (tuple, list)) and len(task) == 2):
+        if not is_pair(task):
             return task  # meta_fit reports the malformed task
         X, y = task
         return _dense(self.transform(X)), y
 
 
 def _as_pair(task, index):
-    if not (isinstance(task, (tuple, list)) and len(task) == 2):
+    if not is_pair(task):
         raise TaskError(
             f"Task {index}: a task sampler must return a pair (X, y), got {type(task).__name__}."
         )
@@ -81,22 +87,18 @@ def _concat(parts):
 
 def _fitting_points(task_sampler, n_tasks, seed):
     """All points of the tasks on which the transformers are fitted, as ``(X, y)``."""
-    if isinstance(task_sampler, TaskSampler):
-        X, y = task_sampler.sample_batch(task_sampler.make_rng(seed), n_tasks)
+    kind = sampler_kind(task_sampler)
+    if kind == "batched":
+        X, y = task_sampler.sample_batch(keyed_generator(task_sampler.resolve_seed(seed)), n_tasks)
         X, y = np.asarray(X), np.asarray(y)
         return X.reshape(-1, X.shape[-1]), y.reshape(X.shape[0] * X.shape[1], *y.shape[2:])
-    if callable(task_sampler):
-        rng = np.random.default_rng(seed)
+    if kind == "callable":
+        rng = keyed_generator(seed)
         tasks = [_as_pair(task_sampler(rng), i) for i in range(n_tasks)]
-    elif isinstance(task_sampler, Sequence) and not isinstance(task_sampler, (str, bytes)):
+    else:
         if len(task_sampler) == 0:
             raise TaskError("The sequence of tasks is empty.")
         tasks = [_as_pair(task, i) for i, task in enumerate(task_sampler)]
-    else:
-        raise TypeError(
-            "task_sampler must be a callable sampler(rng) -> (X, y), a sequence of "
-            f"(X, y) tasks or a skreptile TaskSampler; got {type(task_sampler).__name__}."
-        )
     return _concat([X for X, _ in tasks]), _concat([y for _, y in tasks])
 
 
@@ -106,9 +108,10 @@ def _kept_as_is(step):
 
 
 def _transformed(task_sampler, transform):
-    if isinstance(task_sampler, TaskSampler):
+    kind = sampler_kind(task_sampler)
+    if kind == "batched":
         return _TransformedTaskSampler(task_sampler, transform)
-    if callable(task_sampler):
+    if kind == "callable":
         return _TransformedCallable(task_sampler, transform)
     return [(_dense(transform(X)), y) for X, y in task_sampler]
 

@@ -256,7 +256,7 @@ def test_few_shot_predict_checks_its_input(digits):
     model = ReptileClassifier(n_meta_iter=2, device="cpu").meta_fit(_sampler(X[half], y[half]))
     with pytest.raises(ValueError, match="X_support \\(n_tasks, n_support, ...\\)"):
         model.few_shot_predict(X[:10], y[:10], X[:10])
-    with pytest.raises(ValueError, match="expects 64"):
+    with pytest.raises(ValueError, match="expecting 64 features"):
         model.few_shot_predict(X[None, :10, :5], y[None, :10], X[None, :3, :5])
     with pytest.raises(ValueError, match="Task 0 has 10 classes"):
         ten = np.concatenate([np.flatnonzero(y == c)[:1] for c in range(10)])
@@ -271,10 +271,14 @@ def test_image_tasks_from_a_callable(digits):
     X, y, _ = digits
     images = X.reshape(-1, 1, 8, 8)
 
-    def task(rng):
-        pick = rng.choice(len(y), 12, replace=False)
+    even, odd = np.flatnonzero(y % 2 == 0), np.flatnonzero(y % 2 == 1)
+
+    def task(rng):  # two classes, six examples each
+        pick = np.concatenate(
+            [rng.choice(even, 6, replace=False), rng.choice(odd, 6, replace=False)]
+        )
         return images[pick], y[pick] % 2
 
     model = ReptileClassifier(n_meta_iter=3, device="cpu", random_state=0).meta_fit(task)
-    assert model.input_shape_ == (1, 8, 8) and model.n_features_meta_ == 64
+    assert model.input_shape_ == (1, 8, 8) and model.n_features_in_ == 64
     assert model.fit(images[:10], y[:10] % 2).predict(images[:3]).shape == (3,)

@@ -109,7 +109,7 @@ def test_fit_checks_its_data():
         model.fit(np.array([[1.0, np.nan]]), np.ones(1))
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         model.fit(np.ones((3, 2)), np.ones(4))
-    with pytest.raises(ValueError, match="expects 2"):
+    with pytest.raises(ValueError, match="X has 3 features, but ReptileRegressor is expecting 2"):
         model.fit(np.ones((3, 3)), np.ones(3))
     with pytest.raises(ValueError, match="Expected 2D array"):
         model.fit(np.ones(3), np.ones(3))
@@ -125,31 +125,35 @@ def test_diverging_meta_training_raises_and_leaves_the_model_unchanged():
     assert model.inner_lr == 1e6  # the parameters are the user's, untouched
 
 
-def test_keyboard_interrupt_keeps_the_last_completed_meta_iteration(monkeypatch):
-    tasks = [_good_task(n=12) for _ in range(3)]
-    rng = np.random.default_rng(0)
-    tasks = [(X, y + rng.normal(size=len(y))) for X, y in tasks]
-
-    def sampler(rng):
-        return tasks[rng.integers(3)]
-
-    # Unscaled, so that the scaling statistics do not depend on n_meta_iter.
-    params = dict(FAST, meta_lr_schedule="constant", n_meta_iter=20, standardize=False)
+def test_keyboard_interrupt_leaves_the_estimator_exactly_as_it_was(monkeypatch):
+    # On main, Ctrl-C before the first meta-iteration of a second meta_fit replaced
+    # the previous initialisation with a random one, while warning it was kept.
+    params = dict(FAST, n_meta_iter=20)
+    model = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+    model.fit(*_good_task(n=12))
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(model).items()}
     real_meta_lr_at = engine_module.meta_lr_at
 
-    def interrupt_at_7(meta_lr, schedule, iteration, n_meta_iter):
-        if iteration == 7:
-            raise KeyboardInterrupt
-        return real_meta_lr_at(meta_lr, schedule, iteration, n_meta_iter)
+    def interrupt_at(iteration):
+        def meta_lr_at(meta_lr, schedule, i, n_meta_iter):
+            if i == iteration:
+                raise KeyboardInterrupt
+            return real_meta_lr_at(meta_lr, schedule, i, n_meta_iter)
 
-    monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at_7)
-    with pytest.warns(RuntimeWarning, match="interrupted"):
-        interrupted = ReptileRegressor(**params).meta_fit(sampler)
-    monkeypatch.setattr(engine_module, "meta_lr_at", real_meta_lr_at)
-    seven = ReptileRegressor(**{**params, "n_meta_iter": 7}).meta_fit(sampler)
-    eight = ReptileRegressor(**{**params, "n_meta_iter": 8}).meta_fit(sampler)
-    np.testing.assert_allclose(interrupted.meta_params_, seven.meta_params_, atol=1e-7)
-    assert not np.allclose(interrupted.meta_params_, eight.meta_params_)
+        return meta_lr_at
+
+    for iteration in (0, 7):
+        monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at(iteration))
+        with pytest.warns(RuntimeWarning, match="left as it was"), pytest.raises(KeyboardInterrupt):
+            model.set_params(inner_lr=0.05).meta_fit(SineTaskSampler(random_state=1))
+        model.set_params(inner_lr=0.1)
+        assert set(vars(model)) == set(before)
+        for key, value in before.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(model, key), value)
+        np.testing.assert_array_equal(
+            model.predict(np.zeros((2, 1))), model.predict(np.zeros((2, 1)))
+        )
 
 
 def test_diverging_adaptation_warns_instead_of_returning_garbage_silently():

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
+import skreptile._checkpoint as checkpoint_module
 import skreptile._engine as engine_module
-import skreptile._monitor as monitor_module
 from skreptile import ReptileRegressor, SineTaskSampler
 from skreptile.evaluation import split_support_query
 
@@ -106,24 +106,43 @@ def test_early_stopping_needs_validation_tasks():
         )
 
 
-def test_warm_start_continues_as_one_longer_run():
-    common = dict(FAST, standardize=False, meta_lr=0.3, meta_lr_schedule="constant")
-    warm = ReptileRegressor(n_meta_iter=30, warm_start=True, monitor_interval=10, **common)
-    warm.meta_fit(_line_sampler)
+@pytest.mark.parametrize("sampler", [_line_sampler, SineTaskSampler(random_state=1)])
+def test_two_warm_calls_equal_one_call_of_the_total_length(sampler):
+    # n_meta_iter is the length of the whole run (as n_estimators in gradient
+    # boosting): a warm call continues the run on the schedule of the whole run.
+    common = dict(FAST, meta_lr_schedule="constant", monitor_interval=10)
+    warm = ReptileRegressor(n_meta_iter=100, warm_start=True, **common).meta_fit(sampler)
     first = warm.meta_params_.copy()
-    warm.meta_fit(_line_sampler)
-    assert warm.n_meta_iter_ == 60
-    assert warm.history_["meta_iter"] == [10, 20, 30, 40, 50, 60]
+    warm.set_params(n_meta_iter=230).meta_fit(sampler)
+    assert warm.n_meta_iter_ == 230 and warm.history_["meta_iter"] == list(range(10, 231, 10))
     assert not np.allclose(first, warm.meta_params_)
-    # The second call drew new tasks, continuing the streams: the same as 60 at once.
-    long = ReptileRegressor(n_meta_iter=60, monitor_interval=10, **common).meta_fit(_line_sampler)
+    long = ReptileRegressor(n_meta_iter=230, **common).meta_fit(sampler)
     np.testing.assert_allclose(warm.meta_params_, long.meta_params_, atol=1e-6)
     np.testing.assert_allclose(warm.history_["train_loss"], long.history_["train_loss"], rtol=1e-5)
     # Without warm_start, meta_fit starts afresh.
-    cold = ReptileRegressor(n_meta_iter=30, **common).meta_fit(_line_sampler)
-    cold.meta_fit(_line_sampler)
+    cold = ReptileRegressor(n_meta_iter=100, **common).meta_fit(sampler)
+    cold.meta_fit(sampler)
     np.testing.assert_array_equal(cold.meta_params_, first)
-    assert cold.n_meta_iter_ == 30
+    assert cold.n_meta_iter_ == 100
+
+
+def test_warm_start_continues_the_linear_schedule_instead_of_restarting_it(monkeypatch):
+    # On main, a warm call restarted at meta_lr (1.0: a jump to the mean of the
+    # adapted weights).  Now it continues the schedule of the whole run.
+    steps = []
+    real = engine_module.meta_lr_at
+
+    def record(meta_lr, schedule, iteration, n_meta_iter):
+        steps.append(real(meta_lr, schedule, iteration, n_meta_iter))
+        return steps[-1]
+
+    monkeypatch.setattr(engine_module, "meta_lr_at", record)
+    model = ReptileRegressor(n_meta_iter=4, warm_start=True, meta_batch_size=2, random_state=0)
+    model.meta_fit(SineTaskSampler(random_state=0))
+    model.set_params(n_meta_iter=8).meta_fit(SineTaskSampler(random_state=0))
+    np.testing.assert_allclose(steps, [1.0, 0.75, 0.5, 0.25, 0.5, 0.375, 0.25, 0.125])
+    with pytest.raises(ValueError, match="n_meta_iter=5 is the length of the whole run"):
+        model.set_params(n_meta_iter=5).meta_fit(SineTaskSampler(random_state=0))
 
 
 def test_warm_start_checks_the_tasks_shape():
@@ -134,33 +153,38 @@ def test_warm_start_checks_the_tasks_shape():
         model.meta_fit([(np.ones((5, 2)), np.ones(5))])
 
 
-class CrashingSine(SineTaskSampler):
-    """Raises on its n-th draw, like a process killed in the middle of meta_fit."""
+def crash_on_draw(monkeypatch, n):
+    """Make SineTaskSampler raise on its n-th draw, like a process killed in meta_fit.
 
-    def __init__(self, crash_on, **kwargs):
-        super().__init__(**kwargs)
-        self.crash_on = crash_on
-        self.calls = 0
+    The class is patched rather than subclassed, so that the sampler of the run
+    resumed afterwards is the same as the crashed run's, as the task
+    fingerprint of the checkpoint demands.
+    """
+    real = SineTaskSampler.sample_batch
+    calls = []
 
     def sample_batch(self, rng, n_tasks):
-        self.calls += 1
-        if self.calls == self.crash_on:
+        calls.append(n_tasks)
+        if len(calls) == n:
             raise RuntimeError("killed")
-        return super().sample_batch(rng, n_tasks)
+        return real(self, rng, n_tasks)
+
+    monkeypatch.setattr(SineTaskSampler, "sample_batch", sample_batch)
 
 
-def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     path = tmp_path / "meta.ckpt"
     params = dict(
         FAST, n_meta_iter=600, monitor_interval=50, early_stopping=True, n_iter_no_change=50
     )
     val = _validation()
     reference = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0), val)
-    # Draws: 1 peeks the scaling tasks, 2 fills chunk [0, 256), 3 chunk [256, 512).
-    # Checkpoints every 70 iterations: the last before the crash, at 210, is mid-chunk.
-    with pytest.raises(RuntimeError, match="killed"):
+    # Draws: 1 the scaling tasks, then one per block of 64 iterations: draw 5 is
+    # block [192, 256).  Checkpoints every 70 iterations: the last, at 140, is mid-block.
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="killed"):
+        crash_on_draw(m, 5)
         ReptileRegressor(checkpoint_path=path, checkpoint_interval=70, **params).meta_fit(
-            CrashingSine(crash_on=3, random_state=0), val
+            SineTaskSampler(random_state=0), val
         )
     assert path.exists()
     assert os.listdir(tmp_path) == ["meta.ckpt"]  # no temporary file left
@@ -187,11 +211,13 @@ def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monke
         return real(meta_lr, schedule, iteration, n_meta_iter)
 
     monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at_23)
-    with pytest.warns(RuntimeWarning, match="a checkpoint of it is in"):
-        part = ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
-    assert part.n_meta_iter_ == 23 and path.exists()
+    part = ReptileRegressor(checkpoint_path=path, **params)
+    with pytest.warns(RuntimeWarning, match="progress is in the checkpoint"):
+        with pytest.raises(KeyboardInterrupt):
+            part.meta_fit(_line_sampler)
+    assert not hasattr(part, "meta_params_") and path.exists()  # the estimator is unchanged
     monkeypatch.setattr(engine_module, "meta_lr_at", real)
-    # random_state=None: the seeds drawn by the first run are in the checkpoint.
+    # random_state=None: the seed drawn by the first run is in the checkpoint.
     resumed = ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
     assert resumed.n_meta_iter_ == 40 and resumed.history_["meta_iter"] == [10, 20, 30, 40]
     assert not path.exists()
@@ -199,7 +225,7 @@ def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monke
     # same run gives uninterrupted, history included.
     seeded = dict(params, random_state=3)
     monkeypatch.setattr(engine_module, "meta_lr_at", interrupt_at_23)
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(RuntimeWarning), pytest.raises(KeyboardInterrupt):
         ReptileRegressor(checkpoint_path=path, **seeded).meta_fit(_line_sampler)
     monkeypatch.setattr(engine_module, "meta_lr_at", real)
     resumed = ReptileRegressor(checkpoint_path=path, **seeded).meta_fit(_line_sampler)
@@ -210,10 +236,11 @@ def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monke
 
 def test_resuming_with_other_parameters_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "ckpt"
-    with pytest.raises(RuntimeError):
+    with monkeypatch.context() as m, pytest.raises(RuntimeError):
+        crash_on_draw(m, 3)  # at iteration 64, after the checkpoint at 50
         ReptileRegressor(
             n_meta_iter=300, checkpoint_path=path, checkpoint_interval=50, **FAST
-        ).meta_fit(CrashingSine(crash_on=3, random_state=0))
+        ).meta_fit(SineTaskSampler(random_state=0))
     other = ReptileRegressor(n_meta_iter=300, inner_lr=0.05, checkpoint_path=path, **FAST)
     with pytest.raises(ValueError, match="other parameters \\(inner_lr: 0.1 then, 0.05 now\\)"):
         other.meta_fit(SineTaskSampler(random_state=0))
@@ -233,7 +260,7 @@ def test_a_file_that_is_not_a_checkpoint_is_not_overwritten(tmp_path):
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "state.npz"
-    monitor_module.save_checkpoint(path, {"theta": np.arange(3.0), "n": 1})
+    checkpoint_module.save_checkpoint(path, {"theta": np.arange(3.0), "n": 1})
     real_savez = np.savez
 
     def failing_savez(f, **arrays):
@@ -242,9 +269,9 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", failing_savez)
     with pytest.raises(OSError, match="disk full"):
-        monitor_module.save_checkpoint(path, {"theta": np.zeros(3), "n": 2})
+        checkpoint_module.save_checkpoint(path, {"theta": np.zeros(3), "n": 2})
     monkeypatch.setattr(np, "savez", real_savez)
-    state = monitor_module.load_checkpoint(path)  # the previous checkpoint, intact
+    state = checkpoint_module.load_checkpoint(path)  # the previous checkpoint, intact
     assert state["n"] == 1 and list(state["theta"]) == [0.0, 1.0, 2.0]
     assert os.listdir(tmp_path) == ["state.npz"]
     # Plain arrays and JSON: loading never needs pickle.

@@ -82,9 +82,10 @@ def test_serial_mode_matches_the_original_demo_step_for_step(monkeypatch):
     tasks = _sine_tasks(n_iterations, seed=3)
     perms = [np.random.RandomState(i).permutation(50) for i in range(n_iterations)]
 
-    # skreptile draws tasks from the callable in order and visits points in the
-    # order given by minibatch_indices: feed both the demo's choices.
-    task_iter = iter(tasks)
+    # skreptile draws tasks from the callable in order (first one for the shapes,
+    # unscaled) and visits points in the order given by minibatch_indices: feed
+    # both the demo's choices.
+    task_iter = iter([tasks[0], *tasks])
     perm_iter = iter(perms)
 
     def fixed_indices(rng, n_tasks, n_points, n_steps, batch_size):
@@ -127,7 +128,7 @@ def test_one_reptile_update_against_hand_computation():
     theta = torch.tensor([0.5, -0.25])
     ws = net.workspace(1, theta)
     net.broadcast(theta, ws)
-    optimizer = InnerOptimizer("sgd", lr, ws.params)
+    optimizer = InnerOptimizer("sgd", lr, net, ws)
     xt = torch.tensor(x, dtype=torch.float32)[None]
     yt = torch.tensor(y, dtype=torch.float32)[None, :, None]
     adapt(net, SquaredError, ws, xt, yt, 0.5, 2, optimizer)
@@ -147,19 +148,21 @@ def test_batched_adaptation_equals_a_per_task_autograd_loop(optimizer, activatio
     y = torch.randn(n_tasks, n_points, 2)
     ws = net.workspace(n_tasks, theta)
     net.broadcast(theta, ws)
-    opt = InnerOptimizer(optimizer, 0.05, ws.params)
+    opt = InnerOptimizer(optimizer, 0.05, net, ws)
     adapt(net, SquaredError, ws, x, y, 1.0 / n_points, steps, opt)
 
     for t in range(n_tasks):
         module = net.to_torch_module(theta)
-        if optimizer == "sgd":
-            torch_opt = torch.optim.SGD(module.parameters(), lr=0.05)
-        else:
-            torch_opt = torch.optim.Adam(module.parameters(), lr=0.05, betas=(0.0, 0.999), eps=1e-8)
-        for _ in range(steps):
-            torch_opt.zero_grad()
-            ((module(x[t]) - y[t]) ** 2).mean().backward()
-            torch_opt.step()
+        v = [torch.zeros_like(p) for p in module.parameters()]
+        for step in range(1, steps + 1):
+            grads = torch.autograd.grad(((module(x[t]) - y[t]) ** 2).mean(), module.parameters())
+            with torch.no_grad():
+                for p, g, vi in zip(module.parameters(), grads, v):
+                    if optimizer == "sgd":
+                        p.sub_(0.05 * g)
+                    else:  # TensorFlow's Adam with beta1 = 0, as in the Reptile paper's code
+                        vi.mul_(0.999).add_(0.001 * g * g)
+                        p.sub_(0.05 * np.sqrt(1 - 0.999**step) * g / (vi.sqrt() + 1e-8))
         expected = _flat_from_demo_model(module)
         np.testing.assert_allclose(net.task_params(ws, t).numpy(), expected, atol=2e-6)
 
@@ -177,21 +180,92 @@ def test_batched_meta_update_moves_towards_the_mean_of_adapted_weights():
     for t in range(4):
         ws = net.workspace(1, theta)
         net.broadcast(theta, ws)
-        opt = InnerOptimizer("sgd", 0.1, ws.params)
+        opt = InnerOptimizer("sgd", 0.1, net, ws)
         adapt(net, SquaredError, ws, x[0, :, t : t + 1], y[0, :, t : t + 1], 0.2, 3, opt)
         phis.append(net.task_mean(ws).clone())
     expected = expected + 0.5 * (torch.stack(phis).mean(0) - expected)
+    slots = net.workspace(4, theta)
     meta_train(
         net,
         SquaredError,
         theta,
         [(x, y, 0.2)],
+        InnerOptimizer("sgd", 0.1, net, slots),
+        slots,
         n_meta_iter=1,
-        meta_batch_size=4,
         meta_lr=0.5,
         meta_lr_schedule="constant",
         inner_steps=3,
-        inner_optimizer="sgd",
-        inner_lr=0.1,
     )
     np.testing.assert_allclose(theta.numpy(), expected.numpy(), atol=1e-6)
+
+
+def _paper_adam_reptile(theta, minibatches, lr, eps_meta, n_inner):
+    """The Reptile paper's serial loop (openai/supervised-reptile, reptile.py and
+    models.py) in numpy: TensorFlow's AdamOptimizer(beta1=0) whose state (the
+    second moment and the step count) is not restored between tasks, only the
+    model's weights are; then theta <- theta + eps * (phi - theta).
+    """
+    model = _demo_model_from_flat(theta.numpy()).double()
+    params = list(model.parameters())
+    v = [torch.zeros_like(p) for p in params]
+    t = 0
+    for task_batches in minibatches:
+        old = [p.detach().clone() for p in params]
+        for x, y in task_batches[:n_inner]:
+            loss = ((model(x) - y) ** 2).mean()
+            grads = torch.autograd.grad(loss, params)
+            t += 1
+            lr_t = lr * np.sqrt(1 - 0.999**t) / (1 - 0.0**t)
+            with torch.no_grad():
+                for p, g, vi in zip(params, grads, v):
+                    vi.mul_(0.999).add_((1 - 0.999) * g * g)
+                    p.sub_(lr_t * g / (vi.sqrt() + 1e-8))  # m = g with beta1 = 0
+        with torch.no_grad():
+            for p, o in zip(params, old):
+                p.copy_(o + eps_meta * (p - o))
+    return _flat_from_demo_model(model.float())
+
+
+def test_serial_adam_matches_the_papers_code_with_its_state_kept_across_tasks():
+    # On main, Adam's state was reset for every task, while the paper's code keeps it.
+    torch.manual_seed(0)
+    net = BatchedMLP((1, 64, 64, 1), "tanh")
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    n_iter, n_inner = 6, 4
+    x = torch.randn(n_iter, n_inner, 1, 10, 1, dtype=torch.float64)
+    y = torch.sin(x + torch.rand(n_iter, 1, 1, 1, 1, dtype=torch.float64) * 3)
+    expected = _paper_adam_reptile(
+        theta.double(),
+        [[(x[i, s, 0], y[i, s, 0]) for s in range(n_inner)] for i in range(n_iter)],
+        lr=0.001,
+        eps_meta=0.3,
+        n_inner=n_inner,
+    )
+    slots = net.workspace(1, theta)
+    optimizer = InnerOptimizer("adam", 0.001, net, slots)
+    from skreptile._engine import meta_train
+
+    meta_train(
+        net,
+        SquaredError,
+        theta,
+        [(x.float(), y.float(), 0.1)],
+        optimizer,
+        slots,
+        n_meta_iter=n_iter,
+        meta_lr=0.3,
+        meta_lr_schedule="constant",
+        inner_steps=n_inner,
+    )
+    np.testing.assert_allclose(theta.numpy(), expected, atol=2e-6)
+    assert optimizer.t == n_iter * n_inner  # one step count over every task, as in TensorFlow
+    # Reset per task instead (main's behaviour), the result differs.
+    reset = _paper_adam_reptile(
+        net.init_params(torch.Generator().manual_seed(0)).double(),
+        [[(x[i, s, 0], y[i, s, 0]) for s in range(n_inner)] for i in range(1)],
+        lr=0.001,
+        eps_meta=0.3,
+        n_inner=n_inner,
+    )
+    assert reset.shape == expected.shape

@@ -26,9 +26,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import estimator_html_repr
 from sklearn.utils.validation import check_is_fitted
 
-import skreptile._base as base_module
+import skreptile._packing as packing_module
 import skreptile._state as state_module
-from skreptile import InconsistentVersionWarning, ReptileRegressor, SineTaskSampler
+from skreptile import InconsistentVersionWarning, ReptileRegressor, SineTaskSampler, TaskError
 from skreptile._device import resolve_device
 from skreptile.pipeline import meta_fit_pipeline
 
@@ -84,8 +84,8 @@ def test_clone_keeps_the_meta_learned_initialisation_and_drops_the_adaptation(mo
     assert cloned.get_params() == model.get_params()
     with pytest.raises(NotFittedError):
         check_is_fitted(cloned)
-    for attr in ("params_", "n_features_in_"):
-        assert not hasattr(cloned, attr)
+    assert not hasattr(cloned, "params_")
+    assert cloned.n_features_in_ == model.n_features_in_  # meta-learned: the tasks' features
     np.testing.assert_array_equal(cloned.fit(X, y).predict(X_query), model.predict(X_query))
     scratch = ReptileRegressor(**FAST).fit(X, y)
     assert not np.allclose(scratch.predict(X_query), model.predict(X_query), atol=1e-3)
@@ -282,7 +282,7 @@ def test_meta_fit_pipeline_with_dataframes_and_a_column_transformer():
     preprocess = make_column_transformer((OneHotEncoder(), ["store"]), (StandardScaler(), ["x"]))
     pipe = make_pipeline(preprocess, ReptileRegressor(**{**FAST, "n_meta_iter": 30}))
     result = meta_fit_pipeline(pipe, _store_tasks, n_tasks=32)
-    assert result[-1].n_features_meta_ == 5  # 4 stores, one-hot, and x
+    assert result[-1].n_features_in_ == 5  # 4 stores, one-hot, and x
     X, y = _store_tasks(np.random.default_rng(7), n_points=6)
     X = X[X["store"] != "west"]  # a new task's few points need not show every store
     y = y[X.index]
@@ -291,7 +291,7 @@ def test_meta_fit_pipeline_with_dataframes_and_a_column_transformer():
     assert result.predict(X).shape == (len(X),)
     # A one-hot encoder refitted on those points would output fewer columns.
     per_fold = make_pipeline(OneHotEncoder(sparse_output=False), copy.deepcopy(result[-1]))
-    with pytest.raises(ValueError, match="expects 5"):
+    with pytest.raises(ValueError, match="is expecting 5 features"):
         per_fold.fit(X[["store"]], y)
 
 
@@ -377,17 +377,13 @@ def test_skops_round_trip_trusts_only_skreptile_types(model, new_task):
     X, y, X_query = new_task
     for fitted in (False, True):
         if fitted:
-            model.fit(pd.DataFrame({"x": X[:, 0]}), y)
+            model.fit(X, y)
         data = sio.dumps(model)
         untrusted = sio.get_untrusted_types(data=data)
         assert untrusted and all(name.startswith("skreptile.") for name in untrusted), untrusted
         loaded = sio.loads(data, trusted=untrusted)
         if fitted:
-            np.testing.assert_array_equal(loaded.feature_names_in_, ["x"])
-            np.testing.assert_array_equal(
-                loaded.predict(pd.DataFrame({"x": X_query[:, 0]})),
-                model.predict(pd.DataFrame({"x": X_query[:, 0]})),
-            )
+            np.testing.assert_array_equal(loaded.predict(X_query), model.predict(X_query))
         else:
             np.testing.assert_array_equal(
                 loaded.fit(X, y).predict(X_query), copy.deepcopy(model).fit(X, y).predict(X_query)
@@ -472,23 +468,24 @@ def test_an_unavailable_device_fails_at_meta_fit_and_fit_not_init(
 def test_data_moves_to_the_device_once_per_call_not_per_step(model, new_task, monkeypatch):
     X, y, X_query = new_task
     calls = []
-    real = base_module.BaseReptile._to_tensor
+    real = packing_module.PackedTasks._tensor
 
-    def counting(self, array, device):
+    def counting(array, device):
         calls.append(np.shape(array))
-        return real(self, array, device)
+        return real(array, device)
 
-    monkeypatch.setattr(base_module.BaseReptile, "_to_tensor", counting)
+    monkeypatch.setattr(packing_module.PackedTasks, "_tensor", staticmethod(counting))
     counts = []
     for steps in (1, 64):
         calls.clear()
         model.set_params(adapt_steps=steps).fit(X, y)
         counts.append(len(calls))
-    assert counts[0] == counts[1] <= 3, counts  # X, y and the initial weights
-    calls.clear()
+    assert counts[0] == counts[1] == 2, counts  # X and y, whatever the number of steps
     model.predict(X_query)
+    held = dict(model._cache)
     model.predict(X_query)
-    assert len(calls) == 2, calls  # X_query each call; the adapted weights stay cached
+    # The adapted and meta-learned weights stay on the device between calls.
+    assert all(model._cache[k] is v for k, v in held.items())
 
 
 @pytest.mark.parametrize(
@@ -514,17 +511,34 @@ def test_accelerators_give_the_cpu_results(new_task, device, available):
 
 # ----------------------------------------------------------------- 7. DataFrames
 def test_feature_names_follow_sklearn(model, new_task):
+    # Without names at meta_fit, fit learns none (scikit-learn warns on a DataFrame).
     X, y, X_query = new_task
-    model.fit(pd.DataFrame({"x": X[:, 0]}), y)
-    np.testing.assert_array_equal(model.feature_names_in_, ["x"])
-    expected = model.predict(pd.DataFrame({"x": X_query[:, 0]}))
-    with pytest.warns(UserWarning, match="does not have valid feature names"):
-        np.testing.assert_array_equal(model.predict(X_query), expected)
-    with pytest.raises(ValueError, match="feature names should match"):
-        model.predict(pd.DataFrame({"z": X_query[:, 0]}))
-    assert not hasattr(clone(model), "feature_names_in_")
-    model.fit(X, y)
+    with pytest.warns(UserWarning, match="fitted without feature names"):
+        model.fit(pd.DataFrame({"x": X[:, 0]}), y)
     assert not hasattr(model, "feature_names_in_")
+    assert not hasattr(clone(model), "feature_names_in_")
+
+
+def test_column_names_and_order_of_meta_fit_are_kept_and_checked():
+    # On main, fit on reordered or renamed columns was accepted and silently worse.
+    rng = np.random.default_rng(0)
+    tasks = []
+    for _ in range(20):
+        a, b = rng.normal(size=(2, 15))
+        frame = pd.DataFrame({"a": a, "b": b})
+        tasks.append((frame, rng.normal() * a + 0.1 * b))
+    model = ReptileRegressor(**{**FAST, "n_meta_iter": 20}).meta_fit(tasks)
+    np.testing.assert_array_equal(model.feature_names_in_, ["a", "b"])
+    for kept in (clone(model), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(kept.feature_names_in_, ["a", "b"])
+    X, y = tasks[0]
+    model.fit(X, y)
+    with pytest.raises(ValueError, match="feature names should match"):
+        clone(model).fit(X[["b", "a"]], y)
+    with pytest.raises(ValueError, match="feature names should match"):
+        clone(model).fit(X.rename(columns={"a": "c"}), y)
+    with pytest.raises(TaskError, match="same columns in the same order"):
+        ReptileRegressor(**FAST).meta_fit([tasks[0], (X[["b", "a"]], y)])
 
 
 def test_html_repr(model, meta_pipeline):

@@ -74,8 +74,8 @@ class TaskSampler:
         X, y = tasks
         return X[0], y[0]
 
-    def make_rng(self, fallback_seed):
-        """The generator of a meta-training run: the sampler's seed, else ``fallback_seed``.
+    def resolve_seed(self, fallback_seed):
+        """The seed of a meta-training run: the sampler's own, else ``fallback_seed``.
 
         Parameters
         ----------
@@ -85,12 +85,13 @@ class TaskSampler:
 
         Returns
         -------
-        rng : numpy.random.Generator
-            The generator ``meta_fit`` draws the tasks with.
+        seed : int
+            The seed from which ``meta_fit`` derives the generator of every
+            meta-iteration.
         """
         if self.random_state is None:
-            return np.random.default_rng(fallback_seed)
-        return as_generator(self.random_state)
+            return int(fallback_seed)
+        return seed_from_random_state(self.random_state)
 
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -107,9 +108,11 @@ def as_generator(random_state):
 
 
 def seed_from_random_state(random_state):
-    """An integer seed from anything sklearn accepts as ``random_state``."""
+    """An integer seed from anything sklearn accepts as ``random_state``, or a Generator."""
     if isinstance(random_state, numbers.Integral):
         return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(np.iinfo(np.int32).max))
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
@@ -189,75 +192,114 @@ def validate_task_batch(X, y, first_index, expected=None, min_points=2):
     return X, y
 
 
-class TaskStream:
-    """Draws validated tasks from any task sampler, in order, reproducibly.
+def is_pair(task):
+    """Whether ``task`` has the shape of a task, a pair ``(X, y)``."""
+    return isinstance(task, (tuple, list)) and len(task) == 2
 
-    ``draw(n)`` returns either stacked arrays ``(X, y)`` (tasks of equal size, from
-    a :class:`TaskSampler`) or a list of ``(X, y)`` pairs.
+
+def sampler_kind(sampler):
+    """``"batched"``, ``"callable"`` or ``"sequence"``: how tasks are drawn from ``sampler``.
+
+    The one place that tells the three kinds of task sampler apart; anything
+    else is a ``TypeError`` naming what is accepted.
+    """
+    if isinstance(sampler, TaskSampler):
+        return "batched"
+    if callable(sampler):
+        return "callable"
+    if isinstance(sampler, Sequence) and not isinstance(sampler, (str, bytes)):
+        return "sequence"
+    raise TypeError(
+        "task_sampler must be a callable sampler(rng) -> (X, y), a sequence of "
+        f"(X, y) tasks or a skreptile TaskSampler; got {type(sampler).__name__}."
+    )
+
+
+def _string_columns(X):
+    """Column names of a DataFrame-like ``X`` when they are all strings, else None."""
+    columns = getattr(X, "columns", None)
+    if columns is not None and len(columns) and all(isinstance(c, str) for c in columns):
+        return np.asarray(columns, dtype=object)
+    return None
+
+
+def _same_names(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def _listed(names):
+    return None if names is None else list(names)
+
+
+# Meta-iterations whose tasks are drawn together (a constant: results must not
+# depend on how a run is cut into chunks, calls or processes).
+ITERATIONS_PER_BLOCK = 64
+
+# Keys of the independent random streams of a meta-training run (SeedSequence spawn keys).
+_ITERATION, _STATS, _PASS, _ORDER = 0, 1, 2, 3
+
+
+def keyed_generator(seed, *key):
+    """A generator that depends only on ``seed`` and ``key``, never on what was drawn before."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(key)))
+
+
+class TaskSource:
+    """Validated tasks of any task sampler, keyed by meta-iteration.
+
+    The tasks of a block of ``ITERATIONS_PER_BLOCK`` meta-iterations and the
+    order in which their points are visited come from a generator keyed by
+    ``(seed, block)``, whatever was drawn before.  So a run resumed at any
+    iteration (from a checkpoint, a warm start, or on another number of
+    processes) sees exactly the tasks an uninterrupted run would have seen,
+    with no generator state to save.
+
+    Parameters
+    ----------
+    sampler : callable, sequence of (X, y) or TaskSampler
+    fallback_seed : int
+        Seed of the run when the sampler has no ``random_state`` of its own.
     """
 
-    def __init__(self, sampler, seed):
+    def __init__(self, sampler, fallback_seed):
         self.sampler = sampler
-        self.n_drawn = 0
+        self.kind = sampler_kind(sampler)
         self.signature = None  # (n_features, n_outputs) once the first task is seen
-        if isinstance(sampler, TaskSampler):
-            self.kind = "batched"
-            self.rng = sampler.make_rng(seed)
-        elif callable(sampler):
-            self.kind = "callable"
-            self.rng = np.random.default_rng(seed)
-        elif isinstance(sampler, Sequence) and not isinstance(sampler, (str, bytes)):
-            self.kind = "sequence"
-            self.rng = np.random.default_rng(seed)
+        self.feature_names = getattr(sampler, "feature_names_in_", None)
+        self._names_seen = False
+        if self.kind == "batched":
+            self.seed = sampler.resolve_seed(fallback_seed)
+        else:
+            self.seed = int(fallback_seed)
+        if self.kind == "sequence":
             if len(sampler) == 0:
                 raise TaskError("The sequence of tasks is empty.")
-            self.tasks = []
-            for i, task in enumerate(sampler):
-                X, y = validate_task(task, i, self.signature)
-                self.signature = (X.shape[1], y.shape[1])
-                self.tasks.append((X, y))
-            self._order = np.empty(0, dtype=np.intp)
-        else:
-            raise TypeError(
-                "task_sampler must be a callable sampler(rng) -> (X, y), a sequence of "
-                f"(X, y) tasks or a skreptile TaskSampler; got {type(sampler).__name__}."
-            )
+            self.tasks = [self._validate(task, i) for i, task in enumerate(sampler)]
+            self._pass = (None, None)  # (index, permutation) of the last shuffled pass
 
-    def peek(self, n_tasks):
-        """The next ``n_tasks`` tasks, which the following draws return again.
+    # -- validation ----------------------------------------------------------
+    def _validate(self, task, index):
+        if self.kind != "batched" and is_pair(task):
+            # Column names are part of what the initialisation is learned on.
+            names = _string_columns(task[0])
+            if not self._names_seen:
+                self.feature_names, self._names_seen = names, True
+            elif not _same_names(names, self.feature_names):
+                raise TaskError(
+                    f"Task {index} has columns {_listed(names)}, but earlier tasks have "
+                    f"{_listed(self.feature_names)}; every task needs the same columns in "
+                    "the same order."
+                )
+        X, y = validate_task(task, index, self.signature)
+        self.signature = (X.shape[1], y.shape[1])
+        return X, y
 
-        Used to gather scaling statistics over the first meta-training tasks
-        without changing which tasks the training sees.
-        """
-        tasks = self._draw_new(n_tasks)
-        self._buffer = tasks
-        return tasks
+    def _validate_list(self, drawn, first):
+        return [self._validate(task, first + i) for i, task in enumerate(drawn)]
 
-    def draw(self, n_tasks):
-        """The next ``n_tasks`` tasks."""
-        buffer = getattr(self, "_buffer", None)
-        if buffer is None:
-            return self._draw_new(n_tasks)
-        if isinstance(buffer, tuple):
-            n_buffered = len(buffer[0])
-            head = (buffer[0][:n_tasks], buffer[1][:n_tasks])
-            rest = (buffer[0][n_tasks:], buffer[1][n_tasks:])
-        else:
-            n_buffered = len(buffer)
-            head, rest = buffer[:n_tasks], buffer[n_tasks:]
-        self._buffer = rest if n_buffered > n_tasks else None
-        if n_buffered >= n_tasks:
-            return head
-        more = self._draw_new(n_tasks - n_buffered)
-        if isinstance(head, tuple) and isinstance(more, tuple):
-            return np.concatenate([head[0], more[0]]), np.concatenate([head[1], more[1]])
-        return _as_list(head) + _as_list(more)
-
-    def _draw_new(self, n_tasks):
-        first = self.n_drawn
-        self.n_drawn += n_tasks
+    def _draw(self, rng, n_tasks, first):
         if self.kind == "batched":
-            drawn = self.sampler.sample_batch(self.rng, n_tasks)
+            drawn = self.sampler.sample_batch(rng, n_tasks)
             if isinstance(drawn, list):  # tasks of different sizes
                 if len(drawn) != n_tasks:
                     raise TaskError(
@@ -267,55 +309,54 @@ class TaskStream:
             X, y = validate_task_batch(*drawn, first, self.signature)
             self.signature = (X.shape[2], y.shape[2])
             return X, y
-        if self.kind == "callable":
-            return self._validate_list((self.sampler(self.rng) for _ in range(n_tasks)), first)
-        # A finite sequence: shuffled passes, so every task is seen equally often.
-        while len(self._order) < n_tasks:
-            self._order = np.concatenate([self._order, self.rng.permutation(len(self.tasks))])
-        picked, self._order = self._order[:n_tasks], self._order[n_tasks:]
-        return [self.tasks[i] for i in picked]
+        return self._validate_list((self.sampler(rng) for _ in range(n_tasks)), first)
 
-    def _validate_list(self, drawn, first):
-        tasks = []
-        for i, task in enumerate(drawn):
-            X, y = validate_task(task, first + i, self.signature)
-            self.signature = (X.shape[1], y.shape[1])
-            tasks.append((X, y))
-        return tasks
+    # -- the tasks of a run --------------------------------------------------
+    def block(self, index, n_tasks, n_iterations=ITERATIONS_PER_BLOCK):
+        """The tasks of block ``index`` and the generator to order their points with.
 
-    def get_state(self, buffer=True):
-        """Everything that decides the next tasks drawn, as plain data.
+        Block ``b`` holds the ``n_tasks`` tasks of every meta-iteration from
+        ``b * ITERATIONS_PER_BLOCK`` on.  A skreptile sampler draws the whole
+        block in one call; a callable or a sequence, drawn one task at a time,
+        only the first ``n_iterations`` meta-iterations' tasks, which are the
+        same as in the whole block.
 
-        With :meth:`set_state` this lets an interrupted ``meta_fit`` draw again
-        exactly the tasks it would have drawn.  ``buffer=False`` leaves out the
-        tasks drawn ahead by :meth:`peek`.
+        Returns
+        -------
+        tasks : tuple of ndarray or list of (X, y)
+            Stacked arrays when the tasks have equal sizes, else a list.
+        rng : numpy.random.Generator
+            Keyed by ``(seed, index)``: it orders the points of the tasks, and
+            gives the same order to the tasks a shorter draw has in common.
         """
-        state = {
-            "kind": self.kind,
-            "n_drawn": self.n_drawn,
-            "signature": self.signature,
-            "rng": self.rng.bit_generator.state,
-            "buffer": getattr(self, "_buffer", None) if buffer else None,
-        }
-        if self.kind == "sequence":
-            state["order"] = self._order
-        return state
+        order_rng = keyed_generator(self.seed, _ORDER, index)
+        first = index * ITERATIONS_PER_BLOCK * n_tasks
+        if self.kind == "batched":
+            count = ITERATIONS_PER_BLOCK * n_tasks
+        else:
+            count = min(n_iterations, ITERATIONS_PER_BLOCK) * n_tasks
+        if self.kind != "sequence":
+            rng = keyed_generator(self.seed, _ITERATION, index)
+            return stack_if_equal(self._draw(rng, count, first)), order_rng
+        # A finite sequence: shuffled passes, so that every task is seen equally often.
+        n = len(self.tasks)
+        picked = []
+        for position in range(first, first + count):
+            epoch, offset = divmod(position, n)
+            if self._pass[0] != epoch:
+                self._pass = (epoch, keyed_generator(self.seed, _PASS, epoch).permutation(n))
+            picked.append(self.tasks[self._pass[1][offset]])
+        return stack_if_equal(picked), order_rng
 
-    def set_state(self, state):
-        """Restore a state returned by :meth:`get_state` (of a stream of the same kind)."""
-        if state["kind"] != self.kind:
-            raise ValueError(
-                f"Cannot restore the state of a {state['kind']!r} task stream into a "
-                f"{self.kind!r} one: the task sampler is not of the same kind."
-            )
-        self.rng.bit_generator.state = state["rng"]
-        self.n_drawn = int(state["n_drawn"])
-        signature = state["signature"]
-        self.signature = None if signature is None else tuple(int(v) for v in signature)
-        buffer = state["buffer"]
-        self._buffer = list(buffer) if isinstance(buffer, list) else buffer
+    def statistics_tasks(self, n_tasks):
+        """Tasks to compute the scaling statistics on: all of a finite sequence, else ``n_tasks``.
+
+        They come from a stream of their own, so that the statistics do not
+        depend on ``n_meta_iter`` or on the tasks that training draws.
+        """
         if self.kind == "sequence":
-            self._order = np.asarray(state["order"], dtype=np.intp)
+            return self.tasks
+        return _as_list(self._draw(keyed_generator(self.seed, _STATS), n_tasks, 0))
 
 
 def _as_list(tasks):

@@ -1,0 +1,146 @@
+"""Classification tasks for the engine: labels to one-hot targets, images to flat rows.
+
+Every task has its own classes.  Its labels, whatever they are, are mapped to
+``0 .. N-1`` in sorted order; image tasks ``(n_points, C, H, W)`` are
+flattened and their shape recorded.
+"""
+
+import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+
+from ._images import normalise_shape
+from .tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
+
+
+def encode_labels(y, n_outputs, where):
+    """Sorted classes of one task and its one-hot targets ``(n_points, n_outputs)``."""
+    check_classification_targets(y)
+    classes, index = np.unique(y, return_inverse=True)
+    if len(classes) > n_outputs:
+        raise ValueError(
+            f"{where} has {len(classes)} classes, but the initialisation was meta-learned "
+            f"for {n_outputs}-way tasks."
+        )
+    return classes, np.eye(n_outputs)[index]
+
+
+class ClassTasks:
+    """Wraps a classification task sampler so that ``meta_fit`` sees flat inputs and one-hot targets.
+
+    ``sampler`` is what the task source draws from; ``input_shape`` and
+    ``n_classes`` are learned from the tasks.
+    """
+
+    def __init__(self, sampler, input_shape):
+        self.input_shape = input_shape
+        self.n_classes = None
+        kind = sampler_kind(sampler)
+        if kind == "batched":
+            self.sampler = _EncodedSampler(sampler, self)
+        elif kind == "callable":
+            self.sampler = _EncodedCallable(sampler, self)
+        else:
+            self.sampler = [self.encode_task(task, i) for i, task in enumerate(sampler)]
+
+    def _flatten(self, X, n_lead, where):
+        """Flatten image examples after ``n_lead`` leading axes, recording their shape."""
+        if X.ndim <= n_lead + 1:
+            if self.input_shape is not None and X.ndim == n_lead + 1:
+                if int(np.prod(self.input_shape)) != X.shape[-1]:
+                    raise TaskError(
+                        f"{where} has {X.shape[-1]} features, but input_shape="
+                        f"{self.input_shape} has {int(np.prod(self.input_shape))} values."
+                    )
+            return X
+        shape = normalise_shape(X.shape[n_lead:]) if X.ndim - n_lead in (2, 3) else None
+        if shape is None:
+            raise TaskError(
+                f"{where}: examples must be flat or images (channels, height, width); "
+                f"got shape {X.shape[n_lead:]}."
+            )
+        if self.input_shape is None:
+            self.input_shape = shape
+        elif shape != self.input_shape:
+            raise TaskError(f"{where} has images of shape {shape}, expected {self.input_shape}.")
+        return X.reshape(*X.shape[:n_lead], -1)
+
+    def _check_classes(self, n_classes, where):
+        if self.n_classes is None:
+            self.n_classes = n_classes
+        elif n_classes != self.n_classes:
+            raise TaskError(
+                f"{where} has {n_classes} classes, but earlier tasks have {self.n_classes}; "
+                "meta-training tasks must all be N-way for the same N."
+            )
+
+    def encode_task(self, task, index):
+        where = f"Task {index}"
+        if not is_pair(task):
+            return task  # the task source names the problem
+        X, y = task
+        X = self._flatten(np.asarray(X), 1, where)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise TaskError(f"{where}: y must be a 1-D array of class labels; got {y.shape}.")
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise TaskError(f"{where}: y contains NaN or infinity.")
+        classes, y_index = np.unique(y, return_inverse=True)
+        self._check_classes(len(classes), where)
+        return X, np.eye(len(classes))[y_index]
+
+    def encode_batch(self, X, y, first):
+        where = f"Tasks {first} to {first + len(X) - 1}"
+        X = self._flatten(np.asarray(X), 2, where)
+        y = np.asarray(y)
+        if y.ndim == 3 and y.shape[2] == 1:
+            y = y[:, :, 0]
+        if y.ndim != 2 or y.shape[0] != len(X):
+            raise TaskError(
+                f"{where}: sample_batch must return y of shape (n_tasks, n_points) with class "
+                f"labels; got {y.shape}."
+            )
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise TaskError(f"{where}: y contains NaN or infinity.")
+        # Fast path: labels already 0 .. N-1 in every task (skreptile's samplers).
+        numeric = y.dtype.kind in "iuf" and y.size > 0
+        n_classes = int(y.max()) + 1 if numeric else 0
+        if numeric and n_classes <= y.shape[1] and y.min() >= 0 and (y == np.round(y)).all():
+            onehot = y[..., None] == np.arange(n_classes)
+            if onehot.any(axis=1).all():
+                self._check_classes(n_classes, where)
+                return X, onehot.astype(np.float64)
+        tasks = [self.encode_task((X[t], y[t]), first + t) for t in range(len(X))]
+        return X, np.stack([Y for _, Y in tasks])
+
+
+class _EncodedSampler(TaskSampler):
+    """A skreptile sampler whose batches go through :class:`ClassTasks`."""
+
+    def __init__(self, inner, tasks):
+        self.inner = inner
+        self.tasks = tasks
+        self.random_state = inner.random_state
+        self.n_seen = 0
+
+    def resolve_seed(self, fallback_seed):
+        return self.inner.resolve_seed(fallback_seed)
+
+    def sample_batch(self, rng, n_tasks):
+        X, y = self.inner.sample_batch(rng, n_tasks)
+        first, self.n_seen = self.n_seen, self.n_seen + n_tasks
+        return self.tasks.encode_batch(X, y, first)
+
+
+class _EncodedCallable:
+    """A callable sampler whose tasks go through :class:`ClassTasks`."""
+
+    def __init__(self, inner, tasks):
+        self.inner = inner
+        self.tasks = tasks
+        self.n_seen = 0
+
+    def __call__(self, rng):
+        index, self.n_seen = self.n_seen, self.n_seen + 1
+        return self.tasks.encode_task(self.inner(rng), index)
