@@ -17,7 +17,6 @@ import contextlib
 import os
 import warnings
 from numbers import Integral, Real
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,8 +28,9 @@ from sklearn.utils.validation import check_is_fitted
 from . import _engine
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
+from ._meta_fit import run_meta_fit
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
-from ._packing import PackedTasks
+from ._packing import Initialisation, PackedTasks
 from ._scaling import Scaling
 from ._state import LearnedStateMixin
 from .tasks._base import seed_from_random_state
@@ -73,16 +73,6 @@ def has_batch_norm(net):
     return module is not None and any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
     )
-
-
-class Initialisation(NamedTuple):
-    """Everything adaptation starts from: the learned state, or meta-training's current one."""
-
-    net: object
-    theta: torch.Tensor
-    scaling: Scaling
-    device: torch.device
-    optimizer_state: dict | None
 
 
 class FewShotTasks:
@@ -287,8 +277,6 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         self : object
             The estimator with ``meta_params_`` learned; call :meth:`fit` to adapt.
         """
-        from ._meta_fit import run_meta_fit
-
         with self._unchanged_on_error():
             run_meta_fit(self, task_sampler, validation_tasks)
         return self

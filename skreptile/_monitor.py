@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import _checkpoint, _fingerprints
+from ._packing import Initialisation
 from ._scaling import Scaling
 from .tasks._split import check_split
 
@@ -264,8 +265,6 @@ class MetaFitRun:
 
     def _validate(self):
         """Mean query loss of the validation tasks after adaptation from the current weights."""
-        from ._base import Initialisation
-
         est = self.est
         init = Initialisation(
             self.net, self.theta_t, self.scaling, self.device, self.optimizer.state(per_slot=False)

@@ -8,8 +8,12 @@ the loss and padded query points ignored.  Meta-training minibatches
 (:mod:`skreptile._batches`) use the same padding.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+
+from ._scaling import Scaling
 
 
 def pad_stack(arrays, width):
@@ -97,3 +101,13 @@ class PackedTasks:
             part.query_sizes = self.query_sizes[index]
             part.xq = self.xq[t, : int(part.query_sizes.max())]
         return part
+
+
+class Initialisation(NamedTuple):
+    """Everything adaptation starts from: the learned state, or meta-training's current one."""
+
+    net: object
+    theta: torch.Tensor
+    scaling: Scaling
+    device: torch.device
+    optimizer_state: dict | None
