@@ -7,8 +7,9 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseReptile
+from ._docstrings import fill
 from ._images import ImageInput, accepts_input_shape, flatten_images, normalise_shape
-from ._labels import ClassTasks, encode_labels
+from ._labels import ClassTasks, ImageTasks, encode_labels
 
 
 def _softmax(logits):
@@ -21,34 +22,7 @@ def _log_softmax(logits):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-class _ImageTasks:
-    """What ``meta_fit`` learns about classification tasks beyond their arrays: the image shape."""
-
-    def __init__(self, tasks):
-        self.tasks = tasks
-
-    @property
-    def input_shape(self):
-        return self.tasks.input_shape
-
-    def state(self):
-        shape = self.tasks.input_shape
-        return {"input_shape": None if shape is None else list(shape)}
-
-    def restore(self, state):
-        shape = state.get("input_shape")
-        shape = None if shape is None else tuple(int(s) for s in shape)
-        if self.tasks.input_shape is not None and shape != self.tasks.input_shape:
-            raise ValueError(
-                f"The tasks have images of shape {self.tasks.input_shape}, but the run to "
-                f"continue was meta-trained on {shape}."
-            )
-        self.tasks.input_shape = shape
-
-    def set_state(self, est):
-        est.input_shape_ = self.tasks.input_shape
-
-
+@fill
 class ReptileClassifier(ClassifierMixin, BaseReptile):
     """Few-shot classifier whose initial weights are meta-learned with Reptile.
 
@@ -96,19 +70,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
     meta_lr : float, default=1.0
         Outer step size ``eps`` at the first meta-iteration (1.0 moves to the
         mean of the adapted weights, as in the paper's few-shot experiments).
-    meta_lr_schedule : {"linear", "constant"}, default="linear"
-        "linear" anneals ``eps`` linearly to 0 over ``n_meta_iter``.
-    inner_steps : int, default=5
-        Gradient steps on each task per meta-iteration.
-    inner_batch_size : int or None, default=10
-        Examples per inner step; None uses all of a task's examples every step.
-    inner_lr : float, default=0.1
-        Step size of the inner optimiser.
-    inner_optimizer : {"sgd", "adam"}, default="sgd"
-        Inner optimiser.  "adam" is the paper's (``beta1 = 0``, its state reset
-        for every task, with ``inner_lr=0.001``), made for 100,000
-        meta-iterations; plain SGD with a larger step learns far faster in
-        the few thousand a CPU allows (see ``docs/classification.md``).
+    {shared_meta}
     adapt_steps : int, default=50
         Full-batch gradient steps taken by :meth:`fit` (the paper evaluates
         with 50).
@@ -116,78 +78,34 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         Step size of :meth:`fit`; None uses ``inner_lr``.
     standardize : bool, default=True
         Standardise the inputs (see above).
-    transductive : bool, default=False
-        Only matters for networks with batch normalisation, which always
-        normalises with the statistics of the batch at hand (there are no
-        running statistics: every task is new).  False (non-transductive)
-        classifies every query point in a batch made of the training examples
-        of :meth:`fit` and that one point, so that a prediction never depends
-        on the other query points.  True normalises over the query batch
-        itself, as the paper's transductive results do: usually a little more
-        accurate, but the prediction of a point then depends on its batch.
-    device : str or torch.device, default="auto"
-        Where the computation runs: "auto" picks CUDA, then MPS, then the CPU.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the initialisation, the order of examples and, unless the sampler
-        has its own seed, the tasks drawn.
-    verbose : int, default=0
-        If positive, :meth:`meta_fit` shows a progress bar (rate, time left,
-        latest losses); from 2, it also prints every entry of ``history_``.
-    early_stopping : bool, default=False
-        Stop :meth:`meta_fit` when the validation loss has not improved for
-        ``n_iter_no_change`` consecutive checks, and keep the weights with the
-        best validation loss.  Needs ``validation_tasks`` in :meth:`meta_fit`.
-    n_iter_no_change : int, default=10
-        Patience of early stopping, in validation checks (each
-        ``monitor_interval`` meta-iterations).
-    monitor_interval : int, default=100
-        Meta-iterations between two entries of ``history_`` (and validation
-        checks).
-    warm_start : bool, default=False
-        If True, :meth:`meta_fit` continues from the current ``meta_params_``
-        (and scaling) for another ``n_meta_iter`` meta-iterations, drawing new
-        tasks, instead of starting afresh; ``history_`` continues too.
-    checkpoint_path : str, path-like or None, default=None
-        File where :meth:`meta_fit` saves its state every ``checkpoint_interval``
-        meta-iterations (atomically: a crash while writing keeps the previous
-        one).  If the file exists when :meth:`meta_fit` starts, it resumes from
-        it, to the result an uninterrupted run would have had; the parameters
-        must be the same.  The file is removed when :meth:`meta_fit` completes.
-    checkpoint_interval : int, default=1000
-        Meta-iterations between two checkpoints.
+    {shared_run}
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class labels of the last :meth:`fit`, in output order.
-    meta_params_ : ndarray of shape (n_params,)
-        Meta-learned initial weights, flattened (set by :meth:`meta_fit`).
-    params_ : ndarray of shape (n_params,)
-        Weights after the last :meth:`fit`.
+    y_mean_, y_scale_ : ndarray of shape (n_outputs,)
+        Zeros and ones: targets are one-hot and are not scaled.
     n_outputs_ : int
         Outputs of the network: N of the meta-training tasks, or the number of
         classes of :meth:`fit` without meta-training.
     input_shape_ : tuple of int or None
-        ``(channels, height, width)`` of image inputs, None for flat inputs.
-    x_mean_, x_scale_ : ndarray of shape (n_features,)
-        Input standardisation.
-    y_mean_, y_scale_ : ndarray of shape (n_outputs,)
-        Zeros and ones: targets are one-hot and are not scaled.
-    support_X_ : ndarray of shape (n_samples, n_features)
-        Training inputs of the last :meth:`fit`, kept only for networks with
-        batch normalisation (non-transductive prediction).
-    n_features_meta_ : int
-        Number of features of the meta-training tasks.
-    n_features_in_ : int
-        Number of features seen during :meth:`fit` (pixel values for images).
-    feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :meth:`fit`, when they are all strings.
+        ``(channels, height, width)`` of image inputs, None for flat inputs
+        (meta-learned state: kept by clone, pickling, warm start and checkpoints).
+    support_X_ : ndarray of shape (n_samples, n_features), float32
+        Training inputs of the last :meth:`fit`, kept (and pickled) only for
+        networks with batch normalisation (non-transductive prediction).
+    {shared_attributes}
 
     See Also
     --------
     skreptile.ClassTaskSampler : N-way K-shot tasks from a labelled data set.
     skreptile.nn.ConvNet : The paper's convolutional network for images.
     skreptile.ReptileRegressor : The regressor sharing this engine.
+
+    Notes
+    -----
+    {shared_notes}
 
     Examples
     --------
@@ -297,7 +215,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
 
     def _meta_training_tasks(self, task_sampler):
         tasks = ClassTasks(task_sampler, normalise_shape(self.input_shape))
-        return tasks.sampler, _ImageTasks(tasks)
+        return tasks.sampler, ImageTasks(tasks)
 
     def _meta_family_state(self):
         shape = getattr(self, "input_shape_", None)

@@ -144,3 +144,31 @@ class _EncodedCallable:
     def __call__(self, rng):
         index, self.n_seen = self.n_seen, self.n_seen + 1
         return self.tasks.encode_task(self.inner(rng), index)
+
+
+class ImageTasks:
+    """What ``meta_fit`` learns about classification tasks beyond their arrays: the image shape."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    @property
+    def input_shape(self):
+        return self.tasks.input_shape
+
+    def state(self):
+        shape = self.tasks.input_shape
+        return {"input_shape": None if shape is None else list(shape)}
+
+    def restore(self, state):
+        shape = state.get("input_shape")
+        shape = None if shape is None else tuple(int(s) for s in shape)
+        if self.tasks.input_shape is not None and shape != self.tasks.input_shape:
+            raise ValueError(
+                f"The tasks have images of shape {self.tasks.input_shape}, but the run to "
+                f"continue was meta-trained on {shape}."
+            )
+        self.tasks.input_shape = shape
+
+    def set_state(self, est):
+        est.input_shape_ = self.tasks.input_shape

@@ -5,8 +5,10 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseReptile
+from ._docstrings import fill
 
 
+@fill
 class ReptileRegressor(RegressorMixin, BaseReptile):
     """Few-shot regressor whose initial weights are meta-learned with Reptile.
 
@@ -42,18 +44,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Outer step size ``eps`` at the first meta-iteration.  With several tasks
         per meta-iteration, 1.0 moves ``theta`` to the mean of their adapted
         weights; the serial algorithm of the paper uses 0.1.
-    meta_lr_schedule : {"linear", "constant"}, default="linear"
-        "linear" anneals ``eps`` linearly to 0 over ``n_meta_iter``, as in the paper.
-    inner_steps : int, default=5
-        Gradient steps on each task per meta-iteration.
-    inner_batch_size : int or None, default=10
-        Points per inner step, visited in shuffled passes over the task; None
-        uses all of a task's points at every step.
-    inner_lr : float, default=0.1
-        Step size of the inner optimiser (on standardised data).
-    inner_optimizer : {"sgd", "adam"}, default="sgd"
-        Inner optimiser; "adam" uses ``beta1 = 0`` as in the paper, its state
-        reset for every task.
+    {shared_meta}
     adapt_steps : int, default=32
         Full-batch gradient steps taken by :meth:`fit`.
     adapt_lr : float or None, default=0.07
@@ -64,77 +55,18 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     standardize : bool, default=True
         Standardise inputs and targets with statistics of the meta-training tasks
         (or of the data given to ``fit`` when not meta-fitted), undone at predict.
-    device : str or torch.device, default="auto"
-        Where the computation runs: "cpu", "cuda", "cuda:N", "mps", a
-        ``torch.device``, or "auto", which picks CUDA, then MPS, then the CPU.
-        A device that is not available is reported by :meth:`meta_fit` and
-        :meth:`fit`, not when the estimator is created.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the initialisation, the order of points and, unless the sampler
-        has its own seed, the tasks drawn.  Same seed, same result on the CPU.
-    verbose : int, default=0
-        If positive, :meth:`meta_fit` shows a progress bar (rate, time left,
-        latest losses); from 2, it also prints every entry of ``history_``.
-    early_stopping : bool, default=False
-        Stop :meth:`meta_fit` when the validation loss has not improved for
-        ``n_iter_no_change`` consecutive checks, and keep the weights with the
-        best validation loss.  Needs ``validation_tasks`` in :meth:`meta_fit`.
-    n_iter_no_change : int, default=10
-        Patience of early stopping, in validation checks (each
-        ``monitor_interval`` meta-iterations).
-    monitor_interval : int, default=100
-        Meta-iterations between two entries of ``history_`` (and validation
-        checks).
-    warm_start : bool, default=False
-        If True, :meth:`meta_fit` continues from the current ``meta_params_``
-        (and scaling) for another ``n_meta_iter`` meta-iterations, drawing new
-        tasks, instead of starting afresh; ``history_`` continues too.
-    checkpoint_path : str, path-like or None, default=None
-        File where :meth:`meta_fit` saves its state every ``checkpoint_interval``
-        meta-iterations (atomically: a crash while writing keeps the previous
-        one).  If the file exists when :meth:`meta_fit` starts, it resumes from
-        it, to the result an uninterrupted run would have had; the parameters
-        must be the same.  The file is removed when :meth:`meta_fit` completes.
-    checkpoint_interval : int, default=1000
-        Meta-iterations between two checkpoints.
+    {shared_run}
 
     Attributes
     ----------
-    meta_params_ : ndarray of shape (n_params,)
-        Meta-learned initial weights, flattened (set by :meth:`meta_fit`).
-    params_ : ndarray of shape (n_params,)
-        Weights after the last :meth:`fit`.
-    x_mean_, x_scale_ : ndarray of shape (n_features,)
-        Input standardisation.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Target standardisation.
-    n_features_meta_ : int
-        Number of features of the meta-training tasks.
-    meta_config_ : dict
-        The parameters that shaped ``meta_params_``, as :meth:`meta_fit` saw
-        them; :meth:`fit` refuses to adapt if one has changed since.
     n_outputs_ : int
         Number of targets.
-    n_features_in_ : int
-        Number of features seen during :meth:`fit`.
-    feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :meth:`fit`, when they are all strings.
-    history_ : dict of list
-        Set by :meth:`meta_fit`, one entry every ``monitor_interval``
-        meta-iterations: ``"meta_iter"`` (counted over warm starts),
-        ``"train_loss"`` (mean loss of the meta-batch tasks at their first
-        inner step, i.e. of the initialisation, in standardised units, averaged
-        since the previous entry), ``"adapted_train_loss"`` (the same at the last
-        inner step) and, with validation tasks, ``"validation_loss"`` (query
-        mean squared error after adaptation, in the targets' units).
-        ``pandas.DataFrame(history_)`` tabulates it.
-    n_meta_iter_ : int
-        Meta-iterations run so far, over warm starts (fewer than asked after
-        early stopping).
-    best_iteration_ : int
-        Meta-iteration of the lowest validation loss (with validation tasks).
-    best_validation_loss_ : float
-        That loss.
+    support_X_ : ndarray of shape (n_samples, n_features), float32
+        Training inputs of the last :meth:`fit`, kept only for networks with
+        batch normalisation (non-transductive prediction).
+    {shared_attributes}
 
     See Also
     --------
@@ -144,34 +76,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
 
     Notes
     -----
-    **Two kinds of learned state.** :meth:`meta_fit` learns the initialisation
-    (``meta_params_``, the scaling statistics, ``meta_config_``); :meth:`fit`
-    adapts a copy of it (``params_``, ``n_features_in_``).  Only :meth:`fit`
-    makes the model fitted for ``check_is_fitted``.
-
-    **Clone, cross-validation, grid search.** ``sklearn.base.clone`` keeps the
-    meta-learned state and drops the adaptation (through
-    ``__sklearn_clone__``), so ``cross_val_score`` and ``GridSearchCV`` on a
-    meta-fitted model adapt every fold from the meta-learned initialisation,
-    in joblib workers too.  The adaptation parameters (``adapt_steps``,
-    ``adapt_lr``, ``device``, ``verbose``, and ``random_state``, which
-    :meth:`fit` only uses without :meth:`meta_fit`) can be changed and searched
-    freely.  The parameters that shaped the initialisation (``module``,
-    ``hidden_layer_sizes`` and ``activation`` without a ``module``,
-    ``standardize``, and the meta-training parameters ``n_meta_iter`` to
-    ``inner_optimizer``) are recorded in ``meta_config_``: once one of them
-    changes, :meth:`fit` and :meth:`predict` raise a ``ValueError`` until
-    :meth:`meta_fit` is called again.  To tune the adaptation step size, use
-    ``adapt_lr`` rather than ``inner_lr``.
-
-    **Persistence.** ``pickle``, ``joblib`` and ``skops.io`` save the learned
-    state as numpy arrays with the skreptile version; the torch network is
-    rebuilt after loading.  A model saved with a device that the loading
-    machine lacks (a CUDA model loaded without CUDA) runs on the CPU, with a
-    warning; a model saved by another version of skreptile loads with an
-    :class:`~skreptile.InconsistentVersionWarning`.  ``module`` is saved by
-    reference, so a lambda or a class defined inside a function cannot be
-    pickled: use a class or a ``functools.partial`` of one defined in a module.
+    {shared_notes}
 
     Examples
     --------
