@@ -44,8 +44,7 @@ def held_out_mse(model, tasks, adapt_steps=None):
     Xs, ys, Xq, yq = tasks
     if adapt_steps is not None:
         model.set_params(adapt_steps=adapt_steps)
-    ws = model._adapt_tasks(model.meta_params_, Xs, ys[:, :, None])
-    pred = model._predict_tasks(ws, Xq)[:, :, 0] * model.y_scale_[0] + model.y_mean_[0]
+    pred = model.few_shot_predict(Xs, ys, Xq)
     return ((pred - yq) ** 2).mean(axis=1)
 
 
