@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _engine, _monitor
 from ._batches import build_minibatches
-from ._device import fast_cpu_math, resolve_device
+from ._device import fast_cpu_math, resolve_device, seeded_global_rng
 from ._losses import LOSSES
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
 from ._state import LearnedStateMixin
@@ -120,23 +120,53 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         return sizes
 
     def _build_net(self, n_features, n_outputs, seed):
-        """The batched network and its initial flat weights, seeded by ``seed``."""
+        """The batched network and its initial flat weights, seeded by ``seed``.
+
+        A user's module is checked here, at ``meta_fit`` (or at ``fit`` without
+        it): it must have parameters, and map a batch of inputs
+        ``(batch, n_features)`` to outputs ``(batch, n_outputs)``.
+        """
         if self.module is None:
             net = BatchedMLP((n_features, *self._hidden_sizes(), n_outputs), self.activation)
             generator = torch.Generator().manual_seed(seed)
             return net, net.init_params(generator)
-        # A user's module initialises itself from torch's global generator: seed
-        # it for reproducibility without disturbing the caller's random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # A user's module initialises itself from torch's global CPU generator:
+        # seed that one alone for reproducibility, and restore it afterwards.
+        # (torch.manual_seed would also reseed every CUDA device, for good.)
+        with seeded_global_rng(seed):
             module = self._make_module(n_features, n_outputs)
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
                 f"module must build a torch.nn.Module from (n_features, n_outputs); "
                 f"{self.module!r} returned {type(module).__name__}."
             )
+        if not any(p.numel() for p in module.parameters()):
+            raise ValueError(
+                f"module={self.module!r} built a {type(module).__name__} without parameters: "
+                "Reptile meta-learns the initial values of a network's parameters, so the "
+                "module needs at least one."
+            )
         net = BatchedModule(module.float())
-        return net, net.init_params()
+        theta = net.init_params()
+        # One forward pass on two dummy inputs (two: batch normalisation needs
+        # more than one value per channel), as fit and predict will call it.
+        try:
+            with torch.no_grad():
+                shape = tuple(net.predict(theta, torch.zeros(2, n_features)).shape)
+        except Exception as exc:
+            raise ValueError(
+                f"module={self.module!r}, called as module(n_features={n_features}, "
+                f"n_outputs={n_outputs}), failed on a batch of inputs of shape "
+                f"(2, {n_features}): {exc}"
+            ) from exc
+        if shape != (2, n_outputs):
+            raise ValueError(
+                f"module={self.module!r}, called as module(n_features={n_features}, "
+                f"n_outputs={n_outputs}), maps inputs of shape (2, {n_features}) to outputs "
+                f"of shape {shape}; expected (2, {n_outputs}): one output per target "
+                "(or per class) for each input."
+            )
+        return net, theta
 
     def _make_module(self, n_features, n_outputs):
         """The user's ``torch.nn.Module`` (a hook: the classifier adapts it to images)."""

@@ -434,9 +434,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         module = self.module(n_features, n_outputs, **kwargs)
         if not isinstance(module, torch.nn.Module):
             return module  # the base class reports it
-        # Batch statistics only, never running ones: every task is new, and
-        # running statistics cannot be updated per task under vmap.
-        torch.func.replace_all_batch_norm_modules_(module)
+        # Batch normalisation uses batch statistics only: BatchedModule sees to it.
         if shape is not None:
             if int(np.prod(shape)) != n_features:
                 raise ValueError(
