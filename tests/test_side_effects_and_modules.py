@@ -239,7 +239,7 @@ def test_cuda_generators_are_left_alone(case):
 def test_denormal_flushing_does_not_leak_into_torch_worker_threads():
     # A thread inherits the floating-point mode of the thread that creates it;
     # torch's OpenMP workers are created by the first parallel operation.  In a
-    # fresh process, let that operation be inside skreptile (products of 1000
+    # fresh process, let that operation be inside skreptile (products of 600
     # points by 128 units; the initialisation is too small to be parallel),
     # then check that the workers do not flush denormals afterwards.
     script = textwrap.dedent(
@@ -248,7 +248,7 @@ def test_denormal_flushing_does_not_leak_into_torch_worker_threads():
         torch.set_num_threads(2)
         from skreptile import ReptileRegressor
 
-        X = np.linspace(-1, 1, 1000)[:, None]
+        X = np.linspace(-1, 1, 600)[:, None]
         ReptileRegressor(hidden_layer_sizes=(128, 128), adapt_steps=1, adapt_lr=1e-3,
                          device="cpu", random_state=0).fit(X, X[:, 0])
         tiny = torch.full((1 << 22,), 1e-30)
