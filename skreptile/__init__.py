@@ -6,6 +6,7 @@ estimator.
 """
 
 from ._classifier import ReptileClassifier
+from ._device import cpu_threads
 from ._regressor import ReptileRegressor
 from ._state import InconsistentVersionWarning
 from ._version import __version__
@@ -27,4 +28,5 @@ __all__ = [
     "TaskError",
     "TaskSampler",
     "__version__",
+    "cpu_threads",
 ]

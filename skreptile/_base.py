@@ -26,7 +26,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _engine
-from ._device import fast_cpu_math, resolve_device
+from ._device import fast_cpu_math, resolve_device, seeded_global_rng
 from ._losses import LOSSES
 from ._meta_fit import run_meta_fit
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
@@ -137,6 +137,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         "standardize": ["boolean"],
         "transductive": ["boolean"],
         "device": [str, torch.device],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "early_stopping": ["boolean"],
@@ -161,23 +162,51 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         """The batched network and its initial flat weights, seeded by ``seed``.
 
         ``input_shape`` is the ``(channels, height, width)`` of image inputs.
+        A user's module is checked here, at ``meta_fit`` (or at ``fit`` without
+        it): it must have parameters, and map a batch of inputs
+        ``(batch, n_features)`` to outputs ``(batch, n_outputs)``.
         """
         if self.module is None:
             net = BatchedMLP((n_features, *self._hidden_sizes(), n_outputs), self.activation)
             generator = torch.Generator().manual_seed(seed)
             return net, net.init_params(generator)
-        # A user's module initialises itself from torch's global generator: seed
-        # it for reproducibility without disturbing the caller's random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # A user's module initialises itself from torch's global CPU generator:
+        # seed that one alone for reproducibility, and restore it afterwards.
+        # (torch.manual_seed would also reseed every CUDA device, for good.)
+        with seeded_global_rng(seed):
             module = self._make_module(n_features, n_outputs, input_shape)
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
                 f"module must build a torch.nn.Module from (n_features, n_outputs); "
                 f"{self.module!r} returned {type(module).__name__}."
             )
+        if not any(p.numel() for p in module.parameters()):
+            raise ValueError(
+                f"module={self.module!r} built a {type(module).__name__} without parameters: "
+                "Reptile meta-learns the initial values of a network's parameters, so the "
+                "module needs at least one."
+            )
         net = BatchedModule(module.float())
-        return net, net.init_params()
+        theta = net.init_params()
+        # One forward pass on two dummy inputs (two: batch normalisation needs
+        # more than one value per channel), as fit and predict will call it.
+        try:
+            with torch.no_grad():
+                shape = tuple(net.predict(theta, torch.zeros(2, n_features)).shape)
+        except Exception as exc:
+            raise ValueError(
+                f"module={self.module!r}, called as module(n_features={n_features}, "
+                f"n_outputs={n_outputs}), failed on a batch of inputs of shape "
+                f"(2, {n_features}): {exc}"
+            ) from exc
+        if shape != (2, n_outputs):
+            raise ValueError(
+                f"module={self.module!r}, called as module(n_features={n_features}, "
+                f"n_outputs={n_outputs}), maps inputs of shape (2, {n_features}) to outputs "
+                f"of shape {shape}; expected (2, {n_outputs}): one output per target "
+                "(or per class) for each input."
+            )
+        return net, theta
 
     def _make_module(self, n_features, n_outputs, input_shape=None):
         """The user's ``torch.nn.Module`` (a hook: the classifier adapts it to images)."""
@@ -312,7 +341,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         packed = PackedTasks(X[None], Y[None], None, scaling, device)
         theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
         lr = self._adapt_lr()
-        with fast_cpu_math(device, net.work(1, len(X))):
+        with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
             ws, before, after = _engine.adapt_tasks(
                 net,
                 LOSSES[self._loss],
@@ -352,7 +381,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         params = self._cached_tensor("params_", device)
         scaling = self._scaling()
         x = torch.as_tensor(scaling.x(X), dtype=torch.float32, device=device)
-        with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1))):
+        with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1)), self.n_threads):
             if self._support_context(net) and hasattr(self, "support_X_"):
                 support = torch.as_tensor(
                     scaling.x(self.support_X_.astype(np.float64)),
@@ -479,7 +508,8 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 for j, i in enumerate(block):
                     out[step][i] = pred[j, : packed.query_sizes[j]]
 
-            with fast_cpu_math(device, net.work(len(block), packed.xs.shape[1])):
+            work = net.work(len(block), packed.xs.shape[1])
+            with fast_cpu_math(device, work, self.n_threads):
                 _engine.adapt_tasks(
                     net,
                     loss,

@@ -152,6 +152,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         standardize=True,
         transductive=False,
         device="auto",
+        n_threads="auto",
         random_state=None,
         verbose=0,
         early_stopping=False,
@@ -178,6 +179,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.standardize = standardize
         self.transductive = transductive
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
         self.early_stopping = early_stopping
@@ -195,9 +197,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         module = self.module(n_features, n_outputs, **kwargs)
         if not isinstance(module, torch.nn.Module):
             return module  # the base class reports it
-        # Batch statistics only, never running ones: every task is new, and
-        # running statistics cannot be updated per task under vmap.
-        torch.func.replace_all_batch_norm_modules_(module)
+        # Batch normalisation uses batch statistics only: BatchedModule sees to it.
         if input_shape is not None:
             if int(np.prod(input_shape)) != n_features:
                 raise ValueError(

@@ -39,6 +39,15 @@ BLOCKS = {
         ``torch.device``, or "auto", which picks CUDA, then MPS, then the CPU.
         A device that is not available is reported by :meth:`meta_fit` and
         :meth:`fit`, not when the estimator is created.
+    n_threads : int, "auto" or None, default="auto"
+        torch CPU threads of every call (:meth:`meta_fit`, :meth:`fit`,
+        :meth:`predict`, ...), restored when the call returns.  "auto" runs
+        calls whose matrix products are small (under 2**23 multiply-adds, as
+        for the default networks) on one thread, which is as fast on a quiet
+        machine and many times faster on a busy one, and larger ones with the
+        caller's count; an integer pins the count; None leaves torch's
+        setting alone.  With torch's OpenMP backend the count belongs to the
+        calling thread: other threads of the program keep theirs.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, the order of points and, unless the sampler
         has its own seed, the tasks drawn.  Same seed, same result on the CPU.
@@ -128,7 +137,7 @@ BLOCKS = {
     ``__sklearn_clone__``), so ``cross_val_score`` and ``GridSearchCV`` on a
     meta-fitted model adapt every fold from the meta-learned initialisation,
     in joblib workers too.  The adaptation parameters (``adapt_steps``,
-    ``adapt_lr``, ``transductive``, ``device``, ``verbose``, and
+    ``adapt_lr``, ``transductive``, ``device``, ``n_threads``, ``verbose``, and
     ``random_state``, which :meth:`fit` only uses without :meth:`meta_fit`)
     can be changed and searched freely.  The parameters that shaped the
     initialisation (``module``, ``hidden_layer_sizes`` and ``activation``

@@ -158,6 +158,7 @@ def meta_train(
     check_every=100,
     on_iteration=None,
     loss_sums=None,
+    dropout_seed=0,
 ):
     """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
 
@@ -169,12 +170,16 @@ def meta_train(
     whatever ``start_iter``, so a resumed or warm-started run follows the
     schedule of one uninterrupted run.  ``theta`` always holds the weights after
     the last completed meta-iteration, so an interruption leaves it usable.
-    Returns the number of meta-iterations completed.
+    Returns the number of meta-iterations completed.  The dropout masks of
+    iteration ``i`` (for modules with random layers) are seeded by
+    ``dropout_seed + i``, so that they too are those of one uninterrupted run.
     """
     iteration = start_iter
     for x, y, weight in chunks:
         for k in range(x.shape[0]):
             w = weight if isinstance(weight, float) else weight[k]
+            if ws.rng is not None:
+                ws.rng.manual_seed(dropout_seed + iteration)
             net.broadcast(theta, ws)
             adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, loss_sums)
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)

@@ -13,7 +13,14 @@ import numbers
 import numpy as np
 
 # Parameters that do not change what meta_fit computes, ignored when resuming.
-_NOT_FINGERPRINTED = {"verbose", "checkpoint_path", "checkpoint_interval", "warm_start", "device"}
+_NOT_FINGERPRINTED = {
+    "verbose",
+    "checkpoint_path",
+    "checkpoint_interval",
+    "warm_start",
+    "device",
+    "n_threads",
+}
 
 
 def _array_description(a):

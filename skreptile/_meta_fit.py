@@ -96,7 +96,7 @@ def run_meta_fit(est, task_sampler, validation_tasks):
     # batches are sized as the demo's 50 points).
     work = net.work(est.meta_batch_size, est.inner_batch_size or 50)
     try:
-        with fast_cpu_math(device, work), run:
+        with fast_cpu_math(device, work, est.n_threads), run:
             _engine.meta_train(
                 net,
                 loss,
@@ -111,6 +111,7 @@ def run_meta_fit(est, task_sampler, validation_tasks):
                 start_iter=run.start_iter,
                 on_iteration=run.on_iteration,
                 loss_sums=run.loss_sums,
+                dropout_seed=int(init_seed),
             )
     except EarlyStop:
         pass

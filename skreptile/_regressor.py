@@ -112,6 +112,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         standardize=True,
         transductive=False,
         device="auto",
+        n_threads="auto",
         random_state=None,
         verbose=0,
         early_stopping=False,
@@ -137,6 +138,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.standardize = standardize
         self.transductive = transductive
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
         self.early_stopping = early_stopping

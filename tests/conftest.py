@@ -1,19 +1,18 @@
-import os
-
 import numpy as np
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # xdist workers share the cores: one torch thread each.  Oversubscribed
-    # threads on tiny networks run many times slower (measured: the suite took
-    # 7.7 minutes with -n 2 on two busy cores).
-    torch.set_num_threads(1)
+# One torch thread: the tests' networks are tiny, and skreptile leaves the
+# thread count to its caller (see skreptile.cpu_threads).  With torch's default
+# on two shared cores, OpenMP's waiting makes tiny products many times slower
+# (measured: the suite took 7.7 minutes with -n 2; a sine meta_fit 2 to 68 s
+# instead of 2 s), and xdist workers share the cores anyway.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    # Some code paths tune torch's thread count; keep tests independent of order.
+    # Tests that set the thread count themselves must not change the next ones.
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

@@ -248,7 +248,11 @@ def test_few_shot_predict_equals_fit_then_predict(kind):
     batched = model.few_shot_predict(Xs, ys, Xq)
     for t in range(len(tasks)):
         single = clone(model).fit(Xs[t], ys[t]).predict(Xq[t])
-        if kind.startswith("regressor"):  # float32 in a batch, float64 alone
+        if "dropout" in kind:
+            # Dropout draws its masks for a batch of tasks at once: the same
+            # adaptation in distribution, not to the bit.
+            assert np.mean((batched[t] - single) ** 2) < 0.1 * np.var(single)
+        elif kind.startswith("regressor"):  # float32 in a batch, float64 alone
             np.testing.assert_allclose(batched[t], single, rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_array_equal(batched[t], single)

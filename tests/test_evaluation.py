@@ -208,7 +208,9 @@ def test_errors_are_clear(sine_model):
     with pytest.raises(ValueError, match="adapt_steps"):
         evaluate_few_shot(sine_model, tasks, n_support=5, adapt_steps=[-1])
     wide = [(np.ones((8, 2)), np.ones(8))]
-    with pytest.raises(ValueError, match="Task 0 has 2 features, but ReptileRegressor is expecting 1"):
+    with pytest.raises(
+        ValueError, match="Task 0 has 2 features, but ReptileRegressor is expecting 1"
+    ):
         evaluate_few_shot(sine_model, wide, n_support=4)
 
 
