@@ -6,6 +6,7 @@ estimator.
 """
 
 from ._classifier import ReptileClassifier
+from ._doc_link import link_to_api_reference
 from ._regressor import ReptileRegressor
 from ._state import InconsistentVersionWarning
 from ._version import __version__
@@ -16,6 +17,11 @@ from .tasks import (
     TaskError,
     TaskSampler,
 )
+
+# The "?" of the HTML display links to the estimator's page in skreptile's API reference.
+# (Here rather than in the classes until the estimator modules' refactoring lands.)
+link_to_api_reference(ReptileClassifier, ReptileRegressor)
+del link_to_api_reference
 
 __all__ = [
     "ClassTaskSampler",
