@@ -71,12 +71,20 @@ html_title = f"skreptile {release}"
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    # No "On this page" column beside the examples: their code needs the width.
+    "secondary_sidebar_items": {
+        "*": ["page-toc"],
+        "user_guide/*": ["page-toc"],
+        "gen_modules/*": ["page-toc"],
+        "auto_examples/*": [],
+    },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_sidebars = {"changelog": [], "api": []}
 html_show_sourcelink = False
+html_static_path = ["_static"]
+html_css_files = ["skreptile.css"]  # code and output wrap instead of being clipped
 
 # -- autodoc, autosummary, numpydoc ------------------------------------------
 autosummary_generate = True
@@ -134,19 +142,8 @@ myst_heading_anchors = 3
 # them in full.  Examples reading a data set fall back to synthetic data, and
 # say so, when the data are absent.  SKREPTILE_GALLERY_PATTERN (a regular
 # expression on the example's path) restricts which examples run.
-_FULL = bool(os.environ.get("SKREPTILE_DOCS_FULL"))
 _pattern = os.environ.get("SKREPTILE_GALLERY_PATTERN") or r"/plot_[^/]*\.py$"
-
-
-class _ExampleArguments:
-    """The command-line arguments of every example: ``--quick`` unless SKREPTILE_DOCS_FULL."""
-
-    def __call__(self, gallery_conf, script_vars):
-        return [] if _FULL else ["--quick"]
-
-    def __repr__(self):  # part of the configuration Sphinx compares between builds
-        return f"_ExampleArguments(full={_FULL})"
-
+sys.path.insert(0, str(HERE / "tools"))  # gallery_arguments: --quick unless SKREPTILE_DOCS_FULL
 
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
@@ -161,7 +158,7 @@ sphinx_gallery_conf = {
     "min_reported_time": 1,
     "show_memory": False,
     "download_all_examples": False,
-    "reset_argv": _ExampleArguments(),
+    "reset_argv": "gallery_arguments.example_arguments",
 }
 # The "?" of the estimators' HTML display links to the API pages of this build.
 os.environ["SKREPTILE_DOCS_URL"] = "../"

@@ -34,9 +34,9 @@ repository and in skreptile's data home; ``--download`` fetches the data from
 UCI.  A few minutes on two CPU cores.  The figure goes to ``--out`` (default
 ``beijing_temperature.png`` in the current directory).  ``--quick`` (what the
 documentation's gallery runs) meta-trains for 300 iterations and scores 30 test
-days: its figures are rougher than the full run's, quoted above.  Without the
-data files (and without ``--download``) the example runs on synthetic
-station-days, and says so, so that it runs anywhere.
+days: its figures are rougher than the full run's (see the real-data guide).
+Without the data files (and without ``--download``) the example runs on
+synthetic station-days, and says so, so that it runs anywhere.
 """
 
 import argparse

@@ -51,7 +51,8 @@ from skreptile import ClassTaskSampler, ReptileClassifier
 from skreptile.datasets import load_omniglot
 from skreptile.nn import ConvNet
 
-here = Path(globals().get("__file__", "examples/plot_omniglot.py")).resolve().parent
+# The examples folder (the gallery runs the example in it, without __file__).
+here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 default_dir = os.environ.get("SKREPTILE_OMNIGLOT", here.parents[1] / "shared/data/omniglot")
 parser = argparse.ArgumentParser(description=__doc__.split("Usage")[0])
 parser.add_argument("data_dir", nargs="?", default=str(default_dir))

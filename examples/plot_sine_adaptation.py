@@ -43,7 +43,7 @@ print(f"meta_fit: {n_meta_iter} meta-iterations in {time.perf_counter() - t0:.1f
 # %%
 # In a notebook, an estimator displays as HTML; its "?" links to its page in
 # the API reference.
-model  # noqa: B018 (displayed by the notebook or the gallery)
+model
 
 # %%
 # A new task: 10 labelled points of a sine the model has never seen.
