@@ -159,6 +159,9 @@ sphinx_gallery_conf = {
     "show_memory": False,
     "download_all_examples": False,
     "reset_argv": "gallery_arguments.example_arguments",
+    # No execution-times pages: sphinx-gallery loads their table scripts from CDNs, which
+    # would break the offline site.  .ci/run prints every example's running time instead.
+    "write_computation_times": False,
 }
 # The "?" of the estimators' HTML display links to the API pages of this build.
 os.environ["SKREPTILE_DOCS_URL"] = "../"
