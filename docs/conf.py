@@ -13,9 +13,13 @@ Three things here are specific to this project:
   numpydoc, and every cross-reference must resolve (``nitpicky``).
 * Markdown pages in ``docs/`` that no toctree names (guides added later, such
   as ``real_data.md``) are listed in the user guide automatically.
-* Intersphinx inventories are fetched online when possible and otherwise read
-  from ``_inventories/`` (see ``tools/make_inventories.py``), so the build is
-  the same, and warning-free, without internet access.
+* Offline by default: the intersphinx inventories are read from
+  ``_inventories/`` (see ``tools/make_inventories.py``; set
+  ``SKREPTILE_DOCS_ONLINE=1`` to fetch the published ones), and MathJax is
+  copied into the built site (``sphinx-mathjax-offline``), so neither the build
+  nor the pages need a network.
+* Every example of the gallery runs at every build, in its quick mode
+  (``--quick``); ``SKREPTILE_DOCS_FULL=1`` runs the full examples instead.
 """
 
 import inspect
@@ -46,6 +50,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax served with the pages, not from a CDN
     "numpydoc",
     "sphinx_gallery.gen_gallery",
     "myst_parser",
@@ -66,12 +71,20 @@ html_title = f"skreptile {release}"
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    # No "On this page" column beside the examples: their code needs the width.
+    "secondary_sidebar_items": {
+        "*": ["page-toc"],
+        "user_guide/*": ["page-toc"],
+        "gen_modules/*": ["page-toc"],
+        "auto_examples/*": [],
+    },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_sidebars = {"changelog": [], "api": []}
 html_show_sourcelink = False
+html_static_path = ["_static"]
+html_css_files = ["skreptile.css"]  # code and output wrap instead of being clipped
 
 # -- autodoc, autosummary, numpydoc ------------------------------------------
 autosummary_generate = True
@@ -103,9 +116,9 @@ numpydoc_validation_checks = {
 }
 
 # -- intersphinx -------------------------------------------------------------
-# The published inventory first; the shipped one when it cannot be reached.
-# Set SKREPTILE_DOCS_OFFLINE=1 to skip the network entirely.
-_OFFLINE = bool(os.environ.get("SKREPTILE_DOCS_OFFLINE"))
+# The inventories shipped in _inventories/ by default, so the build is quiet and
+# identical offline; SKREPTILE_DOCS_ONLINE=1 tries the published ones first.
+_OFFLINE = not os.environ.get("SKREPTILE_DOCS_ONLINE")
 _PROJECTS = {
     "python": "https://docs.python.org/3/",
     "numpy": "https://numpy.org/doc/stable/",
@@ -124,18 +137,14 @@ myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 
 # -- sphinx-gallery ----------------------------------------------------------
-# Examples executed at every build: quick on two CPU cores and needing no data
-# beyond what the package generates.  Other examples (those reading data sets,
-# or running for minutes) are rendered with their code but not run.  Adding an
-# example here is a one-line change; SKREPTILE_GALLERY_PATTERN (a regular
-# expression on the example's path) overrides the list, e.g. ``plot_`` runs all.
-EXECUTED_EXAMPLES = [
-    "plot_few_shot_digits.py",
-    "plot_sine_adaptation.py",
-]
-_pattern = os.environ.get("SKREPTILE_GALLERY_PATTERN") or (
-    "/(" + "|".join(re.escape(name) for name in EXECUTED_EXAMPLES) + ")$"
-)
+# Every example runs at every build, with ``--quick`` (a short run: a few
+# minutes for the whole gallery on two CPU cores); SKREPTILE_DOCS_FULL=1 runs
+# them in full.  Examples reading a data set fall back to synthetic data, and
+# say so, when the data are absent.  SKREPTILE_GALLERY_PATTERN (a regular
+# expression on the example's path) restricts which examples run.
+_pattern = os.environ.get("SKREPTILE_GALLERY_PATTERN") or r"/plot_[^/]*\.py$"
+sys.path.insert(0, str(HERE / "tools"))  # gallery_arguments: --quick unless SKREPTILE_DOCS_FULL
+
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
@@ -149,7 +158,13 @@ sphinx_gallery_conf = {
     "min_reported_time": 1,
     "show_memory": False,
     "download_all_examples": False,
+    "reset_argv": "gallery_arguments.example_arguments",
+    # No execution-times pages: sphinx-gallery loads their table scripts from CDNs, which
+    # would break the offline site.  .ci/run prints every example's running time instead.
+    "write_computation_times": False,
 }
+# The "?" of the estimators' HTML display links to the API pages of this build.
+os.environ["SKREPTILE_DOCS_URL"] = "../"
 
 # Examples run in this process: no interactive backend, and no warnings from
 # matplotlib's font cache rebuilding into the captured output.
@@ -290,7 +305,7 @@ _write_if_changed(HERE / "api.rst", _render("api.rst.jinja", **_API))
 # -- Markdown guides that no toctree names yet ---------------------------------
 # Pages written in markdown by the features they document (``real_data.md``,
 # ``classification.md``, ...) join the user guide as soon as they exist.
-PLACED_MARKDOWN = {"benchmarks", "user_guide_sklearn"}
+PLACED_MARKDOWN = {"benchmarks", "changelog", "user_guide_sklearn"}
 EXTRA_GUIDES = sorted(p.stem for p in HERE.glob("*.md") if p.stem not in PLACED_MARKDOWN)
 
 

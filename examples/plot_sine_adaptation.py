@@ -8,8 +8,15 @@ The demo of the Reptile paper: meta-learn an initialisation on sine waves
 The figure shows the predictions after 0, 8, 16, 24 and 32 steps; the table
 compares the held-out error with the same network fitted from a random
 initialisation.
+
+Run ``python examples/plot_sine_adaptation.py [--out FILE] [--quick]``: it
+saves the figure to ``--out`` (default ``sine_adaptation.png`` in the current
+directory).  ``--quick`` (what the documentation's gallery runs) meta-trains
+for 3,000 iterations instead of 10,000 and scores 50 held-out tasks instead of
+200: about ten seconds on two CPU cores instead of half a minute.
 """
 
+import argparse
 import time
 
 import matplotlib
@@ -20,11 +27,23 @@ import numpy as np
 
 from skreptile import ReptileRegressor, SineTaskSampler
 
+parser = argparse.ArgumentParser(description="Few-shot sine regression with Reptile.")
+parser.add_argument("--out", default="sine_adaptation.png", help="where to save the figure")
+parser.add_argument("--quick", action="store_true", help="a short run (the docs' gallery)")
+args, _ = parser.parse_known_args()
+n_meta_iter, n_test = (3000, 50) if args.quick else (10000, 200)
+
 # %%
-# Meta-train with the defaults (a few seconds on two CPU cores).
+# Meta-train with the defaults (``n_meta_iter=10000``; a few seconds on two CPU cores).
 t0 = time.perf_counter()
-model = ReptileRegressor(random_state=0).meta_fit(SineTaskSampler(random_state=0))
-print(f"meta_fit: {time.perf_counter() - t0:.1f} s")
+model = ReptileRegressor(n_meta_iter=n_meta_iter, random_state=0)
+model.meta_fit(SineTaskSampler(random_state=0))
+print(f"meta_fit: {n_meta_iter} meta-iterations in {time.perf_counter() - t0:.1f} s")
+
+# %%
+# In a notebook, an estimator displays as HTML; its "?" links to its page in
+# the API reference.
+model
 
 # %%
 # A new task: 10 labelled points of a sine the model has never seen.
@@ -45,18 +64,19 @@ ax.set_ylabel("y")
 ax.legend(loc="lower right", fontsize=8)
 ax.set_title("Adapting a meta-learned initialisation to a new sine")
 fig.tight_layout()
-fig.savefig("sine_adaptation.png", dpi=100)
+fig.savefig(args.out, dpi=100)
+print(f"figure saved to {args.out}")
 
 # %%
-# Held-out error over 200 new tasks, against the same network adapted with
+# Held-out error over 200 new tasks (50 with ``--quick``), against the same network adapted with
 # the same steps from a random initialisation (no ``meta_fit``).
 scratch = ReptileRegressor(random_state=0)
-X, Y = SineTaskSampler().sample_batch(np.random.default_rng(2), 200)
-picks = np.argsort(rng.random((200, 50)), axis=1)[:, :10]
+X, Y = SineTaskSampler().sample_batch(np.random.default_rng(2), n_test)
+picks = np.argsort(rng.random((n_test, 50)), axis=1)[:, :10]
 print(f"{'steps':>5s} {'meta-learned MSE':>17s} {'random init MSE':>16s}")
 for steps in (0, 1, 8, 32):
     errors = {"meta": [], "scratch": []}
-    for t in range(200):
+    for t in range(n_test):
         Xs, ys = X[t][picks[t]], Y[t][picks[t]]
         for name, est in (("meta", model), ("scratch", scratch)):
             est.set_params(adapt_steps=steps).fit(Xs, ys)

@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _engine
 from ._device import fast_cpu_math, resolve_device, seeded_global_rng
+from ._doc_link import url_params
 from ._losses import LOSSES
 from ._meta_fit import run_meta_fit
 from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
@@ -119,6 +120,11 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
     """Shared implementation of :class:`ReptileRegressor` and :class:`ReptileClassifier`."""
 
     _loss = "squared_error"
+
+    # The "?" of the HTML display links to the estimator's page in skreptile's API reference.
+    _doc_link_module = "skreptile"
+    _doc_link_template = "{url}"
+    _doc_link_url_param_generator = url_params  # called as a method: the estimator
 
     _parameter_constraints = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],

@@ -4,8 +4,11 @@ Any ``torch.nn.Module`` works as ``module``; this module holds the small
 convolutional network of the Reptile paper's few-shot image experiments.
 """
 
+from __future__ import annotations
+
 import math
 
+import torch
 from torch import nn
 
 
@@ -49,8 +52,14 @@ class ConvNet(nn.Module):
     """
 
     def __init__(
-        self, n_features, n_outputs, input_shape=None, n_filters=64, n_layers=4, batch_norm=True
-    ):
+        self,
+        n_features: int,
+        n_outputs: int,
+        input_shape: tuple[int, int, int] | None = None,
+        n_filters: int = 64,
+        n_layers: int = 4,
+        batch_norm: bool = True,
+    ) -> None:
         super().__init__()
         if input_shape is None:
             side = math.isqrt(int(n_features))
@@ -66,7 +75,7 @@ class ConvNet(nn.Module):
                 f"input_shape={tuple(input_shape)} has {channels * height * width} values, "
                 f"but the inputs have {n_features} features."
             )
-        blocks = []
+        blocks: list[nn.Module] = []
         for _ in range(n_layers):
             blocks.append(nn.Conv2d(channels, n_filters, 3, stride=2, padding=1))
             if batch_norm:
@@ -77,7 +86,7 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Linear(channels * height * width, n_outputs)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute the logits of a batch of images.
 
         Parameters

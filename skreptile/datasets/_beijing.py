@@ -8,6 +8,8 @@ Proceedings of the Royal Society A 473(2205).  UCI Machine Learning Repository,
 https://doi.org/10.24432/C5RK5G, licence CC BY 4.0.
 """
 
+from __future__ import annotations
+
 import hashlib
 import io
 import os
@@ -15,10 +17,17 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.utils import Bunch
+
+from .._typing import PathLike
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BEIJING_URL = (
     "https://archive.ics.uci.edu/static/public/501/beijing+multi+site+air+quality+data.zip"
@@ -60,7 +69,7 @@ _COLUMNS = [
 ]  # fmt: skip
 
 
-def get_data_home(data_home=None):
+def get_data_home(data_home: PathLike | None = None) -> Path:
     """Return the folder of skreptile's data sets, created if needed.
 
     Parameters
@@ -137,7 +146,9 @@ def _download(directory, url, checksums):
             os.replace(part, directory / name)
 
 
-def load_beijing_air_quality(data_dir=None, *, download=False, verify=False):
+def load_beijing_air_quality(
+    data_dir: PathLike | None = None, *, download: bool = False, verify: bool = False
+) -> pd.DataFrame:
     """Load the hourly readings of the 12 Beijing air-quality stations (2013-2017).
 
     Reads the station CSVs ``PRSA_Data_<station>_20130301-20170228.csv`` of
@@ -203,7 +214,13 @@ def load_beijing_air_quality(data_dir=None, *, download=False, verify=False):
     return frame[order]
 
 
-def beijing_daily_tasks(frame, *, target="TEMP", features=("hour",), min_rows=20):
+def beijing_daily_tasks(
+    frame: pd.DataFrame,
+    *,
+    target: str = "TEMP",
+    features: Sequence[str] = ("hour",),
+    min_rows: int = 20,
+) -> Bunch:
     """One task per station-day: a reading against the hour of day (and other columns).
 
     Missing values are handled explicitly, never imputed: an hour whose target

@@ -1,11 +1,17 @@
 """Omniglot (Lake et al., 2015): 1,623 handwritten characters of 50 alphabets."""
 
+from __future__ import annotations
+
 import io
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from sklearn.utils import Bunch
+
+from .._typing import PathLike
 
 
 def _import_pillow():
@@ -53,7 +59,13 @@ def _png_entries(path):
     raise FileNotFoundError(f"No Omniglot data at {path}.")
 
 
-def load_omniglot(path, image_size=28, alphabets=None, invert=True, dtype=np.float32):
+def load_omniglot(
+    path: PathLike | Sequence[PathLike],
+    image_size: int | None = 28,
+    alphabets: Sequence[str] | None = None,
+    invert: bool = True,
+    dtype: Any = np.float32,
+) -> Bunch:
     """Load Omniglot from an official zip or its unpacked folder.
 
     Reads the layout of the official archives (``images_background.zip``,

@@ -15,12 +15,16 @@ A sampler must draw its tasks from ``rng`` only, keeping no state of its own
 between calls: a checkpointed ``meta_fit`` then resumes by restoring ``rng``.
 """
 
+from __future__ import annotations
+
 import numbers
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
+
+from .._typing import RandomStateLike, Task, TaskBatch
 
 
 class TaskSampler:
@@ -31,9 +35,9 @@ class TaskSampler:
     the estimator's own ``random_state`` does.
     """
 
-    random_state = None
+    random_state: RandomStateLike = None
 
-    def sample_batch(self, rng, n_tasks):
+    def sample_batch(self, rng: np.random.Generator, n_tasks: int) -> TaskBatch:
         """Draw ``n_tasks`` tasks as arrays ``X (n_tasks, n_points, n_features)`` and ``y``.
 
         Parameters
@@ -53,7 +57,7 @@ class TaskSampler:
         """
         raise NotImplementedError
 
-    def __call__(self, rng):
+    def __call__(self, rng: np.random.Generator) -> Task:
         """Draw one task ``(X, y)`` with the generator ``rng``.
 
         Parameters
@@ -74,7 +78,7 @@ class TaskSampler:
         X, y = tasks
         return X[0], y[0]
 
-    def resolve_seed(self, fallback_seed):
+    def resolve_seed(self, fallback_seed: int) -> int:
         """The seed of a meta-training run: the sampler's own, else ``fallback_seed``.
 
         Parameters
@@ -93,12 +97,12 @@ class TaskSampler:
             return int(fallback_seed)
         return seed_from_random_state(self.random_state)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({params})"
 
 
-def as_generator(random_state):
+def as_generator(random_state: RandomStateLike) -> np.random.Generator:
     """A :class:`numpy.random.Generator` from a seed, a Generator or a RandomState."""
     if isinstance(random_state, np.random.Generator):
         return random_state
@@ -107,7 +111,7 @@ def as_generator(random_state):
     return np.random.default_rng(random_state)
 
 
-def seed_from_random_state(random_state):
+def seed_from_random_state(random_state: RandomStateLike | np.random.Generator) -> int:
     """An integer seed from anything sklearn accepts as ``random_state``, or a Generator."""
     if isinstance(random_state, numbers.Integral):
         return int(random_state)

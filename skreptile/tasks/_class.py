@@ -1,8 +1,12 @@
 """N-way K-shot classification tasks drawn from a labelled data set."""
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_array, column_or_1d
 
+from .._typing import RandomStateLike
 from ._base import TaskSampler
 
 
@@ -69,9 +73,20 @@ class ClassTaskSampler(TaskSampler):
     ((4, 6, 1, 4, 4), (4, 9, 1, 4, 4))
     """
 
-    def __init__(self, X, y, n_way=5, k_shot=1, augment=None, image_shape=None, random_state=None):
-        X = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
-        y = column_or_1d(y, warn=True)
+    def __init__(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        n_way: int = 5,
+        k_shot: int = 1,
+        augment: str | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        random_state: RandomStateLike = None,
+    ) -> None:
+        X = np.asarray(
+            check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
+        )
+        y = np.asarray(column_or_1d(y, warn=True))
         if len(X) != len(y):
             raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)}).")
         if X.ndim == 3:
@@ -147,7 +162,7 @@ class ClassTaskSampler(TaskSampler):
                 f"needs ({what})."
             )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(X of shape {self.X.shape}, {len(self.classes_)} classes, "
             f"n_way={self.n_way}, k_shot={self.k_shot}, augment={self.augment!r}, "
@@ -189,7 +204,7 @@ class ClassTaskSampler(TaskSampler):
             X = X.reshape(n_tasks, n_points, -1)
         return np.ascontiguousarray(X), y
 
-    def sample_batch(self, rng, n_tasks):
+    def sample_batch(self, rng: np.random.Generator, n_tasks: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_tasks`` tasks of ``n_way * k_shot`` points.
 
         Parameters
@@ -210,7 +225,9 @@ class ClassTaskSampler(TaskSampler):
         examples, labels = self._draw(rng, n_tasks, self.k_shot)
         return self._as_tasks(rng, examples, labels)
 
-    def sample_episodes(self, rng, n_episodes, n_query=1):
+    def sample_episodes(
+        self, rng: np.random.Generator, n_episodes: int, n_query: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Draw evaluation episodes: ``k_shot`` support and ``n_query`` query examples a class.
 
         Parameters

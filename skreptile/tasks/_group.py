@@ -1,11 +1,15 @@
 """Tasks from one table with a group column: one task per group."""
 
+from __future__ import annotations
+
 import numbers
 import warnings
+from typing import Any
 
 import numpy as np
 from sklearn.utils.validation import check_array
 
+from .._typing import RandomStateLike, Task, TaskBatch
 from ._base import TaskSampler
 
 # Bound on the random keys drawn at once when choosing points without replacement.
@@ -99,7 +103,16 @@ class GroupTaskSampler(TaskSampler):
     [8, 10, 12]
     """
 
-    def __init__(self, X, y, groups, *, n_points=None, small_groups="error", random_state=None):
+    def __init__(
+        self,
+        X: Any,
+        y: Any,
+        groups: Any,
+        *,
+        n_points: int | None = None,
+        small_groups: str = "error",
+        random_state: RandomStateLike = None,
+    ) -> None:
         self.n_points = n_points
         self.small_groups = small_groups
         self.random_state = random_state
@@ -189,11 +202,11 @@ class GroupTaskSampler(TaskSampler):
 
     # ----------------------------------------------------------------- tasks
     @property
-    def n_groups_(self):
+    def n_groups_(self) -> int:
         """Number of groups used as tasks."""
         return len(self.groups_)
 
-    def tasks(self):
+    def tasks(self) -> list[Task]:
         """Every group's rows as a task ``(X, y)``, in the order of ``groups_``.
 
         Returns
@@ -219,7 +232,7 @@ class GroupTaskSampler(TaskSampler):
             out[start : start + len(block)] = np.argpartition(keys, k - 1, axis=1)[:, :k]
         return out
 
-    def sample_batch(self, rng, n_tasks):
+    def sample_batch(self, rng: np.random.Generator, n_tasks: int) -> TaskBatch:
         """Draw ``n_tasks`` tasks from groups chosen uniformly at random.
 
         Parameters
@@ -246,7 +259,7 @@ class GroupTaskSampler(TaskSampler):
             return self._X[rows], self._y[rows]
         return [(self._X[s : s + n], self._y[s : s + n]) for s, n in zip(starts, sizes)]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"GroupTaskSampler(n_groups={self.n_groups_}, n_points={self.n_points!r}, "
             f"small_groups={self.small_groups!r}, random_state={self.random_state!r})"

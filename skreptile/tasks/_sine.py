@@ -1,7 +1,10 @@
 """Sine-wave regression tasks, the toy problem of the Reptile paper."""
 
+from __future__ import annotations
+
 import numpy as np
 
+from .._typing import RandomStateLike
 from ._base import TaskSampler
 
 
@@ -46,14 +49,14 @@ class SineTaskSampler(TaskSampler):
 
     def __init__(
         self,
-        random_state=None,
-        amplitude_range=(0.1, 5.0),
-        phase_range=(0.0, 2 * np.pi),
-        x_range=(-5.0, 5.0),
-        n_points=50,
-        grid=True,
-        noise_std=0.0,
-    ):
+        random_state: RandomStateLike = None,
+        amplitude_range: tuple[float, float] = (0.1, 5.0),
+        phase_range: tuple[float, float] = (0.0, 2 * np.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+        n_points: int = 50,
+        grid: bool = True,
+        noise_std: float = 0.0,
+    ) -> None:
         self.random_state = random_state
         self.amplitude_range = amplitude_range
         self.phase_range = phase_range
@@ -62,7 +65,9 @@ class SineTaskSampler(TaskSampler):
         self.grid = grid
         self.noise_std = noise_std
 
-    def sample_parameters(self, rng, n_tasks):
+    def sample_parameters(
+        self, rng: np.random.Generator, n_tasks: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``(amplitude, phase)`` arrays for ``n_tasks`` tasks.
 
         Parameters
@@ -83,7 +88,7 @@ class SineTaskSampler(TaskSampler):
         phase = rng.uniform(*self.phase_range, size=n_tasks)
         return amplitude, phase
 
-    def sample_batch(self, rng, n_tasks):
+    def sample_batch(self, rng: np.random.Generator, n_tasks: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_tasks`` tasks: ``X`` of shape (n_tasks, n_points, 1), ``y`` (n_tasks, n_points).
 
         Parameters
