@@ -1,11 +1,19 @@
 """ReptileRegressor: few-shot regression from a meta-learned initialisation."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseReptile
 from ._docstrings import fill
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @fill
@@ -148,7 +156,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.
 
         Every call starts again from the initialisation learned by
@@ -185,7 +193,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             self._fit(X, Y, y_1d)
         return self
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict targets with the adapted network.
 
         Parameters

@@ -8,8 +8,11 @@ and query points, on which all are scored.  Means come with confidence
 intervals over tasks, and paired differences with theirs.
 """
 
+from __future__ import annotations
+
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -124,7 +127,7 @@ class FewShotResults:
         )
         self.n_tasks = len(first)
 
-    def errors(self, method, adapt_steps=None):
+    def errors(self, method: str, adapt_steps: int | None = None) -> np.ndarray:
         """Return the per-task errors of one method.
 
         Parameters
@@ -153,7 +156,7 @@ class FewShotResults:
             raise KeyError(f"Unknown method {method!r}; evaluated: {known}.")
         return self.baseline_errors[method]
 
-    def summary(self):
+    def summary(self) -> list[dict[str, Any]]:
         """One row per method (and number of steps): mean error and confidence interval.
 
         Returns
@@ -176,7 +179,7 @@ class FewShotResults:
             method=name, adapt_steps=steps, mean=mean, ci_low=low, ci_high=high, n_tasks=len(errors)
         )
 
-    def best_baseline(self):
+    def best_baseline(self) -> str | None:
         """Return the name of the baseline with the best mean score (lowest error).
 
         Returns
@@ -189,7 +192,7 @@ class FewShotResults:
         sign = -1.0 if self.greater_is_better else 1.0
         return min(self.baseline_errors, key=lambda name: sign * self.baseline_errors[name].mean())
 
-    def compare(self, method, other, adapt_steps=None):
+    def compare(self, method: str, other: str, adapt_steps: int | None = None) -> dict[str, float]:
         """Paired difference of mean errors, ``method - other``, over the same tasks.
 
         Parameters
@@ -211,7 +214,7 @@ class FewShotResults:
         mean, low, high = _mean_ci(a - b, self.confidence)
         return dict(mean=mean, ci_low=low, ci_high=high, ratio=float(a.mean() / b.mean()))
 
-    def to_frame(self):
+    def to_frame(self) -> Any:
         """Return the summary as a pandas DataFrame (needs pandas).
 
         Returns
@@ -223,7 +226,7 @@ class FewShotResults:
 
         return pd.DataFrame(self.summary())
 
-    def to_string(self, digits=4):
+    def to_string(self, digits: int = 4) -> str:
         """Return the summary as a plain-text table.
 
         Parameters
@@ -248,10 +251,10 @@ class FewShotResults:
             )
         return "\n".join(lines)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.to_string()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<FewShotResults: {self.n_tasks} tasks, metric={self.metric!r}, "
             f"{len(self.summary())} rows>"
@@ -333,16 +336,16 @@ def _metric(metric, classifier):
 
 
 def evaluate_few_shot(
-    model,
-    tasks,
+    model: Any,
+    tasks: Any,
     *,
-    n_support=None,
-    adapt_steps=DEFAULT_STEPS,
-    baselines=None,
-    metric=None,
-    confidence=0.95,
-    random_state=None,
-):
+    n_support: int | None = None,
+    adapt_steps: int | Sequence[int] = DEFAULT_STEPS,
+    baselines: Mapping[str, Any] | Sequence[Any] | None = None,
+    metric: str | Callable[..., float] | None = None,
+    confidence: float = 0.95,
+    random_state: Any = None,
+) -> FewShotResults:
     """Score a meta-learned model and baselines on the query points of held-out tasks.
 
     For every task the model adapts on the support points, with each number of
@@ -434,11 +437,12 @@ def evaluate_few_shot(
         ]
 
     model_errors = None
-    steps = np.atleast_1d(np.asarray(adapt_steps))
+    steps: list[int] = []
     if reptile is not None:
-        if steps.size == 0 or steps.dtype.kind not in "iu" or (steps < 0).any():
+        asked = np.atleast_1d(np.asarray(adapt_steps))
+        if asked.size == 0 or asked.dtype.kind not in "iu" or (asked < 0).any():
             raise ValueError(f"adapt_steps must be non-negative integers, got {adapt_steps!r}.")
-        steps = [int(s) for s in steps]
+        steps = [int(s) for s in asked]
         if reptile._is_meta_fitted():
             reptile._check_meta_config()
             preds = _model_predictions(reptile, tasks, steps)
@@ -474,7 +478,7 @@ def evaluate_few_shot(
         )
     return FewShotResults(
         type(reptile).__name__ if reptile is not None else None,
-        steps if reptile is not None else [],
+        steps,
         model_errors,
         baseline_errors,
         metric_name,
@@ -483,7 +487,9 @@ def evaluate_few_shot(
     )
 
 
-def plot_few_shot(results, ax=None, *, baselines=True, color="C0"):
+def plot_few_shot(
+    results: FewShotResults, ax: Any = None, *, baselines: bool = True, color: str = "C0"
+) -> Any:
     """Plot the model's error against adaptation steps, baselines as horizontal lines.
 
     Parameters
