@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _distributed_worker import FAIL_AFTER_CALLS, FAILING, LINE, Line, fit_all, validation_tasks
 
 from skreptile import ReptileRegressor
 from skreptile.distributed import RankFailedError, init_from_env, is_main_process
-
-from _distributed_worker import FAIL_AFTER_CALLS, FAILING, LINE, Line, fit_all, validation_tasks  # noqa: I001
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
