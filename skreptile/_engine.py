@@ -159,6 +159,7 @@ def meta_train(
     on_iteration=None,
     loss_sums=None,
     dropout_seed=0,
+    reducer=None,
 ):
     """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
 
@@ -170,22 +171,28 @@ def meta_train(
     whatever ``start_iter``, so a resumed or warm-started run follows the
     schedule of one uninterrupted run.  ``theta`` always holds the weights after
     the last completed meta-iteration, so an interruption leaves it usable.
-    Returns the number of meta-iterations completed.  The dropout masks of
+    ``reducer``, in a data-parallel run (:mod:`skreptile._distributed`), holds
+    this rank's share of the meta-batch in ``ws`` and replaces the task mean
+    by the mean over every rank's tasks (one all-reduce); the losses of each
+    iteration then go through it into ``loss_sums``.  The dropout masks of
     iteration ``i`` (for modules with random layers) are seeded by
     ``dropout_seed + i``, so that they too are those of one uninterrupted run.
+    Returns the number of meta-iterations completed.
     """
     iteration = start_iter
+    inner_losses = loss_sums if reducer is None else reducer.loss_step
     for x, y, weight in chunks:
         for k in range(x.shape[0]):
             w = weight if isinstance(weight, float) else weight[k]
             if ws.rng is not None:
                 ws.rng.manual_seed(dropout_seed + iteration)
             net.broadcast(theta, ws)
-            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, loss_sums)
+            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, inner_losses)
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
             # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
             # towards the mean of the adapted weights.  lerp_ does either in one op.
-            theta.lerp_(net.task_mean(ws), step)
+            mean = net.task_mean(ws) if reducer is None else reducer.mean(ws)
+            theta.lerp_(mean, step)
             iteration += 1
             if on_iteration is not None:
                 on_iteration(iteration)

@@ -11,7 +11,7 @@ so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 import numpy as np
 import torch
 
-from . import _engine
+from . import _distributed, _engine, _fingerprints
 from ._batches import assemble_chunk, chunk_iterations, task_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
@@ -34,8 +34,14 @@ def _statistics(est, source, family):
     return Scaling.fit(X, Y, inputs=inputs, targets=targets)
 
 
-def _chunks(est, source, scaling, device, start, n_meta_iter, signature):
-    """Device tensors of inner minibatches, a chunk of meta-iterations at a time."""
+def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=None):
+    """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
+
+    ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
+    in a data-parallel run).  Every rank draws the whole block, so that task
+    ``j`` of an iteration is the same whatever the number of ranks, and moves
+    only its own tasks to the device.
+    """
     T, S, B = est.meta_batch_size, est.inner_steps, est.inner_batch_size
     per_chunk = chunk_iterations(T, S, B, *signature)
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
@@ -54,6 +60,10 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature):
                 else minibatches[first : first + n * T]
             )
             x, y, weight = assemble_chunk(part, T)
+            if slots is not None:
+                mine = lambda a: np.ascontiguousarray(a[:, :, slots[0] : slots[1]])  # noqa: E731
+                x, y = mine(x), mine(y)
+                weight = weight if isinstance(weight, float) else mine(weight)
             iteration += n
             yield (
                 as_tensor(scaling.x(x)),
@@ -63,12 +73,25 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature):
 
 
 def run_meta_fit(est, task_sampler, validation_tasks):
-    """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``."""
+    """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``.
+
+    When the default process group of ``torch.distributed`` holds several
+    ranks, every rank runs this with the same arguments and adapts its share
+    of each meta-batch (:mod:`skreptile._distributed`).
+    """
     est._validate_params()
     device = resolve_device(est.device)
-    run = MetaFitRun(est, validation_tasks)
+    group = _distributed.current_group(device)
+    with _distributed.guard(group):
+        _run(est, task_sampler, validation_tasks, device, group)
+
+
+def _run(est, task_sampler, validation_tasks, device, group):
+    run = MetaFitRun(est, validation_tasks, group)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
     seed = run.seed if run.seed is not None else seed_from_random_state(est.random_state)
+    if group is not None:
+        seed = group.agree_seed(seed)  # random_state=None draws a seed per process
     init_seed, task_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler, family = est._meta_training_tasks(task_sampler)
     source = TaskSource(sampler, int(task_seed))
@@ -84,17 +107,28 @@ def run_meta_fit(est, task_sampler, validation_tasks):
         theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
     theta = theta.to(device)
     loss = LOSSES[est._loss]
-    ws = net.workspace(est.meta_batch_size, theta)
-    optimizer = _engine.InnerOptimizer(
-        est.inner_optimizer, est.inner_lr, net, ws, run.optimizer_state
-    )
+    n_slots, slots, optimizer_state = est.meta_batch_size, None, run.optimizer_state
+    if group is not None:
+        slots = group.share(est.meta_batch_size)
+        n_slots = slots[1] - slots[0]
+        # Adam's state is saved one row per slot of the whole meta-batch: take ours.
+        optimizer_state = group.local_rows(optimizer_state)
+    ws = net.workspace(n_slots, theta)
+    optimizer = _engine.InnerOptimizer(est.inner_optimizer, est.inner_lr, net, ws, optimizer_state)
     run.bind(net, loss, theta, optimizer, device)
     chunks = _chunks(
-        est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature
+        est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
     )
+    reducer = None
+    if group is not None:
+        params = _fingerprints.fingerprint_params(est)
+        group.handshake(
+            params, net.n_params, run.start_iter, run.n_meta_iter, n_features, n_outputs
+        )
+        reducer = group.reducer(net, run.loss_sums)
     # Products of one inner step, to pick the CPU thread count (full-task
     # batches are sized as the demo's 50 points).
-    work = net.work(est.meta_batch_size, est.inner_batch_size or 50)
+    work = net.work(n_slots, est.inner_batch_size or 50)
     try:
         with fast_cpu_math(device, work, est.n_threads), run:
             _engine.meta_train(
@@ -112,6 +146,7 @@ def run_meta_fit(est, task_sampler, validation_tasks):
                 on_iteration=run.on_iteration,
                 loss_sums=run.loss_sums,
                 dropout_seed=int(init_seed),
+                reducer=reducer,
             )
     except EarlyStop:
         pass
@@ -129,10 +164,12 @@ def run_meta_fit(est, task_sampler, validation_tasks):
         run.interrupted()
         raise
     theta = run.final_theta(theta)
-    _set_meta_state(est, net, theta, run, family, source, optimizer, device)
+    _set_meta_state(est, net, theta, run, family, source, run.optimizer_rows(), device)
+    if group is not None:
+        group.finish()  # every rank got here: none can fail any more
 
 
-def _set_meta_state(est, net, theta, run, family, source, optimizer, device):
+def _set_meta_state(est, net, theta, run, family, source, optimizer_state, device):
     """Only now, after meta-training succeeded, does the estimator change."""
     for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
         est.__dict__.pop(attr, None)
@@ -142,7 +179,7 @@ def _set_meta_state(est, net, theta, run, family, source, optimizer, device):
     names = source.feature_names if run.feature_names is None else run.feature_names
     if names is not None:
         est.feature_names_in_ = np.asarray(names, dtype=object)
-    est.inner_optimizer_state_ = optimizer.state()
+    est.inner_optimizer_state_ = optimizer_state
     family.set_state(est)
     est.meta_config_ = est._meta_config()
     run.finish(est)
