@@ -47,7 +47,8 @@ class InnerOptimizer:
         self.lr = float(lr)
         self.net = net
         self.t = 0
-        self._v = None
+        self._v = self._done = None
+        self._done_t = 0
         if kind == "adam":
             self._v = net.workspace(ws.n_tasks, ws.params)
             self._v.params.zero_()
@@ -70,12 +71,34 @@ class InnerOptimizer:
         step = self.lr * math.sqrt(1.0 - ADAM_BETA2**self.t)
         params.addcdiv_(grad, v.sqrt().add_(ADAM_EPSILON), value=-step)
 
-    def state(self, per_slot=True):
-        """The state to continue from: per slot, or averaged over slots; None for SGD."""
+    def mark_done(self):
+        """Remember the state as of now (the end of a meta-iteration), on the device.
+
+        An interruption inside the next meta-iteration then checkpoints this
+        state, not one that is part-way through it.
+        """
+        if self._v is None:
+            return
+        if self._done is None:
+            self._done = self._v.params.clone()
+        else:
+            self._done.copy_(self._v.params)
+        self._done_t = self.t
+
+    def state(self, per_slot=True, done=False):
+        """The state to continue from: per slot, or averaged over slots; None for SGD.
+
+        ``done=True`` gives the state :meth:`mark_done` last remembered.
+        """
         if self._v is None:
             return None
-        v = self.net.all_task_params(self._v) if per_slot else self.net.task_mean(self._v)
-        return {"v": v.detach().cpu().numpy().copy(), "t": self.t}
+        slots, t = self._v, self.t
+        if done and self._done is not None:
+            slots = self.net.workspace(self._v.n_tasks, self._v.params)
+            slots.params.copy_(self._done)
+            t = self._done_t
+        v = self.net.all_task_params(slots) if per_slot else self.net.task_mean(slots)
+        return {"v": v.detach().cpu().numpy().copy(), "t": t}
 
 
 def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_step=None):

@@ -226,6 +226,8 @@ class MetaFitRun:
         """Called after every meta-iteration (numbered over the whole run)."""
         self.iteration = iteration
         self.loss_done.copy_(self.loss_sums)
+        if self.path is not None:
+            self.optimizer.mark_done()
         if self.bar is not None:
             self.bar.update(1)
         if iteration % self.est.monitor_interval == 0 or iteration == self.n_meta_iter:
@@ -295,8 +297,8 @@ class MetaFitRun:
         saved or kept does not depend on the number of ranks.
         """
         if self.group is None or self.optimizer.kind != "adam":
-            return self.optimizer.state(per_slot)
-        state = self.optimizer.state()
+            return self.optimizer.state(per_slot, done=True)
+        state = self.optimizer.state(done=True)
         rows = self.group.gather_rows(torch.as_tensor(state["v"], device=self.device))
         # The mean as the network's task_mean takes it, for one-process results.
         v = rows if per_slot else rows.mean(0)
