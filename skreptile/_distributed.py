@@ -40,12 +40,12 @@ _SEED_PIECES = 4
 class RankFailedError(RuntimeError):
     """Raised on every other rank when one rank of a data-parallel ``meta_fit`` fails.
 
-    Attributes
+    Parameters
     ----------
     rank : int
-        The (lowest) rank that failed.
+        The (lowest) rank that failed (kept as the attribute ``rank``).
     message : str
-        That rank's error, as ``"ExceptionType: message"``.
+        That rank's error, as ``"ExceptionType: message"`` (kept as ``message``).
     """
 
     def __init__(self, rank, message):

@@ -1,7 +1,7 @@
 """Data-parallel meta-training on ``torch.distributed``.
 
 ``meta_fit`` runs data-parallel by itself whenever the default process group
-of :mod:`torch.distributed` holds several processes: run the same script under
+of ``torch.distributed`` holds several processes: run the same script under
 ``torchrun`` (or SLURM, a Kubernetes PyTorchJob, Ray's ``TorchTrainer``), call
 :func:`init_from_env` (or ``torch.distributed.init_process_group`` yourself)
 before ``meta_fit``, and every process adapts its share of each meta-batch.
@@ -10,9 +10,9 @@ process, and the result does not depend on the number of processes.  See the
 user guide's page *Meta-training on several processes*.
 """
 
+import dataclasses
 import datetime
 import os
-from typing import NamedTuple
 
 import torch
 
@@ -25,10 +25,11 @@ __all__ = ["ProcessInfo", "RankFailedError", "init_from_env", "is_main_process",
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
 
 
-class ProcessInfo(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class ProcessInfo:
     """Where this process stands in the process group.
 
-    Attributes
+    Parameters
     ----------
     rank : int
         The process's rank, 0 to ``world_size - 1``.
@@ -43,7 +44,7 @@ class ProcessInfo(NamedTuple):
     rank: int
     world_size: int
     local_rank: int
-    backend: object
+    backend: str | None
 
 
 def _env_int(name, default=None):
