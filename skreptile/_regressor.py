@@ -172,15 +172,19 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         with self._unchanged_on_error():
             self._check_fit_preconditions()
             meta_fitted = self._is_meta_fitted()
-            X, y = validate_data(
-                self,
-                X,
-                y,
-                reset=not meta_fitted,
-                multi_output=True,
-                y_numeric=True,
-                dtype=np.float64,
-            )
+            quick = self._quick_Xy(X, y) if meta_fitted else None
+            if quick is None:
+                X, y = validate_data(
+                    self,
+                    X,
+                    y,
+                    reset=not meta_fitted,
+                    multi_output=True,
+                    y_numeric=True,
+                    dtype=np.float64,
+                )
+            else:
+                X, y = quick
             Y, y_1d = self._encode_targets(y, self.n_outputs_ if meta_fitted else None, "y")
             self._fit(X, Y, y_1d)
         return self
@@ -199,8 +203,23 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             Predictions, in the units of the training targets.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        quick = self._quick_X(X)
+        X = validate_data(self, X, reset=False, dtype=np.float64) if quick is None else quick
         return self._decode(self._outputs(X), self._y_1d, "predict")
+
+    def _quick_Xy(self, X, y):
+        """``(X, y)`` when plainly valid (see :meth:`_quick_X`), else None for ``validate_data``."""
+        if (
+            type(y) is np.ndarray
+            and y.dtype.kind in "fiu"
+            and 1 <= y.ndim <= 2
+            and y.size >= 1
+            and len(y) == len(X)
+            and self._quick_X(X) is not None
+            and (y.dtype.kind != "f" or np.isfinite(y).all())
+        ):
+            return X, y
+        return None
 
     # ------------------------------------------------------ family hooks
     def _scaling_modes(self, input_shape=None):
