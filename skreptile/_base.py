@@ -586,6 +586,15 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 Yq.append(self._encode_query(task[3], task_info, f"Task {i}"))
         return FewShotTasks(Xs, Ys, Xq, Yq if with_query_y else None, info)
 
+    def _quick_tasks(self, X_support, y_support, X_query):
+        """:class:`FewShotTasks` from plainly valid stacked arrays, or None to validate per task.
+
+        A hook: the regressor takes float arrays ``(n_tasks, n, n_features)``
+        without checking each task separately (the per-task checks cost more
+        than adapting the task).
+        """
+        return None
+
     def _task_inputs(self, X, n_features, where):
         """Flat inputs of a held-out task, checked against the meta-learned shape."""
         X = X.reshape(len(X), -1)
@@ -618,18 +627,19 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 device,
             )
 
-            def predict_when_wanted(step, ws, packed=packed, block=block):
+            def predict_when_wanted(step, ws, tasks, packed=packed, block=block):
                 if step not in wanted:
                     return
+                xq = packed.xq[tasks]
                 with torch.no_grad():
                     if context:
                         rows = net.all_task_params(ws)
-                        pred = self._with_support(net, rows, packed.xs, packed.xq)
+                        pred = self._with_support(net, rows, packed.xs[tasks], xq)
                     else:
-                        pred = net.forward_tasks(ws, packed.xq)
+                        pred = net.forward_tasks(ws, xq)
                 pred = pred.cpu().numpy().astype(np.float64)
-                for j, i in enumerate(block):
-                    out[step][i] = pred[j, : packed.query_sizes[j]]
+                for j in range(tasks.start, tasks.stop):
+                    out[step][block[j]] = pred[j - tasks.start, : packed.query_sizes[j]]
 
             work = net.work(len(block), packed.xs.shape[1])
             with fast_cpu_math(device, work, self.n_threads):
@@ -696,7 +706,11 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 "(n_tasks, n_support) and X_query (n_tasks, n_query, ...) with the same n_tasks "
                 "(or lists of one array per task)."
             )
-        tasks = self._prepare_tasks(list(zip(X_support, y_support, X_query)), with_query_y=False)
+        tasks = self._quick_tasks(X_support, y_support, X_query)
+        if tasks is None:
+            tasks = self._prepare_tasks(
+                list(zip(X_support, y_support, X_query)), with_query_y=False
+            )
         scaled = self._adaptation_curve(tasks, [self.adapt_steps])[self.adapt_steps]
         preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
         if len({p.shape for p in preds}) == 1:

@@ -4,7 +4,7 @@ import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseReptile
+from ._base import BaseReptile, FewShotTasks
 from ._docstrings import fill
 
 
@@ -220,6 +220,38 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         ):
             return X, y
         return None
+
+    def _quick_tasks(self, X_support, y_support, X_query):
+        if not all(type(a) is np.ndarray for a in (X_support, y_support, X_query)):
+            return None
+        n_features = self.__dict__.get("n_features_in_", -1)
+        if (
+            X_support.dtype.kind != "f"
+            or X_query.dtype.kind != "f"
+            or y_support.dtype.kind not in "fiu"
+            or X_support.ndim != 3
+            or X_query.ndim != 3
+            or y_support.ndim not in (2, 3)
+            or X_support.shape[2] != n_features
+            or X_query.shape[2] != n_features
+            or y_support.shape[:2] != X_support.shape[:2]
+            or min(X_support.shape[:2]) < 1
+            or X_query.shape[1] < 1
+            or (y_support.ndim == 3 and y_support.shape[2] != self.n_outputs_)
+            or (y_support.ndim == 2 and self.n_outputs_ != 1)
+            or "feature_names_in_" in self.__dict__
+            or not np.isfinite(X_support).all()
+            or not np.isfinite(X_query).all()
+            or not np.isfinite(y_support).all()
+        ):
+            return None
+        Xs = X_support.astype(np.float64, copy=False)
+        Xq = X_query.astype(np.float64, copy=False)
+        Ys = y_support.astype(np.float64, copy=False)
+        y_1d = Ys.ndim == 2
+        if y_1d:
+            Ys = Ys[:, :, None]
+        return FewShotTasks(list(Xs), list(Ys), list(Xq), None, [y_1d] * len(Xs))
 
     # ------------------------------------------------------ family hooks
     def _scaling_modes(self, input_shape=None):
