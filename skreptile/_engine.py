@@ -152,6 +152,35 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     return ws
 
 
+def adapt_from(net, loss, ws, theta, x, y, weight, n_steps, optimizer, loss_sums=None):
+    """Start every task of ``ws`` from ``theta``, :func:`adapt`, and return the tasks' mean weights.
+
+    One Reptile inner loop.  When the tasks run in cache-sized blocks, each
+    block is set to ``theta`` just before its steps and summed into the mean
+    just after, while it is in cache: a meta-batch whose slots outgrow the
+    caches then costs per task what a small one does.
+    """
+    blocks = [(0, ws.n_tasks)]
+    if _fused_sgd(net, optimizer):
+        blocks = task_blocks(net, optimizer, ws.n_tasks, x.shape[-2], x.device)
+    if len(blocks) == 1:
+        net.broadcast(theta, ws)
+        adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums)
+        return net.task_mean(ws)
+    per_step = x.dim() == 4
+    total = torch.zeros_like(theta)
+    for start, stop in blocks:
+        sub = net.block(ws, start, stop)
+        net.broadcast(theta, sub)
+        xb, yb = _task_slice(x, per_step, start, stop), _task_slice(y, per_step, start, stop)
+        wb = _task_slice(weight, per_step, start, stop)
+        _sgd_steps(
+            net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, loss_sums, ws.n_tasks
+        )
+        net.add_task_sum(sub, total)
+    return total.div_(ws.n_tasks)
+
+
 def _sgd_steps(net, loss, ws, x, y, weight, n_steps, lr, per_step, loss_sums, n_total):
     """The fused SGD steps of one block of tasks (see :func:`adapt`)."""
     for step in range(n_steps):
@@ -265,12 +294,13 @@ def meta_train(
             w = weight if isinstance(weight, float) else weight[k]
             if ws.rng is not None:
                 ws.rng.manual_seed(dropout_seed + iteration)
-            net.broadcast(theta, ws)
-            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, loss_sums)
+            mean = adapt_from(
+                net, loss, ws, theta, x[k], y[k], w, inner_steps, optimizer, loss_sums
+            )
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
             # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
             # towards the mean of the adapted weights.  lerp_ does either in one op.
-            theta.lerp_(net.task_mean(ws), step)
+            theta.lerp_(mean, step)
             iteration += 1
             if on_iteration is not None:
                 on_iteration(iteration)

@@ -204,6 +204,11 @@ class BatchedMLP:
             return ws.params
         return torch.cat([view.mean(0).reshape(-1) for view in ws.param_views])
 
+    def add_task_sum(self, ws, total):
+        """Add the sum over the tasks of ``ws`` of their weights to the flat ``total``."""
+        for view, part in zip(ws.param_views, self._split(total)):
+            part.add_(view.sum(0))
+
     def task_params(self, ws, index):
         """The flat weights of one task."""
         return torch.cat([view[index].reshape(-1) for view in ws.param_views])
