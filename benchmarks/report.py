@@ -195,7 +195,8 @@ def write_report(r, path):
     out += [
         "## Throughput",
         "",
-        "Meta-training tasks per second (5 inner steps of 10 points each) against the meta-batch "
+        "Meta-training tasks per second (5 inner steps of 10 points each; median of three runs) "
+        "against the meta-batch "
         "size and the hidden width (two hidden layers), for the default engine (stacked weights, "
         "`bmm`, hand-written backward pass) and for `torch.func.vmap` over `functional_call` "
         "(the engine used for custom `module`s):",
