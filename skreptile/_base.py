@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from sklearn import get_config
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine
-from ._device import fast_cpu_math, resolve_device, seeded_global_rng
+from . import _engine, _lean
+from ._device import SINGLE_THREAD_WORK, fast_cpu_math, resolve_device, seeded_global_rng
 from ._doc_link import url_params
 from ._losses import LOSSES
 from ._meta_fit import run_meta_fit
@@ -47,6 +48,8 @@ BLOCK_TASKS = 1024
 # Rows of one forward pass when query points are predicted one by one with
 # their task's support set (non-transductive batch normalisation).
 PREDICT_ROWS = 1024
+# Parameter names of every estimator class (``_get_param_names`` inspects the signature).
+_PARAM_NAMES = {}
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -56,16 +59,22 @@ def check_adaptation(loss_before, loss_after, lr, stacklevel=4):
     """Fail loudly when adaptation diverged instead of returning garbage predictions.
 
     Non-finite losses raise; a support loss that grew (gradient descent with a
-    step size above the curvature's limit) warns, naming the step size.
+    step size above the curvature's limit) warns, naming the step size.  The
+    losses are tensors, arrays or floats, one value per task.
     """
-    if not bool(torch.isfinite(loss_after).all()):
+    if torch.is_tensor(loss_before):
+        loss_before = loss_before.detach().cpu().numpy()
+    if torch.is_tensor(loss_after):
+        loss_after = loss_after.detach().cpu().numpy()
+    loss_before, loss_after = np.atleast_1d(loss_before), np.atleast_1d(loss_after)
+    if not bool(np.isfinite(loss_after).all()):
         raise FloatingPointError(
             f"Adaptation diverged (non-finite loss on the training points); "
             f"adapt_lr={lr} is likely too large."
         )
     grew = loss_after > 1.5 * loss_before + 1e-6
     if bool(grew.any()):
-        n_grew, n_tasks = int(grew.sum()), grew.numel()
+        n_grew, n_tasks = int(grew.sum()), grew.size
         which = "the task" if n_tasks == 1 else f"{n_grew} of {n_tasks} tasks"
         warnings.warn(
             f"Adaptation increased the loss on the training points of {which} "
@@ -327,9 +336,56 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit
     def _check_fit_preconditions(self):
         """Fail before ``fit`` changes anything: bad parameters, missing device, stale init."""
-        self._validate_params()
+        self._validate_params_once()
         self._device()
         self._check_meta_config()
+
+    def _validate_params_once(self):
+        """``_validate_params``, skipped while the parameters are those last validated.
+
+        scikit-learn validates the parameters at every ``fit`` (about 1 ms);
+        adaptation is called over and over with the same ones.  The values
+        validated last are remembered (the objects themselves: the constraints
+        check types and ranges, which an object keeps for its life, or values
+        that are immutable), and validation runs again when any of them is
+        another object.  ``sklearn.set_config(skip_parameter_validation=True)``
+        skips it altogether, as for scikit-learn's own estimators.
+        """
+        if get_config()["skip_parameter_validation"]:
+            return
+        cls = type(self)
+        names = _PARAM_NAMES.get(cls)
+        if names is None:
+            names = _PARAM_NAMES[cls] = tuple(cls._get_param_names())
+        state = self.__dict__
+        values = tuple(state.get(name) for name in names)
+        cache = state.setdefault("_cache", {})
+        validated = cache.get("validated_params")
+        if validated is not None and all(a is b for a, b in zip(validated, values)):
+            return
+        self._validate_params()
+        cache["validated_params"] = values
+
+    def _quick_X(self, X):
+        """``X`` when it is plainly valid for a fitted model (what ``validate_data`` returns), else None.
+
+        ``validate_data`` costs some 100 microseconds, most of it asking
+        whether ``X`` is a data frame.  A float64 ndarray of finite values with
+        the learned number of features, given to a model that learned no
+        feature names, needs none of it; anything else goes through
+        ``validate_data``, which checks and raises as before.
+        """
+        if (
+            type(X) is np.ndarray
+            and X.dtype == np.float64
+            and X.ndim == 2
+            and X.shape[0] >= 1
+            and X.shape[1] == self.__dict__.get("n_features_in_", -1)
+            and "feature_names_in_" not in self.__dict__
+            and np.isfinite(X).all()
+        ):
+            return X
+        return None
 
     def _fit(self, X, Y, info):
         """Adapt to validated flat ``X`` and encoded 2-D ``Y``; store ``params_``."""
@@ -352,9 +408,26 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             self._cache["net"] = net
             state = None
         device = self._device()
+        lr = self._adapt_lr()
+        if self._lean_fit_possible(net, device, len(X)):
+            with fast_cpu_math(device, 0, self.n_threads):
+                params, before, after = _lean.adapt_one(
+                    net.layer_sizes,
+                    net.activation,
+                    self._loss,
+                    self._lean_theta(),
+                    scaling.x(X).astype(np.float32),
+                    scaling.y(Y).astype(np.float32),
+                    self.adapt_steps,
+                    lr,
+                )
+            check_adaptation(before, after, lr, stacklevel=4)
+            self.params_ = params
+            self.__dict__.pop("support_X_", None)
+            self._set_fit_info(info)
+            return self
         packed = PackedTasks(X[None], Y[None], None, scaling, device)
         theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
-        lr = self._adapt_lr()
         with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
             ws, before, after = _engine.adapt_tasks(
                 net,
@@ -376,6 +449,39 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         self._set_fit_info(info)
         return self
 
+    def _lean_fit_possible(self, net, device, n_points):
+        """Whether ``fit`` can take the lean numpy engine (:mod:`skreptile._lean`).
+
+        For the meta-fitted perceptron with plain SGD on the CPU, when the
+        products are small enough to run on one thread anyway.
+        """
+        return (
+            device.type == "cpu"
+            and isinstance(net, BatchedMLP)
+            and self.inner_optimizer == "sgd"
+            and "meta_params_" in self.__dict__
+            and net.work(1, n_points) < SINGLE_THREAD_WORK
+        )
+
+    def _lean_theta(self):
+        """``meta_params_`` as float32, converted once."""
+        cache = self.__dict__.setdefault("_cache", {})
+        array = self.meta_params_
+        held = cache.get("lean_theta")
+        if held is None or held[0] is not array:
+            held = cache["lean_theta"] = (array, np.asarray(array, dtype=np.float32))
+        return held[1]
+
+    def _lean_layers(self, net):
+        """The adapted weights as float64 ``[W; b]`` blocks, converted once per ``fit``."""
+        cache = self.__dict__.setdefault("_cache", {})
+        array = self.params_
+        held = cache.get("lean_layers")
+        if held is None or held[0] is not array:
+            flat = np.asarray(array, dtype=np.float64)
+            held = cache["lean_layers"] = (array, _lean.LeanMLP.layers_of(net.layer_sizes, flat))
+        return held[1]
+
     def _fit_optimizer_state(self):
         """Adam's state at the end of meta-training, averaged over task slots (or None)."""
         state = getattr(self, "inner_optimizer_state_", None)
@@ -392,8 +498,19 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         check_is_fitted(self)
         self._check_meta_config()
         device, net = self._device(), self._net()
-        params = self._cached_tensor("params_", device)
         scaling = self._scaling()
+        if (
+            device.type == "cpu"
+            and isinstance(net, BatchedMLP)
+            and not hasattr(self, "support_X_")
+            and net.work(1, len(X)) < SINGLE_THREAD_WORK
+        ):
+            # The perceptron predicts in float64 on the CPU (see below), here in numpy.
+            with fast_cpu_math(device, 0, self.n_threads):
+                return _lean.predict_one(
+                    net.activation, self._lean_layers(net), scaling.x(X).astype(np.float64)
+                )
+        params = self._cached_tensor("params_", device)
         x = torch.as_tensor(scaling.x(X), dtype=torch.float32, device=device)
         with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1)), self.n_threads):
             if self._support_context(net) and hasattr(self, "support_X_"):
@@ -477,6 +594,15 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 Yq.append(self._encode_query(task[3], task_info, f"Task {i}"))
         return FewShotTasks(Xs, Ys, Xq, Yq if with_query_y else None, info)
 
+    def _quick_tasks(self, X_support, y_support, X_query):
+        """:class:`FewShotTasks` from plainly valid stacked arrays, or None to validate per task.
+
+        A hook: the regressor takes float arrays ``(n_tasks, n, n_features)``
+        without checking each task separately (the per-task checks cost more
+        than adapting the task).
+        """
+        return None
+
     def _task_inputs(self, X, n_features, where):
         """Flat inputs of a held-out task, checked against the meta-learned shape."""
         X = X.reshape(len(X), -1)
@@ -509,18 +635,19 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 device,
             )
 
-            def predict_when_wanted(step, ws, packed=packed, block=block):
+            def predict_when_wanted(step, ws, tasks, packed=packed, block=block):
                 if step not in wanted:
                     return
+                xq = packed.xq[tasks]
                 with torch.no_grad():
                     if context:
                         rows = net.all_task_params(ws)
-                        pred = self._with_support(net, rows, packed.xs, packed.xq)
+                        pred = self._with_support(net, rows, packed.xs[tasks], xq)
                     else:
-                        pred = net.forward_tasks(ws, packed.xq)
+                        pred = net.forward_tasks(ws, xq)
                 pred = pred.cpu().numpy().astype(np.float64)
-                for j, i in enumerate(block):
-                    out[step][i] = pred[j, : packed.query_sizes[j]]
+                for j in range(tasks.start, tasks.stop):
+                    out[step][block[j]] = pred[j - tasks.start, : packed.query_sizes[j]]
 
             work = net.work(len(block), packed.xs.shape[1])
             with fast_cpu_math(device, work, self.n_threads):
@@ -592,7 +719,11 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 "(n_tasks, n_support) and X_query (n_tasks, n_query, ...) with the same n_tasks "
                 "(or lists of one array per task)."
             )
-        tasks = self._prepare_tasks(list(zip(X_support, y_support, X_query)), with_query_y=False)
+        tasks = self._quick_tasks(X_support, y_support, X_query)
+        if tasks is None:
+            tasks = self._prepare_tasks(
+                list(zip(X_support, y_support, X_query)), with_query_y=False
+            )
         scaled = self._adaptation_curve(tasks, [self.adapt_steps])[self.adapt_steps]
         preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
         if len({p.shape for p in preds}) == 1:

@@ -337,8 +337,12 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
 
     def _logits(self, X):
         check_is_fitted(self)
-        X, _ = flatten_images(X, self.input_shape_)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        quick = self._quick_X(X)
+        if quick is None:
+            X, _ = flatten_images(X, self.input_shape_)
+            X = validate_data(self, X, reset=False, dtype=np.float64)
+        else:
+            X = quick
         return self._decode(self._outputs(X), self.classes_, "logits")
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:

@@ -101,6 +101,32 @@ class InnerOptimizer:
         return {"v": v.detach().cpu().numpy().copy(), "t": t}
 
 
+def _fused_sgd(net, optimizer):
+    """Whether steps can run as :meth:`BatchedMLP.sgd_step` (plain SGD, perceptron)."""
+    return optimizer.kind == "sgd" and hasattr(net, "sgd_step")
+
+
+def task_blocks(net, optimizer, n_tasks, n_points, device):
+    """``(start, stop)`` of the tasks adapted together: cache-sized blocks on the CPU.
+
+    Blocks need the fused SGD step (Adam's state is one flat buffer over all
+    slots; a custom module's dropout stream is one per workspace): otherwise
+    one block of every task.
+    """
+    size = None
+    if _fused_sgd(net, optimizer):
+        size = net.block_size(n_points, device)
+    if size is None or size >= n_tasks:
+        return [(0, n_tasks)]
+    return [(start, min(n_tasks, start + size)) for start in range(0, n_tasks, size)]
+
+
+def _task_slice(a, per_step, start, stop):
+    if isinstance(a, float):
+        return a
+    return a[:, start:stop] if per_step else a[start:stop]
+
+
 def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_step=None):
     """Run ``n_steps`` gradient steps on the per-task weights of workspace ``ws`` in place.
 
@@ -111,8 +137,25 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     step, from the outputs the gradient computes anyway (no host sync).
     ``on_step(step, ws)``, when given, is called before every step and after
     the last (``step == n_steps``), e.g. to predict along the way.
+
+    With plain SGD and the perceptron, each step is one fused pass
+    (:meth:`~skreptile._networks.BatchedMLP.sgd_step`) and, on the CPU, the
+    tasks run in cache-sized blocks (:func:`task_blocks`), each block through
+    all its steps; without ``on_step``, which sees the whole workspace.
     """
     per_step = x.dim() == 4
+    n_tasks = ws.n_tasks
+    if on_step is None and _fused_sgd(net, optimizer):
+        n_points = x.shape[-2]
+        blocks = task_blocks(net, optimizer, n_tasks, n_points, x.device)
+        for start, stop in blocks:
+            sub = ws if len(blocks) == 1 else net.block(ws, start, stop)
+            xb, yb = _task_slice(x, per_step, start, stop), _task_slice(y, per_step, start, stop)
+            wb = _task_slice(weight, per_step, start, stop)
+            _sgd_steps(
+                net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, loss_sums, n_tasks
+            )
+        return ws
     for step in range(n_steps):
         if on_step is not None:
             on_step(step, ws)
@@ -132,10 +175,58 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     return ws
 
 
+def adapt_from(net, loss, ws, theta, x, y, weight, n_steps, optimizer, loss_sums=None):
+    """Start every task of ``ws`` from ``theta``, :func:`adapt`, and return the tasks' mean weights.
+
+    One Reptile inner loop.  When the tasks run in cache-sized blocks, each
+    block is set to ``theta`` just before its steps and summed into the mean
+    just after, while it is in cache: a meta-batch whose slots outgrow the
+    caches then costs per task what a small one does.
+    """
+    blocks = [(0, ws.n_tasks)]
+    if _fused_sgd(net, optimizer):
+        blocks = task_blocks(net, optimizer, ws.n_tasks, x.shape[-2], x.device)
+    if len(blocks) == 1:
+        net.broadcast(theta, ws)
+        adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums)
+        return net.task_mean(ws)
+    per_step = x.dim() == 4
+    total = torch.zeros_like(theta)
+    for start, stop in blocks:
+        sub = net.block(ws, start, stop)
+        net.broadcast(theta, sub)
+        xb, yb = _task_slice(x, per_step, start, stop), _task_slice(y, per_step, start, stop)
+        wb = _task_slice(weight, per_step, start, stop)
+        _sgd_steps(
+            net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, loss_sums, ws.n_tasks
+        )
+        net.add_task_sum(sub, total)
+    return total.div_(ws.n_tasks)
+
+
+def _sgd_steps(net, loss, ws, x, y, weight, n_steps, lr, per_step, loss_sums, n_total):
+    """The fused SGD steps of one block of tasks (see :func:`adapt`)."""
+    for step in range(n_steps):
+        xs, ys, w = x, y, weight
+        if per_step:
+            xs, ys = x[step], y[step]
+            w = weight if isinstance(weight, float) else weight[step]
+        outputs = net.sgd_step(ws, xs, ys, w, loss, lr)
+        if loss_sums is not None:
+            if step == 0:
+                loss_sums[0].add_(loss.value(outputs, ys, w).sum() / n_total)
+            if step == n_steps - 1:
+                loss_sums[1].add_(loss.value(outputs, ys, w).sum() / n_total)
+
+
 def adapt_tasks(
     net, loss, theta, packed, n_steps, optimizer, lr, optimizer_state=None, on_step=None
 ):
     """Adapt one copy of ``theta`` per task of ``packed`` (full batch) and measure it.
+
+    ``on_step(step, ws, tasks)``, when given, is called before every step and
+    after the last with a workspace of the tasks ``tasks`` (a slice of
+    ``packed``'s): the tasks may be adapted in blocks (:func:`task_blocks`).
 
     Returns
     -------
@@ -147,11 +238,34 @@ def adapt_tasks(
     ws = net.workspace(packed.n_tasks, theta)
     net.broadcast(theta, ws)
     inner = InnerOptimizer(optimizer, lr, net, ws, optimizer_state)
+    n_points = packed.xs.shape[1]
+    blocks = task_blocks(net, inner, packed.n_tasks, n_points, packed.xs.device)
+    fused = _fused_sgd(net, inner)
+    before, after = [], []
     with torch.no_grad():
-        loss_before = loss.value(net.forward_tasks(ws, packed.xs), packed.ys, packed.weight)
-        adapt(net, loss, ws, packed.xs, packed.ys, packed.weight, n_steps, inner, on_step=on_step)
-        loss_after = loss.value(net.forward_tasks(ws, packed.xs), packed.ys, packed.weight)
-    return ws, loss_before, loss_after
+        for start, stop in blocks:
+            whole = len(blocks) == 1
+            sub = ws if whole else net.block(ws, start, stop)
+            tasks = slice(start, stop)
+            xs, ys = packed.xs[tasks], packed.ys[tasks]
+            w = _task_slice(packed.weight, False, start, stop)
+            if n_steps == 0 or not fused:
+                before.append(loss.value(net.forward_tasks(sub, xs), ys, w))
+            for step in range(n_steps):
+                if on_step is not None:
+                    on_step(step, sub, tasks)
+                if fused:
+                    # The loss at theta comes from the first step's outputs.
+                    outputs = net.sgd_step(sub, xs, ys, w, loss, lr)
+                    if step == 0:
+                        before.append(loss.value(outputs, ys, w))
+                else:
+                    net.gradient(sub, xs, ys, w, loss)
+                    inner.step(sub.params, sub.grad)
+            if on_step is not None:
+                on_step(n_steps, sub, tasks)
+            after.append(loss.value(net.forward_tasks(sub, xs), ys, w))
+    return ws, torch.cat(before), torch.cat(after)
 
 
 class MetaDiverged(FloatingPointError):
@@ -209,12 +323,14 @@ def meta_train(
             w = weight if isinstance(weight, float) else weight[k]
             if ws.rng is not None:
                 ws.rng.manual_seed(dropout_seed + iteration)
-            net.broadcast(theta, ws)
-            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, inner_losses)
+            mean = adapt_from(
+                net, loss, ws, theta, x[k], y[k], w, inner_steps, optimizer, inner_losses
+            )
+            if reducer is not None:  # every rank's tasks: ws holds this rank's adapted slots
+                mean = reducer.mean(ws)
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
             # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
             # towards the mean of the adapted weights.  lerp_ does either in one op.
-            mean = net.task_mean(ws) if reducer is None else reducer.mean(ws)
             theta.lerp_(mean, step)
             iteration += 1
             if on_iteration is not None:

@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseReptile
+from ._base import BaseReptile, FewShotTasks
 from ._docstrings import fill
 
 if TYPE_CHECKING:
@@ -180,15 +180,19 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         with self._unchanged_on_error():
             self._check_fit_preconditions()
             meta_fitted = self._is_meta_fitted()
-            X, y = validate_data(
-                self,
-                X,
-                y,
-                reset=not meta_fitted,
-                multi_output=True,
-                y_numeric=True,
-                dtype=np.float64,
-            )
+            quick = self._quick_Xy(X, y) if meta_fitted else None
+            if quick is None:
+                X, y = validate_data(
+                    self,
+                    X,
+                    y,
+                    reset=not meta_fitted,
+                    multi_output=True,
+                    y_numeric=True,
+                    dtype=np.float64,
+                )
+            else:
+                X, y = quick
             Y, y_1d = self._encode_targets(y, self.n_outputs_ if meta_fitted else None, "y")
             self._fit(X, Y, y_1d)
         return self
@@ -207,8 +211,55 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             Predictions, in the units of the training targets.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        quick = self._quick_X(X)
+        X = validate_data(self, X, reset=False, dtype=np.float64) if quick is None else quick
         return self._decode(self._outputs(X), self._y_1d, "predict")
+
+    def _quick_Xy(self, X, y):
+        """``(X, y)`` when plainly valid (see :meth:`_quick_X`), else None for ``validate_data``."""
+        if (
+            type(y) is np.ndarray
+            and y.dtype.kind in "fiu"
+            and 1 <= y.ndim <= 2
+            and y.size >= 1
+            and len(y) == len(X)
+            and self._quick_X(X) is not None
+            and (y.dtype.kind != "f" or np.isfinite(y).all())
+        ):
+            return X, y
+        return None
+
+    def _quick_tasks(self, X_support, y_support, X_query):
+        if not all(type(a) is np.ndarray for a in (X_support, y_support, X_query)):
+            return None
+        n_features = self.__dict__.get("n_features_in_", -1)
+        if (
+            X_support.dtype.kind != "f"
+            or X_query.dtype.kind != "f"
+            or y_support.dtype.kind not in "fiu"
+            or X_support.ndim != 3
+            or X_query.ndim != 3
+            or y_support.ndim not in (2, 3)
+            or X_support.shape[2] != n_features
+            or X_query.shape[2] != n_features
+            or y_support.shape[:2] != X_support.shape[:2]
+            or min(X_support.shape[:2]) < 1
+            or X_query.shape[1] < 1
+            or (y_support.ndim == 3 and y_support.shape[2] != self.n_outputs_)
+            or (y_support.ndim == 2 and self.n_outputs_ != 1)
+            or "feature_names_in_" in self.__dict__
+            or not np.isfinite(X_support).all()
+            or not np.isfinite(X_query).all()
+            or not np.isfinite(y_support).all()
+        ):
+            return None
+        Xs = X_support.astype(np.float64, copy=False)
+        Xq = X_query.astype(np.float64, copy=False)
+        Ys = y_support.astype(np.float64, copy=False)
+        y_1d = Ys.ndim == 2
+        if y_1d:
+            Ys = Ys[:, :, None]
+        return FewShotTasks(list(Xs), list(Ys), list(Xq), None, [y_1d] * len(Xs))
 
     # ------------------------------------------------------ family hooks
     def _scaling_modes(self, input_shape=None):

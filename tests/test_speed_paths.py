@@ -1,0 +1,167 @@
+"""The fast paths compute what the general ones do, to float tolerance (issue 14).
+
+* ``fit`` and ``predict`` of the perceptron on the CPU run on the lean numpy
+  engine (:mod:`skreptile._lean`); the general path is the torch engine.
+* Plain SGD steps are fused (:meth:`BatchedMLP.sgd_step`) and many tasks run
+  in cache-sized blocks on the CPU.
+* Parameters are validated once per parameter set, plain arrays skip
+  ``validate_data``.
+"""
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+
+import skreptile._base as base
+import skreptile._networks as networks
+from skreptile import ReptileClassifier, ReptileRegressor, SineTaskSampler
+from skreptile._losses import LOSSES
+from skreptile._networks import BatchedMLP
+
+
+@pytest.fixture(scope="module")
+def sine_model():
+    model = ReptileRegressor(n_meta_iter=300, random_state=0, device="cpu")
+    return model.meta_fit(SineTaskSampler(random_state=0))
+
+
+def _task(seed, n=10):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-5, 5, (n, 1))
+    return x, 2.0 * np.sin(x[:, 0] + rng.uniform(0, 3)), np.linspace(-5, 5, 50)[:, None]
+
+
+def _general_path(monkeypatch):
+    monkeypatch.setattr(base.BaseReptile, "_lean_fit_possible", lambda *args: False)
+    monkeypatch.setattr(base, "SINGLE_THREAD_WORK", 0)  # predict through torch too
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "identity"])
+def test_lean_fit_predict_equals_torch_path(activation, monkeypatch):
+    model = ReptileRegressor(
+        n_meta_iter=50,
+        activation=activation,
+        inner_lr=0.02,
+        adapt_lr=0.01,
+        random_state=0,
+        device="cpu",
+    ).meta_fit(SineTaskSampler(random_state=0))
+    x, y, grid = _task(1)
+    lean = model.fit(x, y)
+    lean_params, lean_pred = lean.params_.copy(), lean.predict(grid)
+    assert lean_params.dtype == np.float32
+    _general_path(monkeypatch)
+    general = model.fit(x, y)
+    np.testing.assert_allclose(lean_params, general.params_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(lean_pred, general.predict(grid), rtol=1e-4, atol=1e-5)
+
+
+def test_lean_classifier_equals_torch_path(monkeypatch):
+    rng = np.random.default_rng(0)
+    tasks = [(rng.normal(size=(10, 3)), np.repeat([0, 1], 5)) for _ in range(20)]
+    model = ReptileClassifier(n_meta_iter=30, random_state=0, device="cpu").meta_fit(tasks)
+    X, y = rng.normal(size=(6, 3)), np.array([3, 7, 3, 7, 3, 7])
+    lean = model.fit(X, y).predict_proba(X)
+    _general_path(monkeypatch)
+    np.testing.assert_allclose(lean, model.fit(X, y).predict_proba(X), rtol=1e-4, atol=1e-6)
+
+
+def test_few_shot_predict_equals_fit_predict_across_blocks(sine_model, monkeypatch):
+    model = sine_model.set_params(adapt_lr=0.02)
+    tasks = [_task(s) for s in range(12)]
+    Xs = np.stack([t[0] for t in tasks])
+    ys = np.stack([t[1] for t in tasks])
+    Xq = np.stack([t[2] for t in tasks])
+    one_block = model.few_shot_predict(Xs, ys, Xq)
+    # Blocks of about 3 tasks: same predictions, to float tolerance.
+    per_task = 4 * (model._net().n_params + 2 * 10 * 128)
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 3 * per_task)
+    blocks = model.few_shot_predict(Xs, ys, Xq)
+    np.testing.assert_allclose(blocks, one_block, rtol=1e-5, atol=1e-5)
+    singly = np.stack([model.fit(x, y).predict(q) for x, y, q in tasks])
+    np.testing.assert_allclose(singly, one_block, rtol=1e-4, atol=1e-4)
+    # A list of tasks (the validated path) gives the same.
+    listed = model.few_shot_predict(list(Xs), list(ys), list(Xq))
+    np.testing.assert_allclose(listed, blocks, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_sgd_step_equals_gradient_then_step():
+    net = BatchedMLP((2, 16, 16, 3), "tanh")
+    theta = net.init_params(torch.Generator().manual_seed(0))
+    x, y = torch.randn(4, 7, 2), torch.randn(4, 7, 3)
+    for loss in LOSSES.values():
+        a, b = net.workspace(4, theta), net.workspace(4, theta)
+        net.broadcast(theta, a)
+        net.broadcast(theta, b)
+        for _ in range(3):
+            out_a = net.gradient(a, x, y, 1 / 7, loss).clone()
+            a.params.add_(a.grad, alpha=-0.1)
+            out_b = net.sgd_step(b, x, y, 1 / 7, loss, 0.1)
+            torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_fit_in_blocks_equals_one_block(monkeypatch):
+    params = dict(n_meta_iter=20, meta_batch_size=8, random_state=0, device="cpu")
+    whole = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1)  # one task a block
+    blocks = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+    np.testing.assert_allclose(blocks.meta_params_, whole.meta_params_, rtol=1e-4, atol=1e-5)
+
+
+def test_adam_keeps_the_general_path():
+    model = ReptileRegressor(
+        n_meta_iter=20, inner_optimizer="adam", inner_lr=0.01, random_state=0, device="cpu"
+    ).meta_fit(SineTaskSampler(random_state=0))
+    assert not model._lean_fit_possible(model._net(), torch.device("cpu"), 10)
+    x, y, grid = _task(2)
+    single = model.fit(x, y).predict(grid)
+    batched = model.few_shot_predict(x[None], y[None], grid[None])[0]
+    np.testing.assert_allclose(single, batched, rtol=1e-4, atol=1e-5)
+
+
+def test_lean_fit_reports_divergence(sine_model):
+    x, y, _ = _task(3)
+    model = sine_model.set_params(adapt_lr=1e4)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        model.fit(x, y)
+    sine_model.set_params(adapt_lr=0.07)
+
+
+def test_parameters_validated_again_when_changed(sine_model):
+    x, y, _ = _task(4)
+    model = sine_model.set_params(adapt_lr=0.07)
+    model.fit(x, y)
+    model.adapt_steps = -1
+    with pytest.raises(InvalidParameterError):
+        model.fit(x, y)
+    model.adapt_steps = 32
+    model.fit(x, y)
+    model.set_params(adapt_lr=-1.0)
+    with pytest.raises(InvalidParameterError):
+        model.fit(x, y)
+    model.set_params(adapt_lr=0.07)
+    with sklearn.config_context(skip_parameter_validation=True):
+        model.fit(x, y)
+
+
+def test_quick_validation_refuses_what_validate_data_refuses(sine_model):
+    x, y, grid = _task(5)
+    model = sine_model.set_params(adapt_lr=0.07).fit(x, y)
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(bad, y)
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(np.zeros((3, 2)))
+    with pytest.raises(ValueError):
+        model.fit(x, y[:-1])
+    # Integers and lists go through validate_data and give the same.
+    np.testing.assert_allclose(
+        model.fit(x.tolist(), y.tolist()).predict(grid.tolist()),
+        model.fit(x, y).predict(grid),
+    )
