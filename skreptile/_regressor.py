@@ -9,8 +9,9 @@ from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseReptile, FewShotTasks
+from ._base import BaseReptile
 from ._docstrings import fill
+from ._few_shot import FewShotTasks
 
 if TYPE_CHECKING:
     from typing_extensions import Self
