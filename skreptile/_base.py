@@ -25,7 +25,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine
+from . import _engine, _selftune
 from ._device import fast_cpu_math, resolve_device, seeded_global_rng
 from ._doc_link import url_params
 from ._losses import LOSSES
@@ -249,8 +249,25 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
     def _scaling(self):
         return Scaling(self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
 
+    def _adapt_lr_param(self):
+        """``adapt_lr`` as given, None meaning the (effective) inner step size."""
+        if self.adapt_lr is None:
+            return self.__dict__.get("inner_lr_", self.inner_lr)
+        return self.adapt_lr
+
     def _adapt_lr(self):
-        return self.inner_lr if self.adapt_lr is None else self.adapt_lr
+        """The adaptation step size: chosen by ``meta_fit`` for ``'auto'``, else ``adapt_lr``."""
+        if _selftune.is_auto(self.adapt_lr):
+            if "adapt_lr_" in self.__dict__:
+                return self.adapt_lr_
+            return _selftune.MONITOR_LR_FACTOR * self.__dict__.get("inner_lr_", self.inner_lr)
+        return self._adapt_lr_param()
+
+    def _adapt_steps(self):
+        """The number of adaptation steps: chosen by ``meta_fit`` for ``'auto'``."""
+        if _selftune.is_auto(self.adapt_steps):
+            return int(self.__dict__.get("adapt_steps_", _selftune.DEFAULT_ADAPT_STEPS))
+        return int(self.adapt_steps)
 
     def _support_context(self, net):
         """Whether query points are predicted in a batch with their support set."""
@@ -353,7 +370,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 LOSSES[self._loss],
                 theta,
                 packed,
-                self.adapt_steps,
+                self._adapt_steps(),
                 self.inner_optimizer,
                 lr,
                 state,
@@ -479,16 +496,17 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             )
         return X
 
-    def _adaptation_curve(self, tasks, steps, init=None):
+    def _adaptation_curve(self, tasks, steps, init=None, lr=None):
         """Scaled query outputs of every task after each number of steps in ``steps``.
 
         ``init`` is the :class:`Initialisation` to adapt from (by default the
-        meta-learned one).  Returns ``{n_steps: list of ndarray (n_query,
+        meta-learned one), ``lr`` the step size (by default the estimator's).  Returns ``{n_steps: list of ndarray (n_query,
         n_outputs)}``; tasks whose adaptation diverged give non-finite outputs,
         which callers judge.
         """
         net, theta, scaling, device, state = init or self._initialisation()
-        loss, lr = LOSSES[self._loss], self._adapt_lr()
+        loss = LOSSES[self._loss]
+        lr = self._adapt_lr() if lr is None else lr
         wanted = sorted({int(s) for s in steps})
         context = self._support_context(net)
         out = {s: [None] * len(tasks) for s in wanted}
@@ -580,7 +598,8 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                 "(or lists of one array per task)."
             )
         tasks = self._prepare_tasks(list(zip(X_support, y_support, X_query)), with_query_y=False)
-        scaled = self._adaptation_curve(tasks, [self.adapt_steps])[self.adapt_steps]
+        steps = self._adapt_steps()
+        scaled = self._adaptation_curve(tasks, [steps])[steps]
         preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
         if len({p.shape for p in preds}) == 1:
             return np.stack(preds)

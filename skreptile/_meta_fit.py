@@ -11,11 +11,12 @@ so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 import numpy as np
 import torch
 
-from . import _engine
+from . import _engine, _selftune, _stepsize
 from ._batches import assemble_chunk, chunk_iterations, task_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
 from ._monitor import EarlyStop, MetaFitRun
+from ._packing import Initialisation
 from ._scaling import Scaling
 from .tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
 
@@ -63,14 +64,67 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature):
 
 
 def run_meta_fit(est, task_sampler, validation_tasks):
-    """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``."""
+    """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``.
+
+    A fresh run that diverges restarts with both step sizes halved, at most
+    ``_stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._stepsize`).
+    """
     est._validate_params()
+    backoffs = 0
+    while True:
+        try:
+            return _run_meta_fit(est, task_sampler, validation_tasks, backoffs)
+        except _Restart:
+            backoffs += 1
+
+
+class _Restart(Exception):
+    """A fresh run diverged: start again with smaller steps."""
+
+
+def _step_sizes(est, net, theta, source, run, device, backoffs):
+    """``(inner_lr, record)``: the inner step size the curvature allows (see ``_stepsize``)."""
+    record = {"inner_lr": float(est.inner_lr), "curvature": None, "backoffs": backoffs}
+    factor = 1.0
+    if est._loss == "squared_error" and est.inner_optimizer == "sgd":
+        tasks = source.statistics_tasks(_stepsize.N_CURVATURE_TASKS)
+        factor, lam = _stepsize.safe_scale(
+            net,
+            LOSSES[est._loss],
+            theta.to(device),
+            tasks,
+            run.scaling,
+            lambda Y: Y,
+            est.inner_lr,
+            est.inner_batch_size,
+            device,
+        )
+        record["curvature"] = lam
+    factor *= 0.5**backoffs
+    record["inner_lr"] = float(est.inner_lr) * factor
+    record["factor"] = factor
+    return record["inner_lr"], record
+
+
+def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
     device = resolve_device(est.device)
-    run = MetaFitRun(est, validation_tasks)
+    saved_seed = MetaFitRun.saved_seed(est)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
-    seed = run.seed if run.seed is not None else seed_from_random_state(est.random_state)
+    seed = saved_seed if saved_seed is not None else seed_from_random_state(est.random_state)
     init_seed, task_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler, family = est._meta_training_tasks(task_sampler)
+    auto_validation, finite = None, False
+    if validation_tasks is None:
+        # Whole tasks held out before any meta-training task is drawn.
+        sampler, auto_validation, finite = _selftune.hold_out(est, sampler, int(task_seed))
+    early_stopping = est.early_stopping
+    if _selftune.is_auto(early_stopping):
+        early_stopping = validation_tasks is not None or finite
+    # Fresh tasks of an infinite sampler are scored at the end only, unless early stopping.
+    monitored = validation_tasks
+    if monitored is None and early_stopping:
+        monitored = auto_validation
+    run = MetaFitRun(est, monitored, early_stopping=bool(early_stopping))
     source = TaskSource(sampler, int(task_seed))
     run.attach(source, seed)
     if run.theta is None:  # a fresh start
@@ -80,13 +134,16 @@ def run_meta_fit(est, task_sampler, validation_tasks):
     n_features, n_outputs = run.signature
     net, theta = est._build_net(n_features, n_outputs, int(init_seed), family.input_shape)
     run.check_weights(net.n_params)
+    # From the initial weights whatever the start, so that a resumed run steps alike.
+    inner_lr, steps_record = _step_sizes(est, net, theta, source, run, device, backoffs)
+    run.adaptation = _monitor_adaptation(est, inner_lr)
     if run.theta is not None:
         theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
     theta = theta.to(device)
     loss = LOSSES[est._loss]
     ws = net.workspace(est.meta_batch_size, theta)
     optimizer = _engine.InnerOptimizer(
-        est.inner_optimizer, est.inner_lr, net, ws, run.optimizer_state
+        est.inner_optimizer, inner_lr, net, ws, run.optimizer_state
     )
     run.bind(net, loss, theta, optimizer, device)
     chunks = _chunks(
@@ -116,10 +173,12 @@ def run_meta_fit(est, task_sampler, validation_tasks):
     except EarlyStop:
         pass
     except _engine.MetaDiverged as exc:
+        if run.start_iter == 0 and backoffs < _stepsize.MAX_BACKOFFS:
+            raise _Restart from None
         raise FloatingPointError(
             f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
             f"{exc.args[0]}. The step sizes are likely too large for this data "
-            f"(inner_lr={est.inner_lr}, meta_lr={est.meta_lr}"
+            f"(inner_lr={inner_lr:.3g} after {backoffs} halvings, meta_lr={est.meta_lr}"
             + (", standardize=False" if not est.standardize else "")
             + "); try smaller values"
             + (" or standardize=True" if not est.standardize else "")
@@ -129,7 +188,51 @@ def run_meta_fit(est, task_sampler, validation_tasks):
         run.interrupted()
         raise
     theta = run.final_theta(theta)
+    choice = _choose_adaptation(
+        est, run, net, theta, device, inner_lr, validation_tasks or auto_validation
+    )
     _set_meta_state(est, net, theta, run, family, source, optimizer, device)
+    est.inner_lr_, est.step_size_info_ = inner_lr, steps_record
+    est.adapt_steps_, est.adapt_lr_, est.adaptation_scores_ = choice
+    return est
+
+
+def _monitor_adaptation(est, inner_lr):
+    """``(steps, lr)`` of the validation during meta-training."""
+    steps = (
+        _selftune.STEP_CANDIDATES if _selftune.is_auto(est.adapt_steps) else (est.adapt_steps,)
+    )
+    if _selftune.is_auto(est.adapt_lr):
+        lr = _selftune.MONITOR_LR_FACTOR * inner_lr
+    else:
+        lr = inner_lr if est.adapt_lr is None else est.adapt_lr
+    return tuple(int(s) for s in steps), float(lr)
+
+
+def _choose_adaptation(est, run, net, theta, device, inner_lr, validation):
+    """``(adapt_steps_, adapt_lr_, adaptation_scores_)`` on the validation tasks."""
+    steps, lr = run.adaptation
+    auto = _selftune.is_auto(est.adapt_steps) or _selftune.is_auto(est.adapt_lr)
+    if not auto or validation is None:
+        fallback = _selftune.DEFAULT_ADAPT_STEPS if len(steps) > 1 else steps[0]
+        return fallback, lr, None
+    tasks = est._prepare_tasks(validation, with_query_y=True, signature=run.signature)
+    init = Initialisation(net, theta, run.scaling, device, run.optimizer.state(per_slot=False))
+    est_view = _AdaptView(est, inner_lr)
+    return _selftune.choose_adaptation(est_view, tasks, init, inner_lr)
+
+
+class _AdaptView:
+    """The estimator as the choice of adaptation sees it: its step size is ``inner_lr_``."""
+
+    def __init__(self, est, inner_lr):
+        self._est, self._inner_lr = est, inner_lr
+
+    def __getattr__(self, name):
+        return getattr(self._est, name)
+
+    def _adapt_lr_param(self):
+        return self._inner_lr if self._est.adapt_lr is None else self._est.adapt_lr
 
 
 def _set_meta_state(est, net, theta, run, family, source, optimizer, device):

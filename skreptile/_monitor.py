@@ -53,8 +53,11 @@ class MetaFitRun:
     continue from, with ``scaling``, ``signature`` and the optimiser's state.
     """
 
-    def __init__(self, est, validation_tasks):
+    def __init__(self, est, validation_tasks, early_stopping=None):
         self.est = est
+        self.early_stopping = est.early_stopping if early_stopping is None else early_stopping
+        # (steps, step size) of the validation adaptation; the minimum over steps counts.
+        self.adaptation = None
         self.source = None
         self.n_meta_iter = est.n_meta_iter
         self.validation = validation_tasks
@@ -68,7 +71,7 @@ class MetaFitRun:
                     "y_query) tuples, such as skreptile.evaluation.split_support_query "
                     f"returns: {exc}"
                 ) from exc
-        if est.early_stopping and validation_tasks is None:
+        if self.early_stopping and validation_tasks is None:
             raise ValueError(
                 "early_stopping=True needs validation tasks: pass validation_tasks to meta_fit, "
                 "for example skreptile.evaluation.split_support_query(held_out_tasks, n_support)."
@@ -91,6 +94,17 @@ class MetaFitRun:
             _checkpoint.check_checkpoint_path(self.path)
             if os.path.exists(self.path):
                 self.saved = _checkpoint.load_run_state(self.path)
+
+    @staticmethod
+    def saved_seed(est):
+        """The seed of the checkpoint ``meta_fit`` will resume from, or None."""
+        if est.checkpoint_path is None:
+            return None
+        path = os.fspath(est.checkpoint_path)
+        _checkpoint.check_checkpoint_path(path)
+        if not os.path.exists(path):
+            return None
+        return int(_checkpoint.load_run_state(path)["seed"])
 
     @property
     def seed(self):
@@ -243,13 +257,15 @@ class MetaFitRun:
         if self.validation is not None:
             loss = self._validate()
             entry["validation_loss"] = loss
-            if self.best is None or loss < self.best["loss"]:
-                theta = self.theta_t.detach().cpu().numpy().copy()
-                self.best = {"loss": loss, "iteration": iteration, "theta": theta}
+            tol = getattr(self.est, "tol", 0.0) or 0.0
+            if self.best is None or loss < self.best["loss"] * (1.0 - tol):
                 self.bad_rounds = 0
             else:
                 self.bad_rounds += 1
-                stop = self.est.early_stopping and self.bad_rounds >= self.est.n_iter_no_change
+            if self.best is None or loss < self.best["loss"]:
+                theta = self.theta_t.detach().cpu().numpy().copy()
+                self.best = {"loss": loss, "iteration": iteration, "theta": theta}
+            stop = self.early_stopping and self.bad_rounds >= self.est.n_iter_no_change
         for key, values in self.history.items():
             values.append(entry.get(key, math.nan))
         if self.bar is not None:
@@ -269,11 +285,15 @@ class MetaFitRun:
         init = Initialisation(
             self.net, self.theta_t, self.scaling, self.device, self.optimizer.state(per_slot=False)
         )
-        scaled = est._adaptation_curve(self.tasks, [est.adapt_steps], init)[est.adapt_steps]
-        with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
-            losses = est._query_losses(self.tasks, scaled, self.scaling)
-        loss = float(np.mean(losses))
-        return loss if math.isfinite(loss) else math.inf
+        steps, lr = self.adaptation or ([est._adapt_steps()], est._adapt_lr())
+        curve = est._adaptation_curve(self.tasks, steps, init, lr=lr)
+        best = math.inf
+        for s in steps:
+            with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
+                loss = float(np.mean(est._query_losses(self.tasks, curve[s], self.scaling)))
+            if math.isfinite(loss):
+                best = min(best, loss)
+        return best
 
     # -- checkpoints and the end -------------------------------------------
     def save(self, iteration):
@@ -322,7 +342,7 @@ class MetaFitRun:
 
     def final_theta(self, theta):
         """The weights to keep: the best validated ones with early stopping, else ``theta``."""
-        if self.est.early_stopping and self.best is not None:
+        if self.early_stopping and self.best is not None:
             return torch.as_tensor(self.best["theta"], device=theta.device)
         return theta
 

@@ -1,7 +1,10 @@
 """ReptileRegressor: few-shot regression from a meta-learned initialisation."""
 
+from numbers import Integral, Real
+
 import numpy as np
 from sklearn.base import RegressorMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseReptile
@@ -107,15 +110,18 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         inner_batch_size=10,
         inner_lr=0.1,
         inner_optimizer="sgd",
-        adapt_steps=32,
-        adapt_lr=0.07,
+        adapt_steps="auto",
+        adapt_lr="auto",
         standardize=True,
         transductive=False,
         device="auto",
         n_threads="auto",
         random_state=None,
         verbose=0,
-        early_stopping=False,
+        early_stopping="auto",
+        validation_fraction=0.2,
+        n_support=None,
+        tol=1e-3,
         n_iter_no_change=10,
         monitor_interval=100,
         warm_start=False,
@@ -142,11 +148,24 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.random_state = random_state
         self.verbose = verbose
         self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_support = n_support
+        self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.monitor_interval = monitor_interval
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
+
+    _parameter_constraints = {
+        **BaseReptile._parameter_constraints,
+        "adapt_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "adapt_lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"}), None],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left"), None],
+        "n_support": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, 1, closed="left")],
+    }
 
     def fit(self, X, y):
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.

@@ -264,3 +264,22 @@ class GroupTaskSampler(TaskSampler):
             f"GroupTaskSampler(n_groups={self.n_groups_}, n_points={self.n_points!r}, "
             f"small_groups={self.small_groups!r}, random_state={self.random_state!r})"
         )
+
+    def _split_groups(self, held_out):
+        """``(sampler of the other groups, list of the held-out groups' (X, y))``.
+
+        ``held_out`` indexes ``groups_``.  The returned sampler shares nothing
+        mutable with this one; its tasks are whole groups, never a part of one.
+        """
+        held = np.zeros(self.n_groups_, dtype=bool)
+        held[np.asarray(held_out, dtype=np.intp)] = True
+        tasks = self.tasks()
+        kept = [t for t, h in zip(tasks, held) if not h]
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.groups_ = self.groups_[~held]
+        new.group_sizes_ = self.group_sizes_[~held]
+        new._X = np.ascontiguousarray(np.concatenate([X for X, _ in kept]))
+        new._y = np.ascontiguousarray(np.concatenate([y for _, y in kept]))
+        new._starts = np.concatenate([[0], np.cumsum(new.group_sizes_)[:-1]]).astype(np.intp)
+        return new, [t for t, h in zip(tasks, held) if h]
