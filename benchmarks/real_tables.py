@@ -37,7 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("SKREPTILE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DATA = Path(
+    os.environ.get(
+        "SKREPTILE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
+)
 GROUPED = DATA / "grouped-tables"
 
 
@@ -56,7 +60,15 @@ def load_txhousing():
 
 def load_barrero_maize():
     df = _frame("barrero_maize.csv")
-    cols = ["daystoflower", "plantheight", "earheight", "population", "lodged", "moisture", "testweight"]
+    cols = [
+        "daystoflower",
+        "plantheight",
+        "earheight",
+        "population",
+        "lodged",
+        "moisture",
+        "testweight",
+    ]
     df = df.dropna(subset=cols + ["yield"])
     return df[cols].astype(float), df["yield"].to_numpy(float), df["env"].astype(str).to_numpy()
 

@@ -82,27 +82,10 @@ class _Restart(Exception):
     """A fresh run diverged: start again with smaller steps."""
 
 
-def _step_sizes(est, net, theta, source, run, device, backoffs):
-    """``(inner_lr, record)``: the inner step size the curvature allows (see ``_stepsize``)."""
-    record = {"inner_lr": float(est.inner_lr), "curvature": None, "backoffs": backoffs}
-    factor = 1.0
-    if est._loss == "squared_error" and est.inner_optimizer == "sgd":
-        tasks = source.statistics_tasks(_stepsize.N_CURVATURE_TASKS)
-        factor, lam = _stepsize.safe_scale(
-            net,
-            LOSSES[est._loss],
-            theta.to(device),
-            tasks,
-            run.scaling,
-            lambda Y: Y,
-            est.inner_lr,
-            est.inner_batch_size,
-            device,
-        )
-        record["curvature"] = lam
-    factor *= 0.5**backoffs
-    record["inner_lr"] = float(est.inner_lr) * factor
-    record["factor"] = factor
+def _step_sizes(est, backoffs):
+    """``(inner_lr, record)``: the inner step size after ``backoffs`` halvings (see ``_stepsize``)."""
+    factor = 0.5**backoffs
+    record = {"inner_lr": float(est.inner_lr) * factor, "backoffs": backoffs, "factor": factor}
     return record["inner_lr"], record
 
 
@@ -134,17 +117,14 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
     n_features, n_outputs = run.signature
     net, theta = est._build_net(n_features, n_outputs, int(init_seed), family.input_shape)
     run.check_weights(net.n_params)
-    # From the initial weights whatever the start, so that a resumed run steps alike.
-    inner_lr, steps_record = _step_sizes(est, net, theta, source, run, device, backoffs)
+    inner_lr, steps_record = _step_sizes(est, backoffs)
     run.adaptation = _monitor_adaptation(est, inner_lr)
     if run.theta is not None:
         theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
     theta = theta.to(device)
     loss = LOSSES[est._loss]
     ws = net.workspace(est.meta_batch_size, theta)
-    optimizer = _engine.InnerOptimizer(
-        est.inner_optimizer, inner_lr, net, ws, run.optimizer_state
-    )
+    optimizer = _engine.InnerOptimizer(est.inner_optimizer, inner_lr, net, ws, run.optimizer_state)
     run.bind(net, loss, theta, optimizer, device)
     chunks = _chunks(
         est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature
@@ -199,9 +179,7 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
 
 def _monitor_adaptation(est, inner_lr):
     """``(steps, lr)`` of the validation during meta-training."""
-    steps = (
-        _selftune.STEP_CANDIDATES if _selftune.is_auto(est.adapt_steps) else (est.adapt_steps,)
-    )
+    steps = _selftune.STEP_CANDIDATES if _selftune.is_auto(est.adapt_steps) else (est.adapt_steps,)
     if _selftune.is_auto(est.adapt_lr):
         lr = _selftune.MONITOR_LR_FACTOR * inner_lr
     else:

@@ -1,0 +1,86 @@
+"""Self-tuning: step-size back-off, held-out validation tasks, 'auto' adaptation."""
+
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV
+
+from skreptile import GroupTaskSampler, ReptileRegressor
+
+
+def correlated_table(p=50, n_groups=40, n_rows=30, seed=0):
+    """A table of ``p`` strongly correlated, heavy-tailed features and a group offset."""
+    rng = np.random.default_rng(seed)
+    n = n_groups * n_rows
+    z = rng.lognormal(sigma=1.0, size=(n, 1))
+    X = z * (1 + 0.1 * rng.normal(size=(n, p)))
+    g = np.repeat(np.arange(n_groups), n_rows)
+    y = np.log(z[:, 0]) + rng.normal(size=n_groups)[g] + 0.2 * rng.normal(size=n)
+    return X, y, g
+
+
+def test_defaults_do_not_diverge_on_50_correlated_features():
+    X, y, g = correlated_table()
+    model = ReptileRegressor(random_state=0, n_meta_iter=1000)
+    model.meta_fit(GroupTaskSampler(X, y, g))
+    assert np.isfinite(model.meta_params_).all()
+    # Whole groups were held out: 20% of 40 groups, split 4 ways each.
+    assert "validation_loss" in model.history_
+    assert np.isfinite(model.best_validation_loss_)
+    assert model.adapt_steps_ in (0, 1, 2, 4, 8, 16, 32, 64, 128)
+    Xs, ys = X[g == 0][:5], y[g == 0][:5]
+    pred = model.fit(Xs, ys).predict(X[g == 0][5:])
+    assert np.isfinite(pred).all()
+
+
+def test_diverging_step_size_backs_off():
+    X, y, g = correlated_table(p=5)
+    model = ReptileRegressor(
+        random_state=0, n_meta_iter=200, inner_lr=20.0, hidden_layer_sizes=(16,)
+    )
+    model.meta_fit(GroupTaskSampler(X, y, g))
+    assert model.step_size_info_["backoffs"] >= 1
+    assert model.inner_lr_ == pytest.approx(20.0 * 0.5 ** model.step_size_info_["backoffs"])
+    assert np.isfinite(model.meta_params_).all()
+
+
+def test_held_out_groups_are_not_meta_trained_on():
+    X, y, g = correlated_table(p=3, n_groups=20)
+    sampler = GroupTaskSampler(X, y, g)
+    train, held = sampler._split_groups([0, 5])
+    assert train.n_groups_ == 18 and len(held) == 2
+    assert not np.isin([0, 5], train.groups_).any()
+    np.testing.assert_array_equal(held[0][0], X[g == 0])
+
+
+def test_auto_adaptation_is_recorded_and_explicit_values_win():
+    X, y, g = correlated_table(p=3, n_groups=20)
+    model = ReptileRegressor(random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,))
+    model.meta_fit(
+        GroupTaskSampler(X, y, g),
+    )
+    assert model.adapt_lr_ > 0 and model.adaptation_scores_
+    model.fit(X[:5], y[:5])
+    fixed = ReptileRegressor(
+        random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,), adapt_steps=3, adapt_lr=0.01
+    ).meta_fit(GroupTaskSampler(X, y, g))
+    assert fixed._adapt_steps() == 3 and fixed._adapt_lr() == 0.01
+    search = GridSearchCV(model, {"adapt_steps": [1, 8]}, cv=2).fit(X[:20], y[:20])
+    assert search.best_params_["adapt_steps"] in (1, 8)
+
+
+def test_early_stopping_auto_is_off_for_infinite_samplers():
+    from skreptile import SineTaskSampler
+
+    model = ReptileRegressor(random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,))
+    model.meta_fit(SineTaskSampler(random_state=0))
+    assert model.n_meta_iter_ == 200
+    assert model.adaptation_scores_ is not None  # chosen on fresh held-out sine tasks
+
+
+def test_validation_fraction_none_keeps_every_task():
+    X, y, g = correlated_table(p=3, n_groups=20)
+    model = ReptileRegressor(
+        random_state=0, n_meta_iter=100, hidden_layer_sizes=(16,), validation_fraction=None
+    ).meta_fit(GroupTaskSampler(X, y, g))
+    assert "validation_loss" not in model.history_
+    assert model.adapt_steps_ == 32
