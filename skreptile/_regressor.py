@@ -48,13 +48,20 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         per meta-iteration, 1.0 moves ``theta`` to the mean of their adapted
         weights; the serial algorithm of the paper uses 0.1.
     {shared_meta}
-    adapt_steps : int, default=32
-        Full-batch gradient steps taken by :meth:`fit`.
-    adapt_lr : float or None, default=0.07
-        Step size of :meth:`fit`; None uses ``inner_lr``.  The default is a
-        little below ``inner_lr`` because adaptation takes more full-batch steps
-        on fewer points than the inner loop; a smaller step stays stable there
-        even from a briefly meta-trained initialisation (see the benchmarks).
+    adapt_steps : int or "auto", default="auto"
+        Full-batch gradient steps taken by :meth:`fit`.  "auto" chooses, after
+        :meth:`meta_fit`, among 0, 1, 2, 4, ..., 128 the number with the
+        smallest query error on the held-out validation tasks (see
+        ``validation_fraction``), from one batched adaptation curve per
+        candidate step size; ``adapt_steps_`` records it (32 without
+        validation tasks).  Not a meta-shaping parameter: explicit values can
+        be searched with ``GridSearchCV`` on a meta-fitted model.
+    adapt_lr : float, "auto" or None, default="auto"
+        Step size of :meth:`fit`; None uses ``inner_lr_``.  "auto" chooses it
+        with ``adapt_steps`` among 0.25, 0.5, 0.7 and 1 times ``inner_lr_``
+        (the meta-training step size after any back-off), so it follows the
+        data too; ``adapt_lr_`` records it (0.7 ``inner_lr_`` without
+        validation tasks).
     standardize : bool, default=True
         Standardise inputs and targets with statistics of the meta-training tasks
         (or of the data given to ``fit`` when not meta-fitted), undone at predict.
@@ -62,6 +69,16 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
 
     Attributes
     ----------
+    inner_lr_ : float
+        The inner step size meta-training ran with: ``inner_lr`` halved once
+        per restart after a divergence (see Notes).
+    step_size_info_ : dict
+        ``{"inner_lr", "backoffs", "factor"}`` of that rule.
+    adapt_steps_, adapt_lr_ : int, float
+        The adaptation chosen on the validation tasks (or given).
+    adaptation_scores_ : dict or None
+        Mean validation query error for every candidate step size (keys) after
+        0, 1, 2, ..., 128 steps (values), when "auto" chose.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Target standardisation.
     n_outputs_ : int
@@ -79,6 +96,13 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
 
     Notes
     -----
+    Step sizes follow the data: the weights are checked every 100
+    meta-iterations, and a fresh run whose weights stop being finite restarts
+    from its initial weights with ``inner_lr`` halved (at most 6 times); with
+    ``adapt_lr="auto"`` the adaptation step size is a multiple of the
+    resulting ``inner_lr_``.  So defaults do not diverge on standardised
+    tables whatever the number or correlation of the features.
+
     {shared_notes}
 
     Examples
