@@ -168,7 +168,8 @@ EARLY_STOPPING_AUTO = """\
         when there are validation tasks held out from a finite set of tasks
         (``validation_fraction``) or given as ``validation_tasks``: a few dozen
         tasks are overfitted by a long run.  With an infinite sampler every
-        task is new, and "auto" runs all ``n_meta_iter`` iterations.
+        task is new, and "auto" runs all ``n_meta_iter`` iterations (as it
+        does with ``warm_start=True``, which continues one run).
     validation_fraction : float in [0, 1) or None, default=0.2
         Share of the tasks of a finite sampler (a sequence of tasks, a
         :class:`~skreptile.GroupTaskSampler`) held out, as whole tasks, before

@@ -102,7 +102,8 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
         sampler, auto_validation, finite = _selftune.hold_out(est, sampler, int(task_seed))
     early_stopping = est.early_stopping
     if _selftune.is_auto(early_stopping):
-        early_stopping = validation_tasks is not None or finite
+        # A warm start continues the run to n_meta_iter, as one run would.
+        early_stopping = (validation_tasks is not None or finite) and not est.warm_start
     # Fresh tasks of an infinite sampler are scored at the end only, unless early stopping.
     monitored = validation_tasks
     if monitored is None and early_stopping:
