@@ -13,13 +13,18 @@ by their loss, how they encode targets and how they read predictions
 (``_encode_targets`` and ``_decode``).
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import warnings
+from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -42,6 +47,9 @@ BLOCK_TASKS = 1024
 # Rows of one forward pass when query points are predicted one by one with
 # their task's support set (non-transductive batch normalisation).
 PREDICT_ROWS = 1024
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def check_adaptation(loss_before, loss_after, lr, stacklevel=4):
@@ -304,7 +312,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         return {}
 
     # ------------------------------------------------------------- meta_fit
-    def meta_fit(self, task_sampler, validation_tasks=None):
+    def meta_fit(self, task_sampler: Any, validation_tasks: Sequence | None = None) -> Self:
         """Meta-learn an initialisation from tasks drawn from ``task_sampler``.
 
         Parameters
@@ -439,7 +447,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             out.append(per_task(params, batch)[:, :, -1])
         return torch.cat(out, dim=1)
 
-    def torch_module(self):
+    def torch_module(self) -> torch.nn.Module:
         """The adapted network as a plain ``torch.nn.Module`` on the CPU.
 
         Returns
@@ -565,7 +573,12 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
             for s in range(0, len(group), per_block)
         ]
 
-    def few_shot_predict(self, X_support, y_support, X_query):
+    def few_shot_predict(
+        self,
+        X_support: Sequence[ArrayLike] | np.ndarray,
+        y_support: Sequence[ArrayLike] | np.ndarray,
+        X_query: Sequence[ArrayLike] | np.ndarray,
+    ) -> np.ndarray | list[np.ndarray]:
         """Adapt to many new tasks at once and predict their query points.
 
         Equivalent to ``fit(X_support[t], y_support[t]).predict(X_query[t])``

@@ -1,7 +1,12 @@
 """ReptileClassifier: few-shot classification from a meta-learned initialisation."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -10,6 +15,9 @@ from ._base import BaseReptile
 from ._docstrings import fill
 from ._images import ImageInput, accepts_input_shape, flatten_images, normalise_shape
 from ._labels import ClassTasks, ImageTasks, encode_labels
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def _softmax(logits):
@@ -277,7 +285,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.classes_ = classes
 
     # ------------------------------------------------------------ fit / predict
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Adapt the meta-learned initialisation to the labelled examples ``(X, y)``.
 
         Every call starts again from the initialisation learned by
@@ -301,7 +309,11 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         with self._unchanged_on_error():
             self._check_fit_preconditions()
             meta_fitted = self._is_meta_fitted()
-            expected = self.input_shape_ if meta_fitted else normalise_shape(self.input_shape)
+            expected = (
+                self.__dict__.get("input_shape_")
+                if meta_fitted
+                else normalise_shape(self.input_shape)
+            )
             X, shape = flatten_images(X, expected)
             X, y = validate_data(self, X, y, reset=not meta_fitted, dtype=np.float64)
             check_classification_targets(y)
@@ -315,7 +327,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
             try:
                 self._fit(X, Y, classes)
             except ValueError as exc:
-                if len(X) < 2 and "more than 1 value per channel" in str(exc):
+                if np.shape(X)[0] < 2 and "more than 1 value per channel" in str(exc):
                     raise ValueError(
                         "The network normalises over the batch and cannot fit 1 sample; "
                         "give at least 2."
@@ -329,7 +341,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return self._decode(self._outputs(X), self.classes_, "logits")
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Return class probabilities from the adapted network.
 
         Parameters
@@ -344,7 +356,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         """
         return _softmax(self._logits(X))
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Return the logarithms of :meth:`predict_proba`, computed stably.
 
         Parameters
@@ -359,7 +371,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         """
         return _log_softmax(self._logits(X))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Classify with the adapted network.
 
         Parameters

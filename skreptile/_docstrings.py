@@ -40,7 +40,7 @@ BLOCKS = {
         A device that is not available is reported by :meth:`meta_fit` and
         :meth:`fit`, not when the estimator is created.
     n_threads : int, "auto" or None, default="auto"
-        torch CPU threads of every call (:meth:`meta_fit`, :meth:`fit`,
+        The torch CPU threads of every call (:meth:`meta_fit`, :meth:`fit`,
         :meth:`predict`, ...), restored when the call returns.  "auto" runs
         calls whose matrix products are small (under 2**23 multiply-adds, as
         for the default networks) on one thread, which is as fast on a quiet

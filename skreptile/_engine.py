@@ -47,7 +47,8 @@ class InnerOptimizer:
         self.lr = float(lr)
         self.net = net
         self.t = 0
-        self._v = None
+        self._v = self._done = None
+        self._done_t = 0
         if kind == "adam":
             self._v = net.workspace(ws.n_tasks, ws.params)
             self._v.params.zero_()
@@ -70,12 +71,34 @@ class InnerOptimizer:
         step = self.lr * math.sqrt(1.0 - ADAM_BETA2**self.t)
         params.addcdiv_(grad, v.sqrt().add_(ADAM_EPSILON), value=-step)
 
-    def state(self, per_slot=True):
-        """The state to continue from: per slot, or averaged over slots; None for SGD."""
+    def mark_done(self):
+        """Remember the state as of now (the end of a meta-iteration), on the device.
+
+        An interruption inside the next meta-iteration then checkpoints this
+        state, not one that is part-way through it.
+        """
+        if self._v is None:
+            return
+        if self._done is None:
+            self._done = self._v.params.clone()
+        else:
+            self._done.copy_(self._v.params)
+        self._done_t = self.t
+
+    def state(self, per_slot=True, done=False):
+        """The state to continue from: per slot, or averaged over slots; None for SGD.
+
+        ``done=True`` gives the state :meth:`mark_done` last remembered.
+        """
         if self._v is None:
             return None
-        v = self.net.all_task_params(self._v) if per_slot else self.net.task_mean(self._v)
-        return {"v": v.detach().cpu().numpy().copy(), "t": self.t}
+        slots, t = self._v, self.t
+        if done and self._done is not None:
+            slots = self.net.workspace(self._v.n_tasks, self._v.params)
+            slots.params.copy_(self._done)
+            t = self._done_t
+        v = self.net.all_task_params(slots) if per_slot else self.net.task_mean(slots)
+        return {"v": v.detach().cpu().numpy().copy(), "t": t}
 
 
 def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_step=None):
@@ -159,6 +182,7 @@ def meta_train(
     on_iteration=None,
     loss_sums=None,
     dropout_seed=0,
+    reducer=None,
 ):
     """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
 
@@ -170,22 +194,28 @@ def meta_train(
     whatever ``start_iter``, so a resumed or warm-started run follows the
     schedule of one uninterrupted run.  ``theta`` always holds the weights after
     the last completed meta-iteration, so an interruption leaves it usable.
-    Returns the number of meta-iterations completed.  The dropout masks of
+    ``reducer``, in a data-parallel run (:mod:`skreptile._distributed`), holds
+    this rank's share of the meta-batch in ``ws`` and replaces the task mean
+    by the mean over every rank's tasks (one all-reduce); the losses of each
+    iteration then go through it into ``loss_sums``.  The dropout masks of
     iteration ``i`` (for modules with random layers) are seeded by
     ``dropout_seed + i``, so that they too are those of one uninterrupted run.
+    Returns the number of meta-iterations completed.
     """
     iteration = start_iter
+    inner_losses = loss_sums if reducer is None else reducer.loss_step
     for x, y, weight in chunks:
         for k in range(x.shape[0]):
             w = weight if isinstance(weight, float) else weight[k]
             if ws.rng is not None:
                 ws.rng.manual_seed(dropout_seed + iteration)
             net.broadcast(theta, ws)
-            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, loss_sums)
+            adapt(net, loss, ws, x[k], y[k], w, inner_steps, optimizer, inner_losses)
             step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
             # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
             # towards the mean of the adapted weights.  lerp_ does either in one op.
-            theta.lerp_(net.task_mean(ws), step)
+            mean = net.task_mean(ws) if reducer is None else reducer.mean(ws)
+            theta.lerp_(mean, step)
             iteration += 1
             if on_iteration is not None:
                 on_iteration(iteration)

@@ -11,7 +11,7 @@ so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 import numpy as np
 import torch
 
-from . import _engine, _selftune, _stepsize
+from . import _distributed, _engine, _fingerprints, _selftune, _stepsize
 from ._batches import assemble_chunk, chunk_iterations, task_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
@@ -35,8 +35,14 @@ def _statistics(est, source, family):
     return Scaling.fit(X, Y, inputs=inputs, targets=targets)
 
 
-def _chunks(est, source, scaling, device, start, n_meta_iter, signature):
-    """Device tensors of inner minibatches, a chunk of meta-iterations at a time."""
+def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=None):
+    """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
+
+    ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
+    in a data-parallel run).  Every rank draws the whole block, so that task
+    ``j`` of an iteration is the same whatever the number of ranks, and moves
+    only its own tasks to the device.
+    """
     T, S, B = est.meta_batch_size, est.inner_steps, est.inner_batch_size
     per_chunk = chunk_iterations(T, S, B, *signature)
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
@@ -55,6 +61,10 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature):
                 else minibatches[first : first + n * T]
             )
             x, y, weight = assemble_chunk(part, T)
+            if slots is not None:
+                mine = lambda a: np.ascontiguousarray(a[:, :, slots[0] : slots[1]])  # noqa: E731
+                x, y = mine(x), mine(y)
+                weight = weight if isinstance(weight, float) else mine(weight)
             iteration += n
             yield (
                 as_tensor(scaling.x(x)),
@@ -68,14 +78,22 @@ def run_meta_fit(est, task_sampler, validation_tasks):
 
     A fresh run that diverges restarts with both step sizes halved, at most
     ``_stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._stepsize`).
+
+    When the default process group of ``torch.distributed`` holds several
+    ranks, every rank runs this with the same arguments and adapts its share
+    of each meta-batch (:mod:`skreptile._distributed`).  The weights are the
+    same on every rank, so a divergence (and its restart) happens on all.
     """
     est._validate_params()
-    backoffs = 0
-    while True:
-        try:
-            return _run_meta_fit(est, task_sampler, validation_tasks, backoffs)
-        except _Restart:
-            backoffs += 1
+    device = resolve_device(est.device)
+    group = _distributed.current_group(device)
+    with _distributed.guard(group):
+        backoffs = 0
+        while True:
+            try:
+                return _run(est, task_sampler, validation_tasks, device, group, backoffs)
+            except _Restart:
+                backoffs += 1
 
 
 class _Restart(Exception):
@@ -89,11 +107,13 @@ def _step_sizes(est, backoffs):
     return record["inner_lr"], record
 
 
-def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
-    device = resolve_device(est.device)
-    saved_seed = MetaFitRun.saved_seed(est)
+def _run(est, task_sampler, validation_tasks, device, group, backoffs):
+    writer = group is None or group.rank == 0
+    saved_seed = MetaFitRun.saved_seed(est, writer)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
     seed = saved_seed if saved_seed is not None else seed_from_random_state(est.random_state)
+    if group is not None:
+        seed = group.agree_seed(seed)  # random_state=None draws a seed per process
     init_seed, task_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler, family = est._meta_training_tasks(task_sampler)
     auto_validation, finite = None, False
@@ -108,7 +128,7 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
     monitored = validation_tasks
     if monitored is None and early_stopping:
         monitored = auto_validation
-    run = MetaFitRun(est, monitored, early_stopping=bool(early_stopping))
+    run = MetaFitRun(est, monitored, group, early_stopping=bool(early_stopping))
     source = TaskSource(sampler, int(task_seed))
     run.attach(source, seed)
     if run.theta is None:  # a fresh start
@@ -124,15 +144,28 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
         theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
     theta = theta.to(device)
     loss = LOSSES[est._loss]
-    ws = net.workspace(est.meta_batch_size, theta)
-    optimizer = _engine.InnerOptimizer(est.inner_optimizer, inner_lr, net, ws, run.optimizer_state)
+    n_slots, slots, optimizer_state = est.meta_batch_size, None, run.optimizer_state
+    if group is not None:
+        slots = group.share(est.meta_batch_size)
+        n_slots = slots[1] - slots[0]
+        # Adam's state is saved one row per slot of the whole meta-batch: take ours.
+        optimizer_state = group.local_rows(optimizer_state)
+    ws = net.workspace(n_slots, theta)
+    optimizer = _engine.InnerOptimizer(est.inner_optimizer, inner_lr, net, ws, optimizer_state)
     run.bind(net, loss, theta, optimizer, device)
     chunks = _chunks(
-        est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature
+        est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
     )
+    reducer = None
+    if group is not None:
+        params = _fingerprints.fingerprint_params(est)
+        group.handshake(
+            params, net.n_params, run.start_iter, run.n_meta_iter, n_features, n_outputs
+        )
+        reducer = group.reducer(net, run.loss_sums)
     # Products of one inner step, to pick the CPU thread count (full-task
     # batches are sized as the demo's 50 points).
-    work = net.work(est.meta_batch_size, est.inner_batch_size or 50)
+    work = net.work(n_slots, est.inner_batch_size or 50)
     try:
         with fast_cpu_math(device, work, est.n_threads), run:
             _engine.meta_train(
@@ -150,6 +183,7 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
                 on_iteration=run.on_iteration,
                 loss_sums=run.loss_sums,
                 dropout_seed=int(init_seed),
+                reducer=reducer,
             )
     except EarlyStop:
         pass
@@ -169,12 +203,16 @@ def _run_meta_fit(est, task_sampler, validation_tasks, backoffs):
         run.interrupted()
         raise
     theta = run.final_theta(theta)
+    # The mean of the optimiser's rows (a collective in a data-parallel run: on every rank).
+    mean_state = run.optimizer_rows(per_slot=False)
     choice = _choose_adaptation(
-        est, run, net, theta, device, inner_lr, validation_tasks or auto_validation
+        est, run, net, theta, device, inner_lr, validation_tasks or auto_validation, mean_state
     )
-    _set_meta_state(est, net, theta, run, family, source, optimizer, device)
+    _set_meta_state(est, net, theta, run, family, source, run.optimizer_rows(), device)
     est.inner_lr_, est.step_size_info_ = inner_lr, steps_record
     est.adapt_steps_, est.adapt_lr_, est.adaptation_scores_ = choice
+    if group is not None:
+        group.finish()  # every rank got here: none can fail any more
     return est
 
 
@@ -188,15 +226,19 @@ def _monitor_adaptation(est, inner_lr):
     return tuple(int(s) for s in steps), float(lr)
 
 
-def _choose_adaptation(est, run, net, theta, device, inner_lr, validation):
-    """``(adapt_steps_, adapt_lr_, adaptation_scores_)`` on the validation tasks."""
+def _choose_adaptation(est, run, net, theta, device, inner_lr, validation, optimizer_state):
+    """``(adapt_steps_, adapt_lr_, adaptation_scores_)`` on the validation tasks.
+
+    Every rank of a data-parallel run scores the same tasks from the same
+    weights, so every rank makes the same choice.
+    """
     steps, lr = run.adaptation
     auto = _selftune.is_auto(est.adapt_steps) or _selftune.is_auto(est.adapt_lr)
     if not auto or validation is None:
         fallback = _selftune.DEFAULT_ADAPT_STEPS if len(steps) > 1 else steps[0]
         return fallback, lr, None
     tasks = est._prepare_tasks(validation, with_query_y=True, signature=run.signature)
-    init = Initialisation(net, theta, run.scaling, device, run.optimizer.state(per_slot=False))
+    init = Initialisation(net, theta, run.scaling, device, optimizer_state)
     est_view = _AdaptView(est, inner_lr)
     return _selftune.choose_adaptation(est_view, tasks, init, inner_lr)
 
@@ -214,7 +256,7 @@ class _AdaptView:
         return self._inner_lr if self._est.adapt_lr is None else self._est.adapt_lr
 
 
-def _set_meta_state(est, net, theta, run, family, source, optimizer, device):
+def _set_meta_state(est, net, theta, run, family, source, optimizer_state, device):
     """Only now, after meta-training succeeded, does the estimator change."""
     for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
         est.__dict__.pop(attr, None)
@@ -224,7 +266,7 @@ def _set_meta_state(est, net, theta, run, family, source, optimizer, device):
     names = source.feature_names if run.feature_names is None else run.feature_names
     if names is not None:
         est.feature_names_in_ = np.asarray(names, dtype=object)
-    est.inner_optimizer_state_ = optimizer.state()
+    est.inner_optimizer_state_ = optimizer_state
     family.set_state(est)
     est.meta_config_ = est._meta_config()
     run.finish(est)

@@ -14,6 +14,12 @@ bookkeeping, and no random generator state.
 ``n_meta_iter`` is the length of the whole run, and a warm ``meta_fit``
 continues from the ``n_meta_iter_`` iterations already done up to
 ``n_meta_iter``, on the step-size schedule of that whole run.
+
+In a data-parallel run (:mod:`skreptile._distributed`) every rank keeps this
+bookkeeping, identically: the losses are the meta-batch's, the validation loss
+is rank 0's, sent to all, so every rank takes the same decisions and ends with
+the same fitted attributes.  Rank 0 alone validates, shows progress and writes
+checkpoints; every rank reads the checkpoint it resumes from.
 """
 
 import math
@@ -53,8 +59,10 @@ class MetaFitRun:
     continue from, with ``scaling``, ``signature`` and the optimiser's state.
     """
 
-    def __init__(self, est, validation_tasks, early_stopping=None):
+    def __init__(self, est, validation_tasks, group=None, early_stopping=None):
         self.est = est
+        self.group = group
+        self.writer = group is None or group.rank == 0
         self.early_stopping = est.early_stopping if early_stopping is None else early_stopping
         # (steps, step size) of the validation adaptation; the minimum over steps counts.
         self.adaptation = None
@@ -91,17 +99,23 @@ class MetaFitRun:
         self.bar = None
         self.saved = None  # the checkpoint to resume from
         if self.path is not None:
-            _checkpoint.check_checkpoint_path(self.path)
+            if self.writer:  # it writes probe files and removes stale ones
+                _checkpoint.check_checkpoint_path(self.path)
             if os.path.exists(self.path):
                 self.saved = _checkpoint.load_run_state(self.path)
 
     @staticmethod
-    def saved_seed(est):
-        """The seed of the checkpoint ``meta_fit`` will resume from, or None."""
+    def saved_seed(est, writer=True):
+        """The seed of the checkpoint ``meta_fit`` will resume from, or None.
+
+        ``writer``: whether this process may check the path (it writes probe
+        files; in a data-parallel run rank 0 alone does).
+        """
         if est.checkpoint_path is None:
             return None
         path = os.fspath(est.checkpoint_path)
-        _checkpoint.check_checkpoint_path(path)
+        if writer:
+            _checkpoint.check_checkpoint_path(path)
         if not os.path.exists(path):
             return None
         return int(_checkpoint.load_run_state(path)["seed"])
@@ -214,7 +228,7 @@ class MetaFitRun:
 
     # -- hooks of the training loop --------------------------------------------
     def __enter__(self):
-        if self.est.verbose:
+        if self.est.verbose and self.writer:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
@@ -231,6 +245,8 @@ class MetaFitRun:
         """Called after every meta-iteration (numbered over the whole run)."""
         self.iteration = iteration
         self.loss_done.copy_(self.loss_sums)
+        if self.path is not None:
+            self.optimizer.mark_done()
         if self.bar is not None:
             self.bar.update(1)
         if iteration % self.est.monitor_interval == 0 or iteration == self.n_meta_iter:
@@ -255,7 +271,12 @@ class MetaFitRun:
         }
         stop = False
         if self.validation is not None:
-            loss = self._validate()
+            if self.group is None:
+                loss = self._validate(self.optimizer_rows(per_slot=False))
+            else:
+                state = self.optimizer_rows(per_slot=False)  # a collective: on every rank
+                # Decided once, on rank 0, and sent to all: no rank can disagree.
+                loss = self.group.decide(self._validate(state) if self.writer else 0.0)
             entry["validation_loss"] = loss
             tol = getattr(self.est, "tol", 0.0) or 0.0
             if self.best is None or loss < self.best["loss"] * (1.0 - tol):
@@ -279,12 +300,10 @@ class MetaFitRun:
         if stop:
             raise EarlyStop
 
-    def _validate(self):
+    def _validate(self, optimizer_state):
         """Mean query loss of the validation tasks after adaptation from the current weights."""
         est = self.est
-        init = Initialisation(
-            self.net, self.theta_t, self.scaling, self.device, self.optimizer.state(per_slot=False)
-        )
+        init = Initialisation(self.net, self.theta_t, self.scaling, self.device, optimizer_state)
         steps, lr = self.adaptation or ([est._adapt_steps()], est._adapt_lr())
         curve = est._adaptation_curve(self.tasks, steps, init, lr=lr)
         best = math.inf
@@ -295,9 +314,27 @@ class MetaFitRun:
                 best = min(best, loss)
         return best
 
+    def optimizer_rows(self, per_slot=True):
+        """The inner optimiser's state, one row per slot of the whole meta-batch (or their mean).
+
+        In a data-parallel run each rank holds the rows of its own slots: they
+        are gathered (a collective, called on every rank), so that the state
+        saved or kept does not depend on the number of ranks.
+        """
+        if self.group is None or self.optimizer.kind != "adam":
+            return self.optimizer.state(per_slot, done=True)
+        state = self.optimizer.state(done=True)
+        rows = self.group.gather_rows(torch.as_tensor(state["v"], device=self.device))
+        # The mean as the network's task_mean takes it, for one-process results.
+        v = rows if per_slot else rows.mean(0)
+        return {"v": v.cpu().numpy(), "t": state["t"]}
+
     # -- checkpoints and the end -------------------------------------------
     def save(self, iteration):
         """Write a checkpoint of the state after ``iteration`` meta-iterations."""
+        optimizer = self.optimizer_rows()  # on every rank: it may gather
+        if not self.writer:
+            return
         state = {
             "format": _checkpoint.CHECKPOINT_FORMAT,
             "params": _fingerprints.fingerprint_params(self.est),
@@ -311,7 +348,7 @@ class MetaFitRun:
             if self.source.feature_names is None
             else [str(c) for c in self.source.feature_names],
             "family": self.family_state,
-            "optimizer": _optimizer_rows(self.optimizer.state()),
+            "optimizer": _optimizer_rows(optimizer),
             "iteration": iteration,
             "last_record": self.last_record,
             "loss_sums": self.loss_done.cpu().numpy(),
@@ -323,7 +360,10 @@ class MetaFitRun:
 
     def interrupted(self):
         """Keep a checkpoint of the last completed meta-iteration after an interruption."""
-        if self.path is not None and self.iteration > self.start_iter:
+        # Not in a data-parallel run: the other ranks are not at this point to
+        # gather the optimiser's state; the last periodic checkpoint remains.
+        saved = self.path is not None and self.iteration > self.start_iter and self.group is None
+        if saved:
             self.save(self.iteration)
         import warnings
 
@@ -333,8 +373,10 @@ class MetaFitRun:
             + (
                 f", and the progress is in the checkpoint {self.path}: call meta_fit again "
                 "to resume from it."
-                if self.path is not None and self.iteration > self.start_iter
+                if saved
                 else ". Set checkpoint_path to keep the progress of an interrupted run."
+                if self.group is None
+                else ". A data-parallel run resumes from its last periodic checkpoint."
             ),
             RuntimeWarning,
             stacklevel=4,
@@ -356,5 +398,5 @@ class MetaFitRun:
         else:
             for attr in ("best_iteration_", "best_validation_loss_"):
                 est.__dict__.pop(attr, None)
-        if self.path is not None and os.path.exists(self.path):
+        if self.writer and self.path is not None and os.path.exists(self.path):
             os.remove(self.path)

@@ -1,14 +1,21 @@
 """ReptileRegressor: few-shot regression from a meta-learned initialisation."""
 
+from __future__ import annotations
+
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseReptile
 from ._docstrings import fill
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @fill
@@ -191,7 +198,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         "tol": [Interval(Real, 0, 1, closed="left")],
     }
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.
 
         Every call starts again from the initialisation learned by
@@ -228,7 +235,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             self._fit(X, Y, y_1d)
         return self
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict targets with the adapted network.
 
         Parameters

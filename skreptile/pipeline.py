@@ -9,6 +9,7 @@ away from the coordinates the initialisation was learned in.
 """
 
 from numbers import Integral
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -116,7 +117,7 @@ def _transformed(task_sampler, transform):
     return [(_dense(transform(X)), y) for X, y in task_sampler]
 
 
-def meta_fit_pipeline(pipeline, task_sampler, *, n_tasks=256):
+def meta_fit_pipeline(pipeline: Pipeline, task_sampler: Any, *, n_tasks: int = 256) -> Pipeline:
     """Meta-fit a pipeline ending in a Reptile estimator, with its preprocessing frozen.
 
     The transformers of ``pipeline`` are fitted on the points of the

@@ -293,3 +293,24 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 def test_bad_monitor_parameters(params, message):
     with pytest.raises(ValueError, match=message):
         ReptileRegressor(n_meta_iter=5, **FAST, **params).meta_fit(SineTaskSampler())
+
+
+def test_an_interrupted_adam_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    # The interrupt comes inside meta-iteration 24, after its inner Adam steps:
+    # the checkpoint must hold Adam's state as of iteration 23, not part-way.
+    path = tmp_path / "adam.ckpt"
+    params = dict(FAST, n_meta_iter=40, inner_optimizer="adam", inner_lr=0.01)
+    real = engine_module.meta_lr_at
+
+    def interrupt_at_23(meta_lr, schedule, iteration, n_meta_iter):
+        if iteration == 23:
+            raise KeyboardInterrupt
+        return real(meta_lr, schedule, iteration, n_meta_iter)
+
+    with monkeypatch.context() as m, pytest.warns(RuntimeWarning), pytest.raises(KeyboardInterrupt):
+        m.setattr(engine_module, "meta_lr_at", interrupt_at_23)
+        ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
+    resumed = ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
+    straight = ReptileRegressor(**params).meta_fit(_line_sampler)
+    np.testing.assert_array_equal(resumed.meta_params_, straight.meta_params_)
+    assert resumed.inner_optimizer_state_["t"] == straight.inner_optimizer_state_["t"] == 40 * 5

@@ -2,6 +2,7 @@
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.utils.validation import check_array
@@ -31,7 +32,9 @@ def _targets(y, name, numeric):
     return check_array(y, dtype=np.float64 if numeric else None, ensure_2d=False, input_name=name)
 
 
-def split_support_query(tasks, n_support, *, random_state=None):
+def split_support_query(
+    tasks: Any, n_support: int, *, random_state: Any = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Split every task's points at random into support and query points.
 
     Parameters
