@@ -193,7 +193,7 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
         raise FloatingPointError(
             f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
             f"{exc.args[0]}. The step sizes are likely too large for this data "
-            f"(inner_lr={inner_lr:.3g} after {backoffs} halvings, meta_lr={est.meta_lr}"
+            f"(inner_lr={est.inner_lr}, halved {backoffs} times to {inner_lr:.3g}; meta_lr={est.meta_lr}"
             + (", standardize=False" if not est.standardize else "")
             + "); try smaller values"
             + (" or standardize=True" if not est.standardize else "")

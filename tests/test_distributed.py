@@ -18,7 +18,7 @@ import torch
 from _distributed_worker import FAIL_AFTER_CALLS, FAILING, LINE, Line, fit_all, validation_tasks
 
 from skreptile import ReptileRegressor
-from skreptile.distributed import RankFailedError, init_from_env, is_main_process
+from skreptile.distributed import ProcessInfo, RankFailedError, init_from_env, is_main_process
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
@@ -144,7 +144,7 @@ def test_a_failing_rank_stops_the_other_and_two_processes_resume_on_one(tmp_path
 
 def test_outside_a_process_group_nothing_is_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert init_from_env() == (0, 1, 0, None)
+    assert init_from_env() == ProcessInfo(rank=0, world_size=1, local_rank=0, backend=None)
     assert is_main_process()
     error = RankFailedError(3, "ValueError: boom")
     assert error.rank == 3 and "rank 3: ValueError: boom" in str(error)

@@ -96,10 +96,14 @@ def test_early_stopping_restores_the_best_weights():
 
 
 def test_early_stopping_needs_validation_tasks():
+    # Without validation_fraction nothing is held out; with it (the default) an
+    # infinite sampler gives fresh held-out tasks, so early stopping works.
     with pytest.raises(ValueError, match="early_stopping=True needs validation tasks"):
-        ReptileRegressor(n_meta_iter=5, early_stopping=True, **FAST).meta_fit(
-            SineTaskSampler(random_state=0)
-        )
+        ReptileRegressor(
+            n_meta_iter=5, early_stopping=True, validation_fraction=None, **FAST
+        ).meta_fit(SineTaskSampler(random_state=0))
+    model = ReptileRegressor(n_meta_iter=5, early_stopping=True, monitor_interval=5, **FAST)
+    assert np.isfinite(model.meta_fit(SineTaskSampler(random_state=0)).best_validation_loss_)
     with pytest.raises(ValueError, match="validation_tasks must be a sequence"):
         ReptileRegressor(n_meta_iter=5, **FAST).meta_fit(
             SineTaskSampler(random_state=0), validation_tasks=[(np.ones((3, 1)), np.ones(3))]
@@ -237,7 +241,10 @@ def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monke
 def test_resuming_with_other_parameters_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "ckpt"
     with monkeypatch.context() as m, pytest.raises(RuntimeError):
-        crash_on_draw(m, 3)  # at iteration 64, after the checkpoint at 50
+        # Draws: 1 the fresh held-out tasks (validation_fraction), 2 the scaling
+        # tasks, 3 block [0, 64), 4 block [64, 128): at iteration 64, after the
+        # checkpoint at 50.
+        crash_on_draw(m, 4)
         ReptileRegressor(
             n_meta_iter=300, checkpoint_path=path, checkpoint_interval=50, **FAST
         ).meta_fit(SineTaskSampler(random_state=0))
