@@ -123,16 +123,37 @@ def _tasks(X, y, groups, test_groups, K, rng):
     return out
 
 
-def _baselines(X_train, y_train, tasks):
-    """Per-task MSE of every baseline."""
+ALPHAS = np.logspace(-3, 3, 13)
+
+
+def SKLEARN_ONE_THREAD():
+    """One OpenMP thread for the baselines: their many small predictions spend
+    most of their time synchronising threads on a loaded machine."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="openmp")
+
+
+def _global_models(X_train, y_train):
+    """The global models of the offset baselines, fitted once per split on the training rows."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    alphas = np.logspace(-3, 3, 13)
     hgb = HistGradientBoostingRegressor(random_state=0).fit(X_train, y_train)
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas)).fit(X_train, y_train)
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(X_train, y_train)
+    return hgb, ridge
+
+
+def _baselines(models, tasks):
+    """Per-task MSE of every baseline."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    alphas = ALPHAS
+    hgb, ridge = models
     errors = {"support mean": [], "per-group RidgeCV": [], "HGB + offset": [], "ridge + offset": []}
     for Xs, ys, Xq, yq in tasks:
         errors["support mean"].append(np.mean((yq - ys.mean()) ** 2))
@@ -174,6 +195,7 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
         pooled = ReptileRegressor(
             random_state=split, n_meta_iter=n_meta_iter, inner_steps=1
         ).meta_fit(sampler)
+        t2 = time.perf_counter()
         info.append(
             dict(
                 split=split,
@@ -183,14 +205,21 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
                 backoffs=model.step_size_info_["backoffs"],
                 adapt_steps_=model.adapt_steps_,
                 adapt_lr_=model.adapt_lr_,
+                pooled_s=round(t2 - t1, 1),
+                pooled_n_meta_iter_=pooled.n_meta_iter_,
+                pooled_backoffs=pooled.step_size_info_["backoffs"],
+                pooled_adapt=(pooled.adapt_steps_, pooled.adapt_lr_),
             )
         )
-        log(f"  {name} split {split}: {info[-1]}")
+        log(f"  {name} split {split}: {info[-1]}", flush=True)
+        with SKLEARN_ONE_THREAD():
+            models = _global_models(X[train], y[train])
         for K in ks:
             tasks = _tasks(X, y, groups, test, K, np.random.default_rng(2000 + 10 * split + K))
             errs = {"skreptile": _reptile_errors(model, tasks)}
             errs["pooled net + fine-tune"] = _reptile_errors(pooled, tasks)
-            errs.update(_baselines(X[train], y[train], tasks))
+            with SKLEARN_ONE_THREAD():
+                errs.update(_baselines(models, tasks))
             for method, e in errs.items():
                 results[K].setdefault(method, []).extend(e)
     return results, info
