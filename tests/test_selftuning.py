@@ -84,3 +84,76 @@ def test_validation_fraction_none_keeps_every_task():
     ).meta_fit(GroupTaskSampler(X, y, g))
     assert "validation_loss" not in model.history_
     assert model.adapt_steps_ == 32
+
+
+def _raw_frame(n_groups=16, n_rows=20, seed=0):
+    """A table as users hold it: a string column, a categorical one, missing values."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = n_groups * n_rows
+    g = np.repeat(np.arange(n_groups), n_rows)
+    x = rng.normal(size=n)
+    kind = rng.choice(["flat", "house", "villa"], size=n)
+    grade = pd.Categorical(rng.choice(["a", "b"], size=n))
+    y = 2 * x + (kind == "villa") + rng.normal(size=n_groups)[g] + 0.1 * rng.normal(size=n)
+    x_missing = x.copy()
+    x_missing[rng.random(n) < 0.1] = np.nan
+    frame = pd.DataFrame({"x": x_missing, "kind": kind, "grade": grade, "group": g, "y": y})
+    return frame
+
+
+def _preprocessor():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    return ColumnTransformer(
+        [
+            ("num", SimpleImputer(add_indicator=True), ["x"]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["kind", "grade"]),
+        ]
+    )
+
+
+def test_a_raw_table_with_a_preprocessor_fitted_once(monkeypatch):
+    frame = _raw_frame()
+    train = frame[frame["group"] < 12]
+    calls = []
+    pre = _preprocessor()
+    real_fit = type(pre).fit
+
+    def counting_fit(self, X, y=None, **kw):
+        calls.append(len(X))
+        return real_fit(self, X, y, **kw)
+
+    monkeypatch.setattr(type(pre), "fit", counting_fit)
+    sampler = GroupTaskSampler(train, "y", "group", preprocessor=pre)
+    model = ReptileRegressor(random_state=0, n_meta_iter=100, hidden_layer_sizes=(16,))
+    model.meta_fit(sampler)
+    monkeypatch.undo()
+    # Fitted once, on the meta-training rows (features only), and never per task.
+    assert calls == [len(train)]
+    assert sampler.preprocessor_ is not pre and not hasattr(pre, "transformers_")
+    # 2 (x and its missing indicator) + 3 kinds + 2 grades
+    assert sampler.n_features_in_ == model.n_features_in_ == 7
+    # A new group's raw rows go through the frozen preprocessor in a pipeline.
+    new = frame[frame["group"] == 13].drop(columns=["group"])
+    pipe = sampler.pipeline(model)
+    support, query = new.iloc[:5], new.iloc[5:]
+    pred = pipe.fit(support.drop(columns="y"), support["y"]).predict(query.drop(columns="y"))
+    assert pred.shape == (len(query),) and np.isfinite(pred).all()
+    assert pipe[0].estimator is sampler.preprocessor_
+
+
+def test_an_unusable_column_is_named():
+    frame = _raw_frame()
+    with pytest.raises(ValueError, match="Column 'x' of X has .* missing value.*preprocessor="):
+        GroupTaskSampler(frame, "y", "group")
+    with pytest.raises(ValueError, match="Column 'kind' of X is not numeric.*OneHotEncoder"):
+        GroupTaskSampler(frame.fillna(0.0), "y", "group")
+    from sklearn.compose import ColumnTransformer
+
+    passthrough = ColumnTransformer([], remainder="passthrough")
+    with pytest.raises(ValueError, match="output of preprocessor"):
+        GroupTaskSampler(frame, "y", "group", preprocessor=passthrough)
