@@ -52,6 +52,16 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
+# Halvings of an 'auto' adaptation step size on a task whose support loss
+# diverged or grew, before falling back to the meta-learned weights (0 steps).
+ADAPT_BACKOFFS = 8
+
+
+def adaptation_failed(loss_before, loss_after):
+    """Per task: the support loss became non-finite or grew (the step was too large)."""
+    return ~torch.isfinite(loss_after) | (loss_after > 1.5 * loss_before + 1e-6)
+
+
 def check_adaptation(loss_before, loss_after, lr, stacklevel=4):
     """Fail loudly when adaptation diverged instead of returning garbage predictions.
 
@@ -372,18 +382,28 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         packed = PackedTasks(X[None], Y[None], None, scaling, device)
         theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
         lr = self._adapt_lr()
-        with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
-            ws, before, after = _engine.adapt_tasks(
-                net,
-                LOSSES[self._loss],
-                theta,
-                packed,
-                self._adapt_steps(),
-                self.inner_optimizer,
-                lr,
-                state,
-            )
-        check_adaptation(before, after, lr, stacklevel=4)
+        # 'auto': the step size is halved on a task whose support loss diverged
+        # or grew, as few_shot_predict and the choice on validation tasks do.
+        backoff = _selftune.is_auto(self.adapt_lr)
+        for attempt in range(ADAPT_BACKOFFS + 2 if backoff else 1):
+            if attempt == ADAPT_BACKOFFS + 1:
+                lr = 0.0  # every halving failed: keep the meta-learned weights
+            with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
+                ws, before, after = _engine.adapt_tasks(
+                    net,
+                    LOSSES[self._loss],
+                    theta,
+                    packed,
+                    self._adapt_steps(),
+                    self.inner_optimizer,
+                    lr,
+                    state,
+                )
+            if not backoff or not bool(adaptation_failed(before, after).any()):
+                break
+            lr *= 0.5
+        if not backoff:
+            check_adaptation(before, after, lr, stacklevel=4)
         self.params_ = net.task_params(ws, 0).detach().cpu().numpy().copy()
         if self._support_context(net):
             # Non-transductive batch norm predicts every point with the support set.
@@ -518,7 +538,32 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
         wanted = sorted({int(s) for s in steps})
         context = self._support_context(net)
         out = {s: [None] * len(tasks) for s in wanted}
-        for block in self._blocks(tasks, context):
+        # 'auto': a task whose support loss diverged or grew after the last
+        # wanted step is adapted again with half the step size (see _fit).
+        backoff = _selftune.is_auto(self.adapt_lr)
+        pending = self._blocks(tasks, context)
+        for attempt in range(ADAPT_BACKOFFS + 2 if backoff else 1):
+            if not pending:
+                break
+            if attempt == ADAPT_BACKOFFS + 1:
+                lr = 0.0  # every halving failed: keep the meta-learned weights
+            pending = self._adapt_blocks(
+                tasks, pending, wanted, out, net, loss, theta, scaling, device, state, lr, context
+            )
+            pending = pending if backoff else []
+            lr *= 0.5
+        return out
+
+    def _adapt_blocks(
+        self, tasks, blocks, wanted, out, net, loss, theta, scaling, device, state, lr, context
+    ):
+        """Adapt ``blocks`` of tasks, writing ``out``.
+
+        Returns the blocks (lists of task numbers) of the tasks whose adaptation
+        failed (see :func:`adaptation_failed`).
+        """
+        failed = []
+        for block in blocks:
             packed = PackedTasks(
                 [tasks.X_support[i] for i in block],
                 [tasks.Y_support[i] for i in block],
@@ -542,7 +587,7 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
 
             work = net.work(len(block), packed.xs.shape[1])
             with fast_cpu_math(device, work, self.n_threads):
-                _engine.adapt_tasks(
+                _, before, after = _engine.adapt_tasks(
                     net,
                     loss,
                     theta,
@@ -553,7 +598,10 @@ class BaseReptile(LearnedStateMixin, BaseEstimator):
                     state,
                     on_step=predict_when_wanted,
                 )
-        return out
+            bad = adaptation_failed(before, after).cpu().numpy()
+            if bad.any():
+                failed.append([i for i, b in zip(block, bad) if b])
+        return failed
 
     @staticmethod
     def _blocks(tasks, context):

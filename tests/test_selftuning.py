@@ -1,7 +1,10 @@
 """Self-tuning: step-size back-off, held-out validation tasks, 'auto' adaptation."""
 
+import warnings
+
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
 from skreptile import GroupTaskSampler, ReptileRegressor
@@ -157,3 +160,32 @@ def test_an_unusable_column_is_named():
     passthrough = ColumnTransformer([], remainder="passthrough")
     with pytest.raises(ValueError, match="output of preprocessor"):
         GroupTaskSampler(frame, "y", "group", preprocessor=passthrough)
+
+
+def test_auto_adaptation_backs_off_per_task_and_fit_equals_few_shot_predict():
+    # A new group whose inputs lie far outside the meta-training ones: the
+    # chosen step size diverges on it; 'auto' halves it for that task alone.
+    X, y, g = correlated_table(p=3, n_groups=20)
+    model = ReptileRegressor(random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,))
+    model.meta_fit(GroupTaskSampler(X, y, g))
+    rng = np.random.default_rng(1)
+    Xs_far, ys_far = 200.0 * rng.lognormal(size=(5, 3)), rng.normal(size=5)
+    Xs_near, ys_near = X[:5], y[:5]
+    Xq = X[5:15]
+    preds = model.few_shot_predict([Xs_far, Xs_near], [ys_far, ys_near], [Xq, Xq])
+    assert np.isfinite(preds).all()
+    for Xs, ys, p in ((Xs_far, ys_far, preds[0]), (Xs_near, ys_near, preds[1])):
+        np.testing.assert_allclose(model.fit(Xs, ys).predict(Xq), p, rtol=1e-4, atol=1e-4)
+    # The near task is not affected by the far one's back-off.
+    alone = model.few_shot_predict([Xs_near], [ys_near], [Xq])[0]
+    np.testing.assert_allclose(alone, preds[1], rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model.fit(Xs_far, ys_far)  # 'auto': the halved step no longer raises the loss
+    # An explicit step size is used as given: with the chosen one the far
+    # task's loss grows (hence the back-off above), with a larger one it diverges.
+    with pytest.warns(ConvergenceWarning, match="increased the loss"):
+        model.set_params(adapt_lr=model.adapt_lr_).fit(Xs_far, ys_far)
+    model.set_params(adapt_lr=model.adapt_lr_ * 1e3)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        model.fit(Xs_far, ys_far)
