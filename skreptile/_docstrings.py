@@ -110,7 +110,10 @@ BLOCKS = {
         entry), ``"adapted_train_loss"`` (the same at the last inner step)
         and, with validation tasks, ``"validation_loss"`` (query loss after
         adaptation: squared error in the targets' units for regressors, log
-        loss for classifiers).  ``pandas.DataFrame(history_)`` tabulates it.
+        loss for classifiers; with ``adapt_steps='auto'`` the lowest over the
+        candidate step counts) and ``"validation_adapt_steps"`` (the number of
+        adaptation steps that gave it).  ``pandas.DataFrame(history_)``
+        tabulates it.
     n_meta_iter_ : int
         Meta-iterations run so far, over warm starts (fewer than asked after
         early stopping).

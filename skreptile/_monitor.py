@@ -91,7 +91,8 @@ class MetaFitRun:
         self.offset = self.start_iter = self.last_record = self.iteration = 0
         keys = ["meta_iter", "train_loss", "adapted_train_loss"]
         if validation_tasks is not None:
-            keys.append("validation_loss")
+            # With the loss, the number of adaptation steps that scored it.
+            keys += ["validation_loss", "validation_adapt_steps"]
         self.history = {k: [] for k in keys}
         self.best = None  # {"loss", "iteration", "theta"} of the best validation so far
         self.bad_rounds = 0
@@ -272,12 +273,14 @@ class MetaFitRun:
         stop = False
         if self.validation is not None:
             if self.group is None:
-                loss = self._validate(self.optimizer_rows(per_slot=False))
+                loss, steps = self._validate(self.optimizer_rows(per_slot=False))
             else:
                 state = self.optimizer_rows(per_slot=False)  # a collective: on every rank
                 # Decided once, on rank 0, and sent to all: no rank can disagree.
-                loss = self.group.decide(self._validate(state) if self.writer else 0.0)
+                loss, steps = self._validate(state) if self.writer else (0.0, 0.0)
+                loss, steps = self.group.decide(loss), self.group.decide(steps)
             entry["validation_loss"] = loss
+            entry["validation_adapt_steps"] = steps
             tol = getattr(self.est, "tol", 0.0) or 0.0
             if self.best is None or loss < self.best["loss"] * (1.0 - tol):
                 self.bad_rounds = 0
@@ -306,13 +309,13 @@ class MetaFitRun:
         init = Initialisation(self.net, self.theta_t, self.scaling, self.device, optimizer_state)
         steps, lr = self.adaptation or ([est._adapt_steps()], est._adapt_lr())
         curve = est._adaptation_curve(self.tasks, steps, init, lr=lr)
-        best = math.inf
+        best, best_steps = math.inf, math.nan
         for s in steps:
             with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
                 loss = float(np.mean(est._query_losses(self.tasks, curve[s], self.scaling)))
-            if math.isfinite(loss):
-                best = min(best, loss)
-        return best
+            if math.isfinite(loss) and loss < best:
+                best, best_steps = loss, float(s)
+        return best, best_steps
 
     def optimizer_rows(self, per_slot=True):
         """The inner optimiser's state, one row per slot of the whole meta-batch (or their mean).

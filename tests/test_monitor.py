@@ -30,7 +30,13 @@ def test_history_records_losses_and_validation():
     model.meta_fit(SineTaskSampler(random_state=0), validation_tasks=_validation())
     h = model.history_
     assert h["meta_iter"] == [50, 100, 150, 200, 250]
-    assert set(h) == {"meta_iter", "train_loss", "adapted_train_loss", "validation_loss"}
+    assert set(h) == {
+        "meta_iter",
+        "train_loss",
+        "adapted_train_loss",
+        "validation_loss",
+        "validation_adapt_steps",  # the issue-11 record of the adaptation steps
+    }
     assert all(len(v) == 5 for v in h.values())
     assert np.isfinite(h["train_loss"]).all() and np.isfinite(h["validation_loss"]).all()
     # Within a meta-iteration the inner steps lower the task loss.

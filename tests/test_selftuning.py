@@ -189,3 +189,13 @@ def test_auto_adaptation_backs_off_per_task_and_fit_equals_few_shot_predict():
     model.set_params(adapt_lr=model.adapt_lr_ * 1e3)
     with pytest.raises(FloatingPointError, match="diverged"):
         model.fit(Xs_far, ys_far)
+
+
+def test_history_records_the_adaptation_steps_of_each_check():
+    X, y, g = correlated_table(p=3, n_groups=20)
+    model = ReptileRegressor(
+        random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,), monitor_interval=50
+    ).meta_fit(GroupTaskSampler(X, y, g))
+    steps = model.history_["validation_adapt_steps"]
+    assert len(steps) == len(model.history_["validation_loss"]) == 4
+    assert set(steps) <= {0, 1, 2, 4, 8, 16, 32, 64, 128}
