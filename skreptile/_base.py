@@ -30,7 +30,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine, _lean
+from . import _engine, _lean, _selftune
 from ._device import SINGLE_THREAD_WORK, fast_cpu_math, resolve_device, seeded_global_rng
 from ._doc_link import url_params
 from ._few_shot import FewShotMixin
@@ -238,8 +238,25 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
     def _scaling(self):
         return Scaling(self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
 
+    def _adapt_lr_param(self):
+        """``adapt_lr`` as given, None meaning the (effective) inner step size."""
+        if self.adapt_lr is None:
+            return self.__dict__.get("inner_lr_", self.inner_lr)
+        return self.adapt_lr
+
     def _adapt_lr(self):
-        return self.inner_lr if self.adapt_lr is None else self.adapt_lr
+        """The adaptation step size: chosen by ``meta_fit`` for ``'auto'``, else ``adapt_lr``."""
+        if _selftune.is_auto(self.adapt_lr):
+            if "adapt_lr_" in self.__dict__:
+                return self.adapt_lr_
+            return _selftune.MONITOR_LR_FACTOR * self.__dict__.get("inner_lr_", self.inner_lr)
+        return self._adapt_lr_param()
+
+    def _adapt_steps(self):
+        """The number of adaptation steps: chosen by ``meta_fit`` for ``'auto'``."""
+        if _selftune.is_auto(self.adapt_steps):
+            return int(self.__dict__.get("adapt_steps_", _selftune.DEFAULT_ADAPT_STEPS))
+        return int(self.adapt_steps)
 
     def _support_context(self, net):
         """Whether query points are predicted in a batch with their support set."""
@@ -380,38 +397,48 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
             self._cache["net"] = net
             state = None
         device = self._device()
-        lr = self._adapt_lr()
+        # 'auto': the step size is halved on a task whose support loss diverged
+        # or grew, as few_shot_predict and the choice on validation tasks do.
+        rates = _selftune.backoff_rates(self, self._adapt_lr())
         if self._lean_fit_possible(net, device, len(X)):
-            with fast_cpu_math(device, 0, self.n_threads):
-                params, before, after = _lean.adapt_one(
-                    net.layer_sizes,
-                    net.activation,
-                    self._loss,
-                    self._lean_theta(),
-                    scaling.x(X).astype(np.float32),
-                    scaling.y(Y).astype(np.float32),
-                    self.adapt_steps,
-                    lr,
-                )
-            check_adaptation(before, after, lr, stacklevel=4)
+            for lr in rates:
+                with fast_cpu_math(device, 0, self.n_threads):
+                    params, before, after = _lean.adapt_one(
+                        net.layer_sizes,
+                        net.activation,
+                        self._loss,
+                        self._lean_theta(),
+                        scaling.x(X).astype(np.float32),
+                        scaling.y(Y).astype(np.float32),
+                        self._adapt_steps(),
+                        lr,
+                    )
+                if not _selftune.adaptation_failed(before, after).any():
+                    break
+            if len(rates) == 1:
+                check_adaptation(before, after, lr, stacklevel=4)
             self.params_ = params
             self.__dict__.pop("support_X_", None)
             self._set_fit_info(info)
             return self
         packed = PackedTasks(X[None], Y[None], None, scaling, device)
         theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
-        with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
-            ws, before, after = _engine.adapt_tasks(
-                net,
-                LOSSES[self._loss],
-                theta,
-                packed,
-                self.adapt_steps,
-                self.inner_optimizer,
-                lr,
-                state,
-            )
-        check_adaptation(before, after, lr, stacklevel=4)
+        for lr in rates:
+            with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
+                ws, before, after = _engine.adapt_tasks(
+                    net,
+                    LOSSES[self._loss],
+                    theta,
+                    packed,
+                    self._adapt_steps(),
+                    self.inner_optimizer,
+                    lr,
+                    state,
+                )
+            if not bool(_selftune.adaptation_failed(before, after).any()):
+                break
+        if len(rates) == 1:
+            check_adaptation(before, after, lr, stacklevel=4)
         self.params_ = net.task_params(ws, 0).detach().cpu().numpy().copy()
         if self._support_context(net):
             # Non-transductive batch norm predicts every point with the support set.

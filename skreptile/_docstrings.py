@@ -54,10 +54,7 @@ BLOCKS = {
     verbose : int, default=0
         If positive, :meth:`meta_fit` shows a progress bar (rate, time left,
         latest losses); from 2, it also prints every entry of ``history_``.
-    early_stopping : bool, default=False
-        Stop :meth:`meta_fit` when the validation loss has not improved for
-        ``n_iter_no_change`` consecutive checks, and keep the weights with the
-        best validation loss.  Needs ``validation_tasks`` in :meth:`meta_fit`.
+    {early_stopping}
     n_iter_no_change : int, default=10
         Patience of early stopping, in validation checks (each
         ``monitor_interval`` meta-iterations).
@@ -113,7 +110,10 @@ BLOCKS = {
         entry), ``"adapted_train_loss"`` (the same at the last inner step)
         and, with validation tasks, ``"validation_loss"`` (query loss after
         adaptation: squared error in the targets' units for regressors, log
-        loss for classifiers).  ``pandas.DataFrame(history_)`` tabulates it.
+        loss for classifiers; with ``adapt_steps='auto'`` the lowest over the
+        candidate step counts) and ``"validation_adapt_steps"`` (the number of
+        adaptation steps that gave it).  ``pandas.DataFrame(history_)``
+        tabulates it.
     n_meta_iter_ : int
         Meta-iterations run so far, over warm starts (fewer than asked after
         early stopping).
@@ -157,10 +157,47 @@ BLOCKS = {
 }
 
 
+EARLY_STOPPING_FIXED = """\
+    early_stopping : bool, default=False
+        Stop :meth:`meta_fit` when the validation loss has not improved for
+        ``n_iter_no_change`` consecutive checks, and keep the weights with the
+        best validation loss.  Needs ``validation_tasks`` in :meth:`meta_fit`."""
+
+EARLY_STOPPING_AUTO = """\
+    early_stopping : bool or "auto", default="auto"
+        Stop :meth:`meta_fit` when the validation loss has not improved by a
+        factor ``1 - tol`` for ``n_iter_no_change`` consecutive checks, and
+        keep the weights with the best validation loss.  "auto" stops early
+        when there are validation tasks held out from a finite set of tasks
+        (``validation_fraction``) or given as ``validation_tasks``: a few dozen
+        tasks are overfitted by a long run.  With an infinite sampler every
+        task is new, and "auto" runs all ``n_meta_iter`` iterations (as it
+        does with ``warm_start=True``, which continues one run).
+    validation_fraction : float in [0, 1) or None, default=0.2
+        Share of the tasks of a finite sampler (a sequence of tasks, a
+        :class:`~skreptile.GroupTaskSampler`) held out, as whole tasks, before
+        meta-training: at least 2 and at most 100, and none when fewer than 8
+        would be left.  An infinite sampler gives 64 fresh held-out tasks
+        instead.  Each held-out task is split (up to 4 times at random) into
+        ``n_support`` support points and the rest as query.  They serve early
+        stopping and the choice of ``adapt_steps``/``adapt_lr`` "auto".
+        Ignored when :meth:`meta_fit` gets ``validation_tasks``; None or 0
+        holds nothing out.
+    n_support : int or None, default=None
+        The number of labelled points you plan to give :meth:`fit` for a new
+        task: the support size of the held-out validation tasks.  None is 10
+        (half of a task's points for smaller tasks).
+    tol : float in [0, 1), default=1e-3
+        Relative improvement of the best validation loss that counts as
+        progress for early stopping."""
+
+
 def fill(cls):
     """Class decorator: put the shared blocks into ``cls.__doc__``."""
     doc = cls.__doc__
     for name, block in BLOCKS.items():
         doc = doc.replace("    {" + name + "}", block)
+    auto = "validation_fraction" in cls.__init__.__code__.co_varnames
+    doc = doc.replace("    {early_stopping}", EARLY_STOPPING_AUTO if auto else EARLY_STOPPING_FIXED)
     cls.__doc__ = doc
     return cls

@@ -16,7 +16,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine
+from . import _engine, _selftune
 from ._device import fast_cpu_math
 from ._losses import LOSSES
 from ._packing import Initialisation, PackedTasks
@@ -125,20 +125,37 @@ class FewShotMixin:
             )
         return X
 
-    def _adaptation_curve(self, tasks, steps, init=None):
+    def _adaptation_curve(self, tasks, steps, init=None, lr=None):
         """Scaled query outputs of every task after each number of steps in ``steps``.
 
         ``init`` is the :class:`Initialisation` to adapt from (by default the
-        meta-learned one).  Returns ``{n_steps: list of ndarray (n_query,
-        n_outputs)}``; tasks whose adaptation diverged give non-finite outputs,
-        which callers judge.
+        meta-learned one), ``lr`` the step size (by default the estimator's).
+        Returns ``{n_steps: list of ndarray (n_query, n_outputs)}``; tasks whose
+        adaptation diverged give non-finite outputs, which callers judge.  With
+        ``adapt_lr='auto'`` a task whose support loss diverged or grew is
+        adapted again with half the step size (see ``fit``).
         """
-        net, theta, scaling, device, state = init or self._initialisation()
-        loss, lr = LOSSES[self._loss], self._adapt_lr()
+        init = init or self._initialisation()
         wanted = sorted({int(s) for s in steps})
-        context = self._support_context(net)
         out = {s: [None] * len(tasks) for s in wanted}
-        for block in self._blocks(tasks, context):
+        pending = self._blocks(tasks, self._support_context(init.net))
+        for rate in _selftune.backoff_rates(self, self._adapt_lr() if lr is None else lr):
+            if not pending:
+                break
+            pending = self._adapt_blocks(tasks, pending, wanted, out, init, rate)
+        return out
+
+    def _adapt_blocks(self, tasks, blocks, wanted, out, init, lr):
+        """Adapt ``blocks`` of tasks with step size ``lr``, writing ``out``.
+
+        Returns the blocks (lists of task numbers) of the tasks whose adaptation
+        failed (see :func:`skreptile._selftune.adaptation_failed`).
+        """
+        net, theta, scaling, device, state = init
+        loss = LOSSES[self._loss]
+        context = self._support_context(net)
+        failed = []
+        for block in blocks:
             packed = PackedTasks(
                 [tasks.X_support[i] for i in block],
                 [tasks.Y_support[i] for i in block],
@@ -163,7 +180,7 @@ class FewShotMixin:
 
             work = net.work(len(block), packed.xs.shape[1])
             with fast_cpu_math(device, work, self.n_threads):
-                _engine.adapt_tasks(
+                _, before, after = _engine.adapt_tasks(
                     net,
                     loss,
                     theta,
@@ -174,7 +191,10 @@ class FewShotMixin:
                     state,
                     on_step=predict_when_wanted,
                 )
-        return out
+            bad = _selftune.adaptation_failed(before, after).cpu().numpy()
+            if bad.any():
+                failed.append([i for i, b in zip(block, bad) if b])
+        return failed
 
     @staticmethod
     def _blocks(tasks, context):
@@ -236,7 +256,8 @@ class FewShotMixin:
             tasks = self._prepare_tasks(
                 list(zip(X_support, y_support, X_query)), with_query_y=False
             )
-        scaled = self._adaptation_curve(tasks, [self.adapt_steps])[self.adapt_steps]
+        steps = self._adapt_steps()
+        scaled = self._adaptation_curve(tasks, [steps])[steps]
         preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
         if len({p.shape for p in preds}) == 1:
             return np.stack(preds)

@@ -11,11 +11,12 @@ so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 import numpy as np
 import torch
 
-from . import _distributed, _engine, _fingerprints
+from . import _distributed, _engine, _fingerprints, _selftune, _stepsize
 from ._batches import assemble_chunk, chunk_iterations, task_minibatches
 from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
 from ._monitor import EarlyStop, MetaFitRun
+from ._packing import Initialisation
 from ._scaling import Scaling
 from .tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
 
@@ -75,25 +76,59 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=N
 def run_meta_fit(est, task_sampler, validation_tasks):
     """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``.
 
+    A fresh run that diverges restarts with both step sizes halved, at most
+    ``_stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._stepsize`).
+
     When the default process group of ``torch.distributed`` holds several
     ranks, every rank runs this with the same arguments and adapts its share
-    of each meta-batch (:mod:`skreptile._distributed`).
+    of each meta-batch (:mod:`skreptile._distributed`).  The weights are the
+    same on every rank, so a divergence (and its restart) happens on all.
     """
     est._validate_params()
     device = resolve_device(est.device)
     group = _distributed.current_group(device)
     with _distributed.guard(group):
-        _run(est, task_sampler, validation_tasks, device, group)
+        backoffs = 0
+        while True:
+            try:
+                return _run(est, task_sampler, validation_tasks, device, group, backoffs)
+            except _Restart:
+                backoffs += 1
 
 
-def _run(est, task_sampler, validation_tasks, device, group):
-    run = MetaFitRun(est, validation_tasks, group)
+class _Restart(Exception):
+    """A fresh run diverged: start again with smaller steps."""
+
+
+def _step_sizes(est, backoffs):
+    """``(inner_lr, record)``: the inner step size after ``backoffs`` halvings (see ``_stepsize``)."""
+    factor = 0.5**backoffs
+    record = {"inner_lr": float(est.inner_lr) * factor, "backoffs": backoffs, "factor": factor}
+    return record["inner_lr"], record
+
+
+def _run(est, task_sampler, validation_tasks, device, group, backoffs):
+    writer = group is None or group.rank == 0
+    saved_seed = MetaFitRun.saved_seed(est, writer)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
-    seed = run.seed if run.seed is not None else seed_from_random_state(est.random_state)
+    seed = saved_seed if saved_seed is not None else seed_from_random_state(est.random_state)
     if group is not None:
         seed = group.agree_seed(seed)  # random_state=None draws a seed per process
     init_seed, task_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler, family = est._meta_training_tasks(task_sampler)
+    auto_validation, finite = None, False
+    if validation_tasks is None:
+        # Whole tasks held out before any meta-training task is drawn.
+        sampler, auto_validation, finite = _selftune.hold_out(est, sampler, int(task_seed))
+    early_stopping = est.early_stopping
+    if _selftune.is_auto(early_stopping):
+        # A warm start continues the run to n_meta_iter, as one run would.
+        early_stopping = (validation_tasks is not None or finite) and not est.warm_start
+    # Fresh tasks of an infinite sampler are scored at the end only, unless early stopping.
+    monitored = validation_tasks
+    if monitored is None and early_stopping:
+        monitored = auto_validation
+    run = MetaFitRun(est, monitored, group, early_stopping=bool(early_stopping))
     source = TaskSource(sampler, int(task_seed))
     run.attach(source, seed)
     if run.theta is None:  # a fresh start
@@ -103,6 +138,8 @@ def _run(est, task_sampler, validation_tasks, device, group):
     n_features, n_outputs = run.signature
     net, theta = est._build_net(n_features, n_outputs, int(init_seed), family.input_shape)
     run.check_weights(net.n_params)
+    inner_lr, steps_record = _step_sizes(est, backoffs)
+    run.adaptation = _monitor_adaptation(est, inner_lr)
     if run.theta is not None:
         theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
     theta = theta.to(device)
@@ -114,7 +151,7 @@ def _run(est, task_sampler, validation_tasks, device, group):
         # Adam's state is saved one row per slot of the whole meta-batch: take ours.
         optimizer_state = group.local_rows(optimizer_state)
     ws = net.workspace(n_slots, theta)
-    optimizer = _engine.InnerOptimizer(est.inner_optimizer, est.inner_lr, net, ws, optimizer_state)
+    optimizer = _engine.InnerOptimizer(est.inner_optimizer, inner_lr, net, ws, optimizer_state)
     run.bind(net, loss, theta, optimizer, device)
     chunks = _chunks(
         est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
@@ -151,10 +188,12 @@ def _run(est, task_sampler, validation_tasks, device, group):
     except EarlyStop:
         pass
     except _engine.MetaDiverged as exc:
+        if run.start_iter == 0 and backoffs < _stepsize.MAX_BACKOFFS:
+            raise _Restart from None
         raise FloatingPointError(
             f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
             f"{exc.args[0]}. The step sizes are likely too large for this data "
-            f"(inner_lr={est.inner_lr}, meta_lr={est.meta_lr}"
+            f"(inner_lr={est.inner_lr}, halved {backoffs} times to {inner_lr:.3g}; meta_lr={est.meta_lr}"
             + (", standardize=False" if not est.standardize else "")
             + "); try smaller values"
             + (" or standardize=True" if not est.standardize else "")
@@ -164,9 +203,57 @@ def _run(est, task_sampler, validation_tasks, device, group):
         run.interrupted()
         raise
     theta = run.final_theta(theta)
+    # The mean of the optimiser's rows (a collective in a data-parallel run: on every rank).
+    mean_state = run.optimizer_rows(per_slot=False)
+    choice = _choose_adaptation(
+        est, run, net, theta, device, inner_lr, validation_tasks or auto_validation, mean_state
+    )
     _set_meta_state(est, net, theta, run, family, source, run.optimizer_rows(), device)
+    est.inner_lr_, est.step_size_info_ = inner_lr, steps_record
+    est.adapt_steps_, est.adapt_lr_, est.adaptation_scores_ = choice
     if group is not None:
         group.finish()  # every rank got here: none can fail any more
+    return est
+
+
+def _monitor_adaptation(est, inner_lr):
+    """``(steps, lr)`` of the validation during meta-training."""
+    steps = _selftune.STEP_CANDIDATES if _selftune.is_auto(est.adapt_steps) else (est.adapt_steps,)
+    if _selftune.is_auto(est.adapt_lr):
+        lr = _selftune.MONITOR_LR_FACTOR * inner_lr
+    else:
+        lr = inner_lr if est.adapt_lr is None else est.adapt_lr
+    return tuple(int(s) for s in steps), float(lr)
+
+
+def _choose_adaptation(est, run, net, theta, device, inner_lr, validation, optimizer_state):
+    """``(adapt_steps_, adapt_lr_, adaptation_scores_)`` on the validation tasks.
+
+    Every rank of a data-parallel run scores the same tasks from the same
+    weights, so every rank makes the same choice.
+    """
+    steps, lr = run.adaptation
+    auto = _selftune.is_auto(est.adapt_steps) or _selftune.is_auto(est.adapt_lr)
+    if not auto or validation is None:
+        fallback = _selftune.DEFAULT_ADAPT_STEPS if len(steps) > 1 else steps[0]
+        return fallback, lr, None
+    tasks = est._prepare_tasks(validation, with_query_y=True, signature=run.signature)
+    init = Initialisation(net, theta, run.scaling, device, optimizer_state)
+    est_view = _AdaptView(est, inner_lr)
+    return _selftune.choose_adaptation(est_view, tasks, init, inner_lr)
+
+
+class _AdaptView:
+    """The estimator as the choice of adaptation sees it: its step size is ``inner_lr_``."""
+
+    def __init__(self, est, inner_lr):
+        self._est, self._inner_lr = est, inner_lr
+
+    def __getattr__(self, name):
+        return getattr(self._est, name)
+
+    def _adapt_lr_param(self):
+        return self._inner_lr if self._est.adapt_lr is None else self._est.adapt_lr
 
 
 def _set_meta_state(est, net, theta, run, family, source, optimizer_state, device):

@@ -59,10 +59,13 @@ class MetaFitRun:
     continue from, with ``scaling``, ``signature`` and the optimiser's state.
     """
 
-    def __init__(self, est, validation_tasks, group=None):
+    def __init__(self, est, validation_tasks, group=None, early_stopping=None):
         self.est = est
         self.group = group
         self.writer = group is None or group.rank == 0
+        self.early_stopping = est.early_stopping if early_stopping is None else early_stopping
+        # (steps, step size) of the validation adaptation; the minimum over steps counts.
+        self.adaptation = None
         self.source = None
         self.n_meta_iter = est.n_meta_iter
         self.validation = validation_tasks
@@ -76,7 +79,7 @@ class MetaFitRun:
                     "y_query) tuples, such as skreptile.evaluation.split_support_query "
                     f"returns: {exc}"
                 ) from exc
-        if est.early_stopping and validation_tasks is None:
+        if self.early_stopping and validation_tasks is None:
             raise ValueError(
                 "early_stopping=True needs validation tasks: pass validation_tasks to meta_fit, "
                 "for example skreptile.evaluation.split_support_query(held_out_tasks, n_support)."
@@ -88,7 +91,8 @@ class MetaFitRun:
         self.offset = self.start_iter = self.last_record = self.iteration = 0
         keys = ["meta_iter", "train_loss", "adapted_train_loss"]
         if validation_tasks is not None:
-            keys.append("validation_loss")
+            # With the loss, the number of adaptation steps that scored it.
+            keys += ["validation_loss", "validation_adapt_steps"]
         self.history = {k: [] for k in keys}
         self.best = None  # {"loss", "iteration", "theta"} of the best validation so far
         self.bad_rounds = 0
@@ -100,6 +104,22 @@ class MetaFitRun:
                 _checkpoint.check_checkpoint_path(self.path)
             if os.path.exists(self.path):
                 self.saved = _checkpoint.load_run_state(self.path)
+
+    @staticmethod
+    def saved_seed(est, writer=True):
+        """The seed of the checkpoint ``meta_fit`` will resume from, or None.
+
+        ``writer``: whether this process may check the path (it writes probe
+        files; in a data-parallel run rank 0 alone does).
+        """
+        if est.checkpoint_path is None:
+            return None
+        path = os.fspath(est.checkpoint_path)
+        if writer:
+            _checkpoint.check_checkpoint_path(path)
+        if not os.path.exists(path):
+            return None
+        return int(_checkpoint.load_run_state(path)["seed"])
 
     @property
     def seed(self):
@@ -253,19 +273,23 @@ class MetaFitRun:
         stop = False
         if self.validation is not None:
             if self.group is None:
-                loss = self._validate(self.optimizer_rows(per_slot=False))
+                loss, steps = self._validate(self.optimizer_rows(per_slot=False))
             else:
                 state = self.optimizer_rows(per_slot=False)  # a collective: on every rank
                 # Decided once, on rank 0, and sent to all: no rank can disagree.
-                loss = self.group.decide(self._validate(state) if self.writer else 0.0)
+                loss, steps = self._validate(state) if self.writer else (0.0, 0.0)
+                loss, steps = self.group.decide(loss), self.group.decide(steps)
             entry["validation_loss"] = loss
-            if self.best is None or loss < self.best["loss"]:
-                theta = self.theta_t.detach().cpu().numpy().copy()
-                self.best = {"loss": loss, "iteration": iteration, "theta": theta}
+            entry["validation_adapt_steps"] = steps
+            tol = getattr(self.est, "tol", 0.0) or 0.0
+            if self.best is None or loss < self.best["loss"] * (1.0 - tol):
                 self.bad_rounds = 0
             else:
                 self.bad_rounds += 1
-                stop = self.est.early_stopping and self.bad_rounds >= self.est.n_iter_no_change
+            if self.best is None or loss < self.best["loss"]:
+                theta = self.theta_t.detach().cpu().numpy().copy()
+                self.best = {"loss": loss, "iteration": iteration, "theta": theta}
+            stop = self.early_stopping and self.bad_rounds >= self.est.n_iter_no_change
         for key, values in self.history.items():
             values.append(entry.get(key, math.nan))
         if self.bar is not None:
@@ -283,11 +307,15 @@ class MetaFitRun:
         """Mean query loss of the validation tasks after adaptation from the current weights."""
         est = self.est
         init = Initialisation(self.net, self.theta_t, self.scaling, self.device, optimizer_state)
-        scaled = est._adaptation_curve(self.tasks, [est.adapt_steps], init)[est.adapt_steps]
-        with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
-            losses = est._query_losses(self.tasks, scaled, self.scaling)
-        loss = float(np.mean(losses))
-        return loss if math.isfinite(loss) else math.inf
+        steps, lr = self.adaptation or ([est._adapt_steps()], est._adapt_lr())
+        curve = est._adaptation_curve(self.tasks, steps, init, lr=lr)
+        best, best_steps = math.inf, math.nan
+        for s in steps:
+            with np.errstate(all="ignore"):  # a diverged adaptation scores infinity
+                loss = float(np.mean(est._query_losses(self.tasks, curve[s], self.scaling)))
+            if math.isfinite(loss) and loss < best:
+                best, best_steps = loss, float(s)
+        return best, best_steps
 
     def optimizer_rows(self, per_slot=True):
         """The inner optimiser's state, one row per slot of the whole meta-batch (or their mean).
@@ -359,7 +387,7 @@ class MetaFitRun:
 
     def final_theta(self, theta):
         """The weights to keep: the best validated ones with early stopping, else ``theta``."""
-        if self.est.early_stopping and self.best is not None:
+        if self.early_stopping and self.best is not None:
             return torch.as_tensor(self.best["theta"], device=theta.device)
         return theta
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BaseReptile
@@ -54,13 +56,20 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         per meta-iteration, 1.0 moves ``theta`` to the mean of their adapted
         weights; the serial algorithm of the paper uses 0.1.
     {shared_meta}
-    adapt_steps : int, default=32
-        Full-batch gradient steps taken by :meth:`fit`.
-    adapt_lr : float or None, default=0.07
-        Step size of :meth:`fit`; None uses ``inner_lr``.  The default is a
-        little below ``inner_lr`` because adaptation takes more full-batch steps
-        on fewer points than the inner loop; a smaller step stays stable there
-        even from a briefly meta-trained initialisation (see the benchmarks).
+    adapt_steps : int or "auto", default="auto"
+        Full-batch gradient steps taken by :meth:`fit`.  "auto" chooses, after
+        :meth:`meta_fit`, among 0, 1, 2, 4, ..., 128 the number with the
+        smallest query error on the held-out validation tasks (see
+        ``validation_fraction``), from one batched adaptation curve per
+        candidate step size; ``adapt_steps_`` records it (32 without
+        validation tasks).  Not a meta-shaping parameter: explicit values can
+        be searched with ``GridSearchCV`` on a meta-fitted model.
+    adapt_lr : float, "auto" or None, default="auto"
+        Step size of :meth:`fit`; None uses ``inner_lr_``.  "auto" chooses it
+        with ``adapt_steps`` among 0.25, 0.5, 0.7 and 1 times ``inner_lr_``
+        (the meta-training step size after any back-off), so it follows the
+        data too; ``adapt_lr_`` records it (0.7 ``inner_lr_`` without
+        validation tasks).
     standardize : bool, default=True
         Standardise inputs and targets with statistics of the meta-training tasks
         (or of the data given to ``fit`` when not meta-fitted), undone at predict.
@@ -68,6 +77,16 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
 
     Attributes
     ----------
+    inner_lr_ : float
+        The inner step size meta-training ran with: ``inner_lr`` halved once
+        per restart after a divergence (see Notes).
+    step_size_info_ : dict
+        ``{"inner_lr", "backoffs", "factor"}`` of that rule.
+    adapt_steps_, adapt_lr_ : int, float
+        The adaptation chosen on the validation tasks (or given).
+    adaptation_scores_ : dict or None
+        Mean validation query error for every candidate step size (keys) after
+        0, 1, 2, ..., 128 steps (values), when "auto" chose.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Target standardisation.
     n_outputs_ : int
@@ -85,6 +104,13 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
 
     Notes
     -----
+    Step sizes follow the data: the weights are checked every 100
+    meta-iterations, and a fresh run whose weights stop being finite restarts
+    from its initial weights with ``inner_lr`` halved (at most 6 times); with
+    ``adapt_lr="auto"`` the adaptation step size is a multiple of the
+    resulting ``inner_lr_``.  So defaults do not diverge on standardised
+    tables whatever the number or correlation of the features.
+
     {shared_notes}
 
     Examples
@@ -116,15 +142,18 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         inner_batch_size=10,
         inner_lr=0.1,
         inner_optimizer="sgd",
-        adapt_steps=32,
-        adapt_lr=0.07,
+        adapt_steps="auto",
+        adapt_lr="auto",
         standardize=True,
         transductive=False,
         device="auto",
         n_threads="auto",
         random_state=None,
         verbose=0,
-        early_stopping=False,
+        early_stopping="auto",
+        validation_fraction=0.2,
+        n_support=None,
+        tol=1e-3,
         n_iter_no_change=10,
         monitor_interval=100,
         warm_start=False,
@@ -151,11 +180,24 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.random_state = random_state
         self.verbose = verbose
         self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_support = n_support
+        self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.monitor_interval = monitor_interval
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
+
+    _parameter_constraints = {
+        **BaseReptile._parameter_constraints,
+        "adapt_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "adapt_lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"}), None],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left"), None],
+        "n_support": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, 1, closed="left")],
+    }
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.

@@ -63,6 +63,11 @@ META_STATE = (
     "n_meta_iter_",
     "best_iteration_",
     "best_validation_loss_",
+    "inner_lr_",
+    "step_size_info_",
+    "adapt_steps_",
+    "adapt_lr_",
+    "adaptation_scores_",
 )
 
 _VERSION_KEY = "_skreptile_version"

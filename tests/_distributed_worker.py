@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from skreptile import ClassTaskSampler, ReptileClassifier, ReptileRegressor, SineTaskSampler
+from skreptile._selftune import N_FRESH
 from skreptile.evaluation import split_support_query
 
 # meta_batch_size=5 does not divide among 2 ranks (3 + 2 tasks); adam keeps a
@@ -41,8 +42,9 @@ CLASSIFIER = dict(
 FAILING = dict(
     REGRESSOR, n_meta_iter=96, checkpoint_interval=32, hidden_layer_sizes=(16,), standardize=False
 )
-# One task tells the shapes (no scaling statistics), then the 64 * 5 tasks of block 0.
-FAIL_AFTER_CALLS = 1 + 64 * 5
+# The fresh held-out tasks of validation_fraction, one task that tells the shapes
+# (no scaling statistics), then the 64 * 5 tasks of block 0.
+FAIL_AFTER_CALLS = N_FRESH + 1 + 64 * 5
 
 
 def validation_tasks():

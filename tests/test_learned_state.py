@@ -41,7 +41,7 @@ def test_a_refused_or_failed_fit_leaves_the_estimator_as_it_was():
         model.fit(x, np.ones((10, 2)))
     with pytest.raises(FloatingPointError, match="diverged"):
         model.set_params(adapt_lr=1e9).fit(x, 1e3 * np.sin(x[:, 0]))
-    model.set_params(adapt_lr=0.07)
+    model.set_params(adapt_lr="auto")  # the default
     _assert_same(model, before)
     np.testing.assert_array_equal(model.predict(x), expected)
     # Never meta-fitted: a failed first fit leaves no half-learned state either.

@@ -30,7 +30,13 @@ def test_history_records_losses_and_validation():
     model.meta_fit(SineTaskSampler(random_state=0), validation_tasks=_validation())
     h = model.history_
     assert h["meta_iter"] == [50, 100, 150, 200, 250]
-    assert set(h) == {"meta_iter", "train_loss", "adapted_train_loss", "validation_loss"}
+    assert set(h) == {
+        "meta_iter",
+        "train_loss",
+        "adapted_train_loss",
+        "validation_loss",
+        "validation_adapt_steps",  # the issue-11 record of the adaptation steps
+    }
     assert all(len(v) == 5 for v in h.values())
     assert np.isfinite(h["train_loss"]).all() and np.isfinite(h["validation_loss"]).all()
     # Within a meta-iteration the inner steps lower the task loss.
@@ -96,10 +102,14 @@ def test_early_stopping_restores_the_best_weights():
 
 
 def test_early_stopping_needs_validation_tasks():
+    # Without validation_fraction nothing is held out; with it (the default) an
+    # infinite sampler gives fresh held-out tasks, so early stopping works.
     with pytest.raises(ValueError, match="early_stopping=True needs validation tasks"):
-        ReptileRegressor(n_meta_iter=5, early_stopping=True, **FAST).meta_fit(
-            SineTaskSampler(random_state=0)
-        )
+        ReptileRegressor(
+            n_meta_iter=5, early_stopping=True, validation_fraction=None, **FAST
+        ).meta_fit(SineTaskSampler(random_state=0))
+    model = ReptileRegressor(n_meta_iter=5, early_stopping=True, monitor_interval=5, **FAST)
+    assert np.isfinite(model.meta_fit(SineTaskSampler(random_state=0)).best_validation_loss_)
     with pytest.raises(ValueError, match="validation_tasks must be a sequence"):
         ReptileRegressor(n_meta_iter=5, **FAST).meta_fit(
             SineTaskSampler(random_state=0), validation_tasks=[(np.ones((3, 1)), np.ones(3))]
@@ -237,7 +247,10 @@ def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monke
 def test_resuming_with_other_parameters_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "ckpt"
     with monkeypatch.context() as m, pytest.raises(RuntimeError):
-        crash_on_draw(m, 3)  # at iteration 64, after the checkpoint at 50
+        # Draws: 1 the fresh held-out tasks (validation_fraction), 2 the scaling
+        # tasks, 3 block [0, 64), 4 block [64, 128): at iteration 64, after the
+        # checkpoint at 50.
+        crash_on_draw(m, 4)
         ReptileRegressor(
             n_meta_iter=300, checkpoint_path=path, checkpoint_interval=50, **FAST
         ).meta_fit(SineTaskSampler(random_state=0))

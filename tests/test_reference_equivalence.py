@@ -102,6 +102,9 @@ def test_serial_mode_matches_the_original_demo_step_for_step(monkeypatch):
         standardize=False,
         device="cpu",
         random_state=0,
+        # The demo holds out no tasks; fresh held-out tasks would be drawn from
+        # (and use up) the fixed task iterator below.
+        validation_fraction=None,
     )
     theta0 = (
         ReptileRegressor(**{**params, "n_meta_iter": 0}).meta_fit(_sine_tasks(1, 0)).meta_params_

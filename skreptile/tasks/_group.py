@@ -33,6 +33,31 @@ def _column(frame, name, what):
     return frame[name]
 
 
+def _check_columns(X):
+    """A ``ValueError`` naming the first DataFrame column that is not numeric or has missing values."""
+    if not hasattr(X, "columns") or not hasattr(X, "dtypes"):
+        return
+    import pandas as pd
+
+    for name in X.columns:
+        col = X[name]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            example = col.dropna().iloc[0] if col.notna().any() else None
+            raise ValueError(
+                f"Column {name!r} of X is not numeric (dtype {col.dtype}, e.g. {example!r}). "
+                "Pass preprocessor= to GroupTaskSampler, e.g. a ColumnTransformer with a "
+                f"OneHotEncoder for {name!r}, fitted once on the meta-training rows; or drop "
+                "the column."
+            )
+        n_missing = int(col.isna().sum())
+        if n_missing:
+            raise ValueError(
+                f"Column {name!r} of X has {n_missing} missing value(s). Pass preprocessor= "
+                "to GroupTaskSampler, e.g. a ColumnTransformer with a SimpleImputer for "
+                f"{name!r}, fitted once on the meta-training rows; or drop those rows."
+            )
+
+
 class GroupTaskSampler(TaskSampler):
     """Meta-training tasks from one table: every group of rows is a task.
 
@@ -65,6 +90,15 @@ class GroupTaskSampler(TaskSampler):
     random_state : int, numpy.random.Generator or None, default=None
         Seeds the tasks drawn by ``meta_fit``.  None defers to the estimator's
         ``random_state``.
+    preprocessor : scikit-learn transformer or None, default=None
+        A transformer (for example a ``ColumnTransformer`` with an imputer and
+        a one-hot encoder) for tables with categorical or string columns or
+        missing values.  A clone is fitted **once** on the rows of ``X`` (the
+        meta-training rows, without the ``y`` and ``groups`` columns), and the
+        table is transformed once: tasks are drawn from its output, never
+        preprocessed per task.  The fitted transformer is ``preprocessor_``;
+        :meth:`pipeline` puts it, frozen, in front of an estimator, for the
+        rows of new groups.
 
     Attributes
     ----------
@@ -77,13 +111,17 @@ class GroupTaskSampler(TaskSampler):
     n_features_in_ : int
         Number of features.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of the features, when ``X`` is a DataFrame with string column names.
+        Names of the features, when ``X`` is a DataFrame with string column
+        names and there is no ``preprocessor``.
+    preprocessor_ : transformer
+        The fitted clone of ``preprocessor`` (only when one is given).
 
     Notes
     -----
-    ``X`` and ``y`` must be numeric and free of missing values; impute or drop
-    missing values first (skreptile does not guess how).  Rows are copied once,
-    sorted by group, when the sampler is built.
+    Without a ``preprocessor``, ``X`` must be numeric and free of missing
+    values: a column that is not is named in the error, which points to
+    ``preprocessor``.  Missing targets are never imputed: drop those rows.
+    Rows are copied once, sorted by group, when the sampler is built.
 
     Examples
     --------
@@ -112,11 +150,53 @@ class GroupTaskSampler(TaskSampler):
         n_points: int | None = None,
         small_groups: str = "error",
         random_state: RandomStateLike = None,
+        preprocessor: Any = None,
     ) -> None:
         self.n_points = n_points
         self.small_groups = small_groups
         self.random_state = random_state
+        self.preprocessor = preprocessor
         self._prepare(X, y, groups)
+
+    def pipeline(self, estimator: Any) -> Any:
+        """``Pipeline([("preprocessor", frozen preprocessor_), ("model", estimator)])``.
+
+        For the rows of a new group as they come (a DataFrame with the raw
+        columns): the fitted ``preprocessor_`` is frozen (``fit`` leaves it as
+        it is), so that ``fit`` adapts only the estimator, as
+        :func:`skreptile.pipeline.meta_fit_pipeline` does.  Without a
+        ``preprocessor`` the estimator is returned as it is.
+        """
+        if self.preprocessor is None:
+            return estimator
+        from sklearn.frozen import FrozenEstimator
+        from sklearn.pipeline import Pipeline
+
+        return Pipeline(
+            [("preprocessor", FrozenEstimator(self.preprocessor_)), ("model", estimator)]
+        )
+
+    def _preprocess(self, X, y):
+        """``X`` as a float array: through ``preprocessor`` when given, else checked per column."""
+        if self.preprocessor is None:
+            _check_columns(X)
+            return X
+        from sklearn.base import clone
+
+        self.preprocessor_ = clone(self.preprocessor).fit(X, y)
+        out = self.preprocessor_.transform(X)
+        if hasattr(out, "toarray"):  # a sparse one-hot encoding
+            out = out.toarray()
+        try:
+            return check_array(out, dtype=np.float64, input_name="X")
+        except ValueError as exc:
+            raise ValueError(
+                f"The output of preprocessor={self.preprocessor!r} is not a numeric table "
+                f"without missing values ({exc}). Impute every column with missing values "
+                "and encode every categorical or string column (e.g. SimpleImputer and "
+                "OneHotEncoder in a ColumnTransformer); remainder='passthrough' passes "
+                "such columns through unchanged."
+            ) from None
 
     # ----------------------------------------------------------- validation
     def _prepare(self, X, y, groups):
@@ -138,10 +218,12 @@ class GroupTaskSampler(TaskSampler):
         if drop:
             X = X.drop(columns=drop)
         columns = getattr(X, "columns", None)
-        if columns is not None and len(columns) and all(isinstance(c, str) for c in columns):
+        named = columns is not None and len(columns) and all(isinstance(c, str) for c in columns)
+        if named and self.preprocessor is None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
-        X = check_array(X, dtype=np.float64, input_name="X")
         y = check_array(y, dtype=np.float64, ensure_2d=False, input_name="y")
+        X = self._preprocess(X, y)
+        X = check_array(X, dtype=np.float64, input_name="X")
         if y.ndim not in (1, 2):
             raise ValueError(f"y must be 1-D or 2-D, got {y.ndim} dimensions.")
         groups = np.asarray(groups)
@@ -264,3 +346,22 @@ class GroupTaskSampler(TaskSampler):
             f"GroupTaskSampler(n_groups={self.n_groups_}, n_points={self.n_points!r}, "
             f"small_groups={self.small_groups!r}, random_state={self.random_state!r})"
         )
+
+    def _split_groups(self, held_out):
+        """``(sampler of the other groups, list of the held-out groups' (X, y))``.
+
+        ``held_out`` indexes ``groups_``.  The returned sampler shares nothing
+        mutable with this one; its tasks are whole groups, never a part of one.
+        """
+        held = np.zeros(self.n_groups_, dtype=bool)
+        held[np.asarray(held_out, dtype=np.intp)] = True
+        tasks = self.tasks()
+        kept = [t for t, h in zip(tasks, held) if not h]
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.groups_ = self.groups_[~held]
+        new.group_sizes_ = self.group_sizes_[~held]
+        new._X = np.ascontiguousarray(np.concatenate([X for X, _ in kept]))
+        new._y = np.ascontiguousarray(np.concatenate([y for _, y in kept]))
+        new._starts = np.concatenate([[0], np.cumsum(new.group_sizes_)[:-1]]).astype(np.intp)
+        return new, [t for t, h in zip(tasks, held) if h]

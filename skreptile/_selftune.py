@@ -1,0 +1,150 @@
+"""Automatic validation and adaptation: held-out tasks, early stopping, ``'auto'`` adaptation.
+
+``meta_fit`` of a regressor with ``validation_fraction`` set holds out tasks
+before drawing any meta-training task:
+
+* a finite sampler (a sequence of tasks, a :class:`~skreptile.GroupTaskSampler`)
+  loses ``max(2, round(validation_fraction * n_tasks))`` whole tasks, chosen
+  at random (seeded by the run's seed); meta-training never sees a row of them.
+  Nothing is held out when fewer than ``MIN_TASKS`` tasks would be left, and
+  at most ``MAX_HELD_OUT`` tasks are;
+* an infinite sampler (a callable or another :class:`~skreptile.tasks.TaskSampler`)
+  gives ``N_FRESH`` fresh tasks from a random stream of their own.
+
+Each held-out task is split into ``n_support`` support points and the rest as
+query (up to ``SPLITS_PER_TASK`` random splits of each finite task, to
+average out which rows land in the support set, ``MAX_SPLITS`` in all).
+
+``adapt_steps='auto'`` and ``adapt_lr='auto'`` are chosen on those splits
+after meta-training: for each candidate step size
+(``LR_FACTORS`` times the meta-training inner step size ``inner_lr_``) one
+batched adaptation curve gives the mean query error after every candidate
+number of steps (``STEP_CANDIDATES``); the pair with the smallest error wins.
+"""
+
+import math
+
+import numpy as np
+
+from .tasks._base import TaskSource, keyed_generator, sampler_kind
+
+STEP_CANDIDATES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+LR_FACTORS = (0.25, 0.5, 0.7, 1.0)
+# The adaptation step size of validation during meta-training (as a factor of inner_lr_).
+MONITOR_LR_FACTOR = 0.7
+# Fallbacks when there is nothing to choose on.
+DEFAULT_ADAPT_STEPS = 32
+N_FRESH = 64
+MIN_TASKS = 8
+SPLITS_PER_TASK = 4
+# Bounds on the cost of validation: held-out tasks, and their splits in all.
+MAX_HELD_OUT = 100
+MAX_SPLITS = 200
+DEFAULT_N_SUPPORT = 10
+_HOLD_OUT_KEY, _FRESH_KEY, _SPLIT_KEY = 11, 12, 13
+
+
+def _split(tasks, n_support, rng, n_splits):
+    out = []
+    for X, y in tasks:
+        n = len(X)
+        k = n_support if n_support < n else max(1, n // 2)
+        for _ in range(n_splits):
+            order = rng.permutation(n)
+            s, q = order[:k], order[k:]
+            out.append((X[s], y[s], X[q], y[q]))
+    return out
+
+
+def hold_out(est, sampler, seed):
+    """``(sampler to meta-train on, held-out (Xs, ys, Xq, yq) tasks or None, finite)``.
+
+    ``finite`` tells whether the held-out tasks were removed from a finite set
+    (the case where early stopping pays).
+    """
+    fraction = getattr(est, "validation_fraction", None)
+    if not fraction:
+        return sampler, None, False
+    n_support = est.n_support or DEFAULT_N_SUPPORT
+    split_rng = keyed_generator(seed, _SPLIT_KEY)
+    kind = sampler_kind(sampler)
+    if kind == "sequence" or hasattr(sampler, "_split_groups"):
+        n = len(sampler) if kind == "sequence" else sampler.n_groups_
+        n_val = min(max(2, int(round(fraction * n))), MAX_HELD_OUT)
+        if n - n_val < MIN_TASKS:
+            return sampler, None, False
+        held = np.sort(keyed_generator(seed, _HOLD_OUT_KEY).permutation(n)[:n_val])
+        if kind == "sequence":
+            mask = np.zeros(n, dtype=bool)
+            mask[held] = True
+            source = TaskSource([sampler[i] for i in held], seed)
+            tasks = source.tasks
+            train = [t for t, m in zip(sampler, mask) if not m]
+        else:
+            train, tasks = sampler._split_groups(held)
+        splits = max(1, min(SPLITS_PER_TASK, MAX_SPLITS // n_val))
+        return train, _split(tasks, n_support, split_rng, splits), True
+    source = TaskSource(sampler, seed)
+    drawn = source._draw(keyed_generator(source.seed, _FRESH_KEY), N_FRESH, 0)
+    if isinstance(drawn, tuple):
+        drawn = list(zip(*drawn))
+    return sampler, _split(drawn, n_support, split_rng, 1), False
+
+
+def is_auto(value):
+    return isinstance(value, str) and value == "auto"
+
+
+def choose_adaptation(est, tasks, init, inner_lr):
+    """``(adapt_steps, adapt_lr, scores)`` with the smallest mean query error on ``tasks``.
+
+    ``scores`` maps each candidate step size to the mean errors after
+    ``STEP_CANDIDATES`` steps.  Explicit (non-``'auto'``) values are kept and
+    only the other one is chosen.
+    """
+    steps = STEP_CANDIDATES if is_auto(est.adapt_steps) else (int(est.adapt_steps),)
+    if is_auto(est.adapt_lr):
+        lrs = [inner_lr * f for f in LR_FACTORS]
+    else:
+        lrs = [est._adapt_lr_param()]
+    scores = {}
+    best = (math.inf, steps[-1] if len(steps) == 1 else DEFAULT_ADAPT_STEPS, lrs[-1])
+    for lr in lrs:
+        errors = curve_errors(est, tasks, init, steps, lr)
+        scores[float(lr)] = [float(e) for e in errors]
+        for s, e in zip(steps, errors):
+            if e < best[0]:
+                best = (e, s, lr)
+    return int(best[1]), float(best[2]), scores
+
+
+def curve_errors(est, tasks, init, steps, lr):
+    """Mean query error of ``tasks`` after each number of ``steps`` (inf where it diverged)."""
+    curve = est._adaptation_curve(tasks, steps, init, lr=lr)
+    errors = []
+    for s in steps:
+        with np.errstate(all="ignore"):
+            loss = float(np.mean(est._query_losses(tasks, curve[int(s)], init.scaling)))
+        errors.append(loss if math.isfinite(loss) else math.inf)
+    return errors
+
+
+# Halvings of an 'auto' adaptation step size on a task whose support loss
+# diverged or grew, before falling back to the meta-learned weights (0 steps).
+ADAPT_BACKOFFS = 8
+
+
+def adaptation_failed(loss_before, loss_after):
+    """Per task: the support loss became non-finite or grew (the step was too large)."""
+    import torch
+
+    before = torch.as_tensor(loss_before)
+    after = torch.as_tensor(loss_after)
+    return ~torch.isfinite(after) | (after > 1.5 * before + 1e-6)
+
+
+def backoff_rates(est, lr):
+    """The step sizes to try in turn: ``lr``, then halvings with 'auto', then 0 (no step)."""
+    if not is_auto(est.adapt_lr):
+        return [lr]
+    return [lr * 0.5**k for k in range(ADAPT_BACKOFFS + 1)] + [0.0]

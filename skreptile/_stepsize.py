@@ -1,0 +1,19 @@
+"""Step sizes that follow the data: automatic back-off of the inner step size.
+
+Gradient descent diverges once its step size exceeds about twice the inverse
+of the loss curvature, and that curvature depends on the data (the number,
+correlation and tails of the features) and on the network; no fixed step size
+is safe on every table.  An estimate of the curvature at the initial weights
+does not tell safe from unsafe steps (the sine demo's initial curvature is as
+high as that of tables on which the default diverges, yet the default is
+stable there: the curvature changes as meta-training moves the weights), so
+skreptile watches the run instead: the weights are checked every 100
+meta-iterations, and a fresh run whose weights stop being finite restarts
+from its initial weights with the inner step size halved, at most
+``MAX_BACKOFFS`` times.  ``inner_lr_`` is the step size the run ended with,
+and ``step_size_info_`` records the halvings.  The adaptation step size
+(``adapt_lr='auto'``) is then chosen on held-out tasks among multiples of
+``inner_lr_`` (see :mod:`skreptile._selftune`), so it follows too.
+"""
+
+MAX_BACKOFFS = 6
