@@ -166,6 +166,16 @@ class GroupTaskSampler(TaskSampler):
         it is), so that ``fit`` adapts only the estimator, as
         :func:`skreptile.pipeline.meta_fit_pipeline` does.  Without a
         ``preprocessor`` the estimator is returned as it is.
+
+        Parameters
+        ----------
+        estimator : estimator
+            The model meta-fitted on this sampler (or to be).
+
+        Returns
+        -------
+        pipeline : sklearn.pipeline.Pipeline or estimator
+            The frozen ``preprocessor_`` followed by ``estimator``.
         """
         if self.preprocessor is None:
             return estimator
