@@ -262,12 +262,11 @@ class BatchedMLP:
             ws.scratch[key] = scratch
         return scratch
 
-    def gradient(self, ws, x, y, weight, loss):
-        """Write every task's d(loss)/d(weights) into ``ws.grad``; return the outputs.
+    def _forward_into_scratch(self, ws, x, y, weight, loss):
+        """The forward pass into scratch buffers, and d(loss)/d(outputs).
 
-        The loss of each task depends only on that task's weights, so one
-        backward pass of the summed loss gives every task's own gradient.  The
-        returned outputs live in a scratch buffer overwritten by the next call.
+        Returns the activations of every layer, the buffers of their
+        gradients, and the gradient of the loss at the outputs.
         """
         views = ws.param_views
         outs, grads = self._scratch(ws, x)
@@ -277,7 +276,18 @@ class BatchedMLP:
             h = torch.baddbmm(views[2 * i + 1], h, views[2 * i], out=outs[i])
             if i < last:
                 _activate_(h, self.activation)
-        grad = loss.output_grad(outs[last], y, weight, out=grads[last])
+        return outs, grads, loss.output_grad(outs[last], y, weight, out=grads[last])
+
+    def gradient(self, ws, x, y, weight, loss):
+        """Write every task's d(loss)/d(weights) into ``ws.grad``; return the outputs.
+
+        The loss of each task depends only on that task's weights, so one
+        backward pass of the summed loss gives every task's own gradient.  The
+        returned outputs live in a scratch buffer overwritten by the next call.
+        """
+        views = ws.param_views
+        outs, grads, grad = self._forward_into_scratch(ws, x, y, weight, loss)
+        last = len(outs) - 1
         for i in range(last, -1, -1):
             inputs = outs[i - 1] if i > 0 else x
             torch.bmm(inputs.transpose(1, 2), grad, out=ws.grad_views[2 * i])
@@ -303,14 +313,8 @@ class BatchedMLP:
         old weights: no gradient buffer is written or read back.
         """
         views = ws.param_views
-        outs, grads = self._scratch(ws, x)
+        outs, grads, grad = self._forward_into_scratch(ws, x, y, weight, loss)
         last = len(outs) - 1
-        h = x
-        for i in range(last + 1):
-            h = torch.baddbmm(views[2 * i + 1], h, views[2 * i], out=outs[i])
-            if i < last:
-                _activate_(h, self.activation)
-        grad = loss.output_grad(outs[last], y, weight, out=grads[last])
         ones = self._ones(ws, x.shape[0], x.shape[1], x)
         for i in range(last, -1, -1):
             inputs = outs[i - 1] if i > 0 else x
