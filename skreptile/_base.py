@@ -225,15 +225,22 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
             cache["device_param"] = str(self.device)
         return cache["device"]
 
-    def _cached_tensor(self, name, device):
-        """The learned array ``name`` (e.g. ``"params_"``) as a float32 tensor on ``device``."""
+    def _converted(self, name, key, convert):
+        """``convert(array)`` of the learned array ``name``, kept until ``name`` is replaced."""
         cache = self.__dict__.setdefault("_cache", {})
-        key = (name, str(device))
         array = self.__dict__[name]
         held = cache.get(key)
         if held is None or held[0] is not array:
-            held = cache[key] = (array, torch.as_tensor(array, dtype=torch.float32, device=device))
+            held = cache[key] = (array, convert(array))
         return held[1]
+
+    def _cached_tensor(self, name, device):
+        """The learned array ``name`` (e.g. ``"params_"``) as a float32 tensor on ``device``."""
+        return self._converted(
+            name,
+            (name, str(device)),
+            lambda a: torch.as_tensor(a, dtype=torch.float32, device=device),
+        )
 
     def _scaling(self):
         return Scaling(self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
@@ -464,22 +471,17 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
 
     def _lean_theta(self):
         """``meta_params_`` as float32, converted once."""
-        cache = self.__dict__.setdefault("_cache", {})
-        array = self.meta_params_
-        held = cache.get("lean_theta")
-        if held is None or held[0] is not array:
-            held = cache["lean_theta"] = (array, np.asarray(array, dtype=np.float32))
-        return held[1]
+        return self._converted(
+            "meta_params_", "lean_theta", lambda a: np.asarray(a, dtype=np.float32)
+        )
 
     def _lean_layers(self, net):
         """The adapted weights as float64 ``[W; b]`` blocks, converted once per ``fit``."""
-        cache = self.__dict__.setdefault("_cache", {})
-        array = self.params_
-        held = cache.get("lean_layers")
-        if held is None or held[0] is not array:
-            flat = np.asarray(array, dtype=np.float64)
-            held = cache["lean_layers"] = (array, _lean.LeanMLP.layers_of(net.layer_sizes, flat))
-        return held[1]
+        return self._converted(
+            "params_",
+            "lean_layers",
+            lambda a: _lean.LeanMLP.layers_of(net.layer_sizes, np.asarray(a, dtype=np.float64)),
+        )
 
     def _fit_optimizer_state(self):
         """Adam's state at the end of meta-training, averaged over task slots (or None)."""
