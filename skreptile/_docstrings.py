@@ -40,14 +40,19 @@ BLOCKS = {
         A device that is not available is reported by :meth:`meta_fit` and
         :meth:`fit`, not when the estimator is created.
     n_threads : int, "auto" or None, default="auto"
-        The torch CPU threads of every call (:meth:`meta_fit`, :meth:`fit`,
-        :meth:`predict`, ...), restored when the call returns.  "auto" runs
-        calls whose matrix products are small (under 2**23 multiply-adds, as
-        for the default networks) on one thread, which is as fast on a quiet
+        The CPU threads of every call (:meth:`meta_fit`, :meth:`fit`,
+        :meth:`predict`, ...), restored when the call returns.  Many tasks at
+        once (a large meta-batch, :meth:`few_shot_predict`, evaluation) are
+        adapted in cache-sized blocks, and blocks run on several threads:
+        "auto" uses one per available core, an integer that many (at most one
+        per block); results do not depend on it.  Within a thread, "auto"
+        runs small matrix products (under 2**23 multiply-adds, as for the
+        default networks) on one torch thread, which is as fast on a quiet
         machine and many times faster on a busy one, and larger ones with the
-        caller's count; an integer pins the count; None leaves torch's
-        setting alone.  With torch's OpenMP backend the count belongs to the
-        calling thread: other threads of the program keep theirs.
+        caller's count; an integer pins the count.  None leaves torch's
+        setting alone and adapts blocks on the calling thread only.  With
+        torch's OpenMP backend the count belongs to the calling thread: other
+        threads of the program keep theirs.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, the order of points and, unless the sampler
         has its own seed, the tasks drawn.  Same seed, same result on the CPU.

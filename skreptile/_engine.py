@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ._parallel import block_workers, run_blocks
+
 ADAM_BETA2 = 0.999
 ADAM_EPSILON = 1e-8
 
@@ -139,22 +141,15 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     the last (``step == n_steps``), e.g. to predict along the way.
 
     With plain SGD and the perceptron, each step is one fused pass
-    (:meth:`~skreptile._networks.BatchedMLP.sgd_step`) and, on the CPU, the
-    tasks run in cache-sized blocks (:func:`task_blocks`), each block through
-    all its steps; without ``on_step``, which sees the whole workspace.
+    (:meth:`~skreptile._networks.BatchedMLP.sgd_step`).  All the tasks of
+    ``ws`` run together: :func:`adapt_from` cuts a meta-batch into cache-sized
+    blocks first.
     """
     per_step = x.dim() == 4
-    n_tasks = ws.n_tasks
     if on_step is None and _fused_sgd(net, optimizer):
-        n_points = x.shape[-2]
-        blocks = task_blocks(net, optimizer, n_tasks, n_points, x.device)
-        for start, stop in blocks:
-            sub = ws if len(blocks) == 1 else net.block(ws, start, stop)
-            xb, yb = _task_slice(x, per_step, start, stop), _task_slice(y, per_step, start, stop)
-            wb = _task_slice(weight, per_step, start, stop)
-            _sgd_steps(
-                net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, loss_sums, n_tasks
-            )
+        _sgd_steps(
+            net, loss, ws, x, y, weight, n_steps, optimizer.lr, per_step, loss_sums, ws.n_tasks
+        )
         return ws
     for step in range(n_steps):
         if on_step is not None:
@@ -175,13 +170,17 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     return ws
 
 
-def adapt_from(net, loss, ws, theta, x, y, weight, n_steps, optimizer, loss_sums=None):
+def adapt_from(
+    net, loss, ws, theta, x, y, weight, n_steps, optimizer, loss_sums=None, n_threads=None
+):
     """Start every task of ``ws`` from ``theta``, :func:`adapt`, and return the tasks' mean weights.
 
     One Reptile inner loop.  When the tasks run in cache-sized blocks, each
-    block is set to ``theta`` just before its steps and summed into the mean
-    just after, while it is in cache: a meta-batch whose slots outgrow the
-    caches then costs per task what a small one does.
+    block is set to ``theta`` just before its steps and summed just after,
+    while it is in cache: a meta-batch whose slots outgrow the caches then
+    costs per task what a small one does.  Blocks run on the threads that
+    ``n_threads`` allows (:mod:`skreptile._parallel`); their sums are added in
+    block order, so the result does not depend on the number of threads.
     """
     blocks = [(0, ws.n_tasks)]
     if _fused_sgd(net, optimizer):
@@ -191,16 +190,22 @@ def adapt_from(net, loss, ws, theta, x, y, weight, n_steps, optimizer, loss_sums
         adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums)
         return net.task_mean(ws)
     per_step = x.dim() == 4
-    total = torch.zeros_like(theta)
-    for start, stop in blocks:
-        sub = net.block(ws, start, stop)
+
+    def run_block(start, stop, scratch):
+        sub = net.block(ws, start, stop, scratch)
         net.broadcast(theta, sub)
         xb, yb = _task_slice(x, per_step, start, stop), _task_slice(y, per_step, start, stop)
         wb = _task_slice(weight, per_step, start, stop)
-        _sgd_steps(
-            net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, loss_sums, ws.n_tasks
-        )
-        net.add_task_sum(sub, total)
+        sums = None if loss_sums is None else torch.zeros_like(loss_sums)
+        _sgd_steps(net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, sums, ws.n_tasks)
+        return net.task_sum(sub), sums
+
+    workers = block_workers(n_threads, x.device, len(blocks))
+    total = torch.zeros_like(theta)
+    for task_sum, sums in run_blocks(blocks, run_block, workers):
+        total.add_(task_sum)
+        if loss_sums is not None:
+            loss_sums.add_(sums)
     return total.div_(ws.n_tasks)
 
 
@@ -220,13 +225,25 @@ def _sgd_steps(net, loss, ws, x, y, weight, n_steps, lr, per_step, loss_sums, n_
 
 
 def adapt_tasks(
-    net, loss, theta, packed, n_steps, optimizer, lr, optimizer_state=None, on_step=None
+    net,
+    loss,
+    theta,
+    packed,
+    n_steps,
+    optimizer,
+    lr,
+    optimizer_state=None,
+    on_step=None,
+    n_threads=None,
 ):
     """Adapt one copy of ``theta`` per task of ``packed`` (full batch) and measure it.
 
     ``on_step(step, ws, tasks)``, when given, is called before every step and
     after the last with a workspace of the tasks ``tasks`` (a slice of
-    ``packed``'s): the tasks may be adapted in blocks (:func:`task_blocks`).
+    ``packed``'s): the tasks may be adapted in blocks (:func:`task_blocks`),
+    on the threads that ``n_threads`` allows (:mod:`skreptile._parallel`), so
+    ``on_step`` may be called from several threads at once, each time for
+    other tasks.
 
     Returns
     -------
@@ -241,31 +258,34 @@ def adapt_tasks(
     n_points = packed.xs.shape[1]
     blocks = task_blocks(net, inner, packed.n_tasks, n_points, packed.xs.device)
     fused = _fused_sgd(net, inner)
-    before, after = [], []
-    with torch.no_grad():
-        for start, stop in blocks:
-            whole = len(blocks) == 1
-            sub = ws if whole else net.block(ws, start, stop)
-            tasks = slice(start, stop)
-            xs, ys = packed.xs[tasks], packed.ys[tasks]
-            w = _task_slice(packed.weight, False, start, stop)
-            if n_steps == 0 or not fused:
-                before.append(loss.value(net.forward_tasks(sub, xs), ys, w))
-            for step in range(n_steps):
-                if on_step is not None:
-                    on_step(step, sub, tasks)
-                if fused:
-                    # The loss at theta comes from the first step's outputs.
-                    outputs = net.sgd_step(sub, xs, ys, w, loss, lr)
-                    if step == 0:
-                        before.append(loss.value(outputs, ys, w))
-                else:
-                    net.gradient(sub, xs, ys, w, loss)
-                    inner.step(sub.params, sub.grad)
+
+    def run_block(start, stop, scratch):
+        sub = ws if len(blocks) == 1 else net.block(ws, start, stop, scratch)
+        tasks = slice(start, stop)
+        xs, ys = packed.xs[tasks], packed.ys[tasks]
+        w = _task_slice(packed.weight, False, start, stop)
+        before = None
+        if n_steps == 0 or not fused:
+            before = loss.value(net.forward_tasks(sub, xs), ys, w)
+        for step in range(n_steps):
             if on_step is not None:
-                on_step(n_steps, sub, tasks)
-            after.append(loss.value(net.forward_tasks(sub, xs), ys, w))
-    return ws, torch.cat(before), torch.cat(after)
+                on_step(step, sub, tasks)
+            if fused:
+                # The loss at theta comes from the first step's outputs.
+                outputs = net.sgd_step(sub, xs, ys, w, loss, lr)
+                if step == 0:
+                    before = loss.value(outputs, ys, w)
+            else:
+                net.gradient(sub, xs, ys, w, loss)
+                inner.step(sub.params, sub.grad)
+        if on_step is not None:
+            on_step(n_steps, sub, tasks)
+        return before, loss.value(net.forward_tasks(sub, xs), ys, w)
+
+    with torch.no_grad():
+        workers = block_workers(n_threads, packed.xs.device, len(blocks))
+        measured = run_blocks(blocks, run_block, workers)
+    return ws, torch.cat([m[0] for m in measured]), torch.cat([m[1] for m in measured])
 
 
 class MetaDiverged(FloatingPointError):
@@ -297,6 +317,7 @@ def meta_train(
     loss_sums=None,
     dropout_seed=0,
     reducer=None,
+    n_threads=None,
 ):
     """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
 
@@ -314,6 +335,8 @@ def meta_train(
     iteration then go through it into ``loss_sums``.  The dropout masks of
     iteration ``i`` (for modules with random layers) are seeded by
     ``dropout_seed + i``, so that they too are those of one uninterrupted run.
+    ``n_threads`` is the estimator's parameter: the cache-sized blocks of a
+    large meta-batch run on that many threads (see :func:`adapt_from`).
     Returns the number of meta-iterations completed.
     """
     iteration = start_iter
@@ -324,7 +347,7 @@ def meta_train(
             if ws.rng is not None:
                 ws.rng.manual_seed(dropout_seed + iteration)
             mean = adapt_from(
-                net, loss, ws, theta, x[k], y[k], w, inner_steps, optimizer, inner_losses
+                net, loss, ws, theta, x[k], y[k], w, inner_steps, optimizer, inner_losses, n_threads
             )
             if reducer is not None:  # every rank's tasks: ws holds this rank's adapted slots
                 mean = reducer.mean(ws)

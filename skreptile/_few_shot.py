@@ -190,6 +190,7 @@ class FewShotMixin:
                     lr,
                     state,
                     on_step=predict_when_wanted,
+                    n_threads=self.n_threads,
                 )
             bad = _selftune.adaptation_failed(before, after).cpu().numpy()
             if bad.any():

@@ -183,6 +183,7 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
                 on_iteration=run.on_iteration,
                 loss_sums=run.loss_sums,
                 dropout_seed=int(init_seed),
+                n_threads=est.n_threads,
                 reducer=reducer,
             )
     except EarlyStop:

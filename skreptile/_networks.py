@@ -165,8 +165,13 @@ class BatchedMLP:
             n_tasks, params, grad, self._views(params, n_tasks), self._views(grad, n_tasks)
         )
 
-    def block(self, ws, start, stop):
-        """The tasks ``start:stop`` of ``ws`` as a workspace sharing its memory (no flat buffers)."""
+    def block(self, ws, start, stop, scratch=None):
+        """The tasks ``start:stop`` of ``ws`` as a workspace sharing its memory (no flat buffers).
+
+        ``scratch``: the dict of reusable buffers to use, one per thread when
+        blocks run on several threads (:mod:`skreptile._parallel`); by default
+        that of ``ws``.
+        """
         sub = Workspace(
             stop - start,
             None,
@@ -174,7 +179,7 @@ class BatchedMLP:
             [view[start:stop] for view in ws.param_views],
             [view[start:stop] for view in ws.grad_views],
         )
-        sub.scratch = ws.scratch
+        sub.scratch = ws.scratch if scratch is None else scratch
         return sub
 
     def block_size(self, n_points, device):
@@ -204,10 +209,9 @@ class BatchedMLP:
             return ws.params
         return torch.cat([view.mean(0).reshape(-1) for view in ws.param_views])
 
-    def add_task_sum(self, ws, total):
-        """Add the sum over the tasks of ``ws`` of their weights to the flat ``total``."""
-        for view, part in zip(ws.param_views, self._split(total)):
-            part.add_(view.sum(0))
+    def task_sum(self, ws):
+        """The sum over the tasks of ``ws`` of their weights, as a flat vector like ``theta``."""
+        return torch.cat([view.sum(0).reshape(-1) for view in ws.param_views])
 
     def task_params(self, ws, index):
         """The flat weights of one task."""

@@ -8,14 +8,20 @@
   ``validate_data``.
 """
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import sklearn
 import torch
+from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
 import skreptile._base as base
+import skreptile._engine as engine
 import skreptile._networks as networks
+import skreptile._parallel as parallel
 from skreptile import ReptileClassifier, ReptileRegressor, SineTaskSampler
 from skreptile._losses import LOSSES
 from skreptile._networks import BatchedMLP
@@ -109,6 +115,100 @@ def test_meta_fit_in_blocks_equals_one_block(monkeypatch):
     monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1)  # one task a block
     blocks = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
     np.testing.assert_allclose(blocks.meta_params_, whole.meta_params_, rtol=1e-4, atol=1e-5)
+
+
+def _spy_on_workers(monkeypatch):
+    """Record the thread count each ``run_blocks`` call is given, and the threads that ran blocks."""
+    calls, threads = [], set()
+    real = engine.run_blocks
+
+    def spy(blocks, run_block, workers):
+        calls.append((len(blocks), workers))
+
+        def recorded(start, stop, scratch):
+            threads.add(threading.current_thread().name)
+            return run_block(start, stop, scratch)
+
+        return real(blocks, recorded, workers)
+
+    monkeypatch.setattr(engine, "run_blocks", spy)
+    return calls, threads
+
+
+def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, monkeypatch):
+    # Blocks of about 3 tasks: few_shot_predict on 12 tasks and meta_fit's
+    # meta-batches of 8 run in several blocks.
+    per_task = 4 * (sine_model._net().n_params + 2 * 10 * 128)
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 3 * per_task)
+    calls, _ = _spy_on_workers(monkeypatch)
+    tasks = [_task(s) for s in range(12)]
+    Xs, ys, Xq = (np.stack([t[i] for t in tasks]) for i in range(3))
+    model = clone(sine_model).set_params(adapt_lr=0.02, adapt_steps=8)
+    predictions = {}
+    for n_threads in (1, 2, "auto"):
+        predictions[n_threads] = model.set_params(n_threads=n_threads).few_shot_predict(Xs, ys, Xq)
+    n_blocks = -(-12 // sine_model._net().block_size(10, "cpu"))
+    assert n_blocks > 2
+    assert calls == [
+        (n_blocks, 1),
+        (n_blocks, 2),
+        (n_blocks, min(n_blocks, parallel.available_cores())),
+    ]
+    np.testing.assert_array_equal(predictions[2], predictions[1])
+    np.testing.assert_array_equal(predictions["auto"], predictions[1])
+
+    params = dict(n_meta_iter=30, meta_batch_size=8, inner_batch_size=10, random_state=0)
+    fitted = {}
+    for n_threads in (1, 2):
+        calls.clear()
+        fitted[n_threads] = ReptileRegressor(n_threads=n_threads, **params).meta_fit(
+            SineTaskSampler(random_state=0)
+        )
+        assert (-(-8 // sine_model._net().block_size(10, "cpu")), n_threads) in calls
+    np.testing.assert_array_equal(fitted[2].meta_params_, fitted[1].meta_params_)
+    assert fitted[2].history_ == fitted[1].history_
+
+
+def test_block_threads_each_have_their_own_scratch_buffers():
+    seen = {}
+    lock = threading.Lock()
+
+    def run_block(start, stop, scratch):
+        with lock:
+            seen.setdefault(threading.current_thread().name, set()).add(id(scratch))
+        time.sleep(0.01)  # long enough for the second thread to take blocks too
+        return start
+
+    blocks = [(i, i + 1) for i in range(8)]
+    assert parallel.run_blocks(blocks, run_block, 2) == list(range(8))  # in block order
+    assert len(seen) == 2, seen  # the caller and one pool thread
+    scratches = [ids for ids in seen.values()]
+    assert all(len(ids) == 1 for ids in scratches)  # one scratch per thread ...
+    assert scratches[0] != scratches[1]  # ... not shared between threads
+
+
+def test_an_error_in_a_block_is_raised_and_the_threads_stay_usable():
+    blocks = [(i, i + 1) for i in range(8)]
+
+    def failing(start, stop, scratch):
+        if start == 5:
+            raise ValueError("block 5 failed")
+        return start
+
+    with pytest.raises(ValueError, match="block 5 failed"):
+        parallel.run_blocks(blocks, failing, 2)
+    assert parallel.run_blocks(blocks, lambda start, stop, scratch: -start, 2) == [
+        -i for i in range(8)
+    ]
+
+
+def test_block_workers_follow_n_threads():
+    assert parallel.block_workers(1, "cpu", 10) == 1
+    assert parallel.block_workers(3, "cpu", 10) == 3
+    assert parallel.block_workers(3, "cpu", 2) == 2  # at most one per block
+    assert parallel.block_workers(None, "cpu", 10) == 1  # None leaves torch's settings alone
+    assert parallel.block_workers("auto", "cpu", 1) == 1
+    assert parallel.block_workers("auto", "cpu", 64) == min(64, parallel.available_cores())
 
 
 def test_adam_keeps_the_general_path():

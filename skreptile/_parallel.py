@@ -1,0 +1,108 @@
+"""Cache-sized blocks of tasks adapted on several threads at once.
+
+On the CPU, tasks are adapted in blocks small enough for their weights and
+activations to stay in cache (:meth:`~skreptile._networks.BatchedMLP.block_size`),
+each block through all its steps before the next.  Blocks are independent
+until their results are combined, so several threads can adapt them at once:
+each thread takes the next block not yet taken, and runs it with one OpenMP
+thread of its own (the products of a block are too small to split further).
+
+Unlike splitting every small product over OpenMP threads, which synchronises
+the threads thousands of times a second and collapses when another process
+holds a core, threads here meet once per call (once per meta-iteration in
+meta-training).  Results are returned in block order and combined by the
+caller in that order, so they do not depend on the number of threads.
+"""
+
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ._device import fast_cpu_math
+
+_pool = None
+_pool_pid = None
+_pool_lock = threading.Lock()
+
+
+def available_cores():
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def block_workers(n_threads, device, n_blocks):
+    """Threads that adapt ``n_blocks`` blocks of tasks, from the ``n_threads`` parameter.
+
+    ``"auto"``: one per available core, at most one per block; an integer:
+    that many, at most one per block; None (leave torch's settings alone) and
+    any device but the CPU: one, the calling thread.
+    """
+    if n_blocks < 2 or n_threads is None or torch.device(device).type != "cpu":
+        return 1
+    wanted = available_cores() if n_threads == "auto" else int(n_threads)
+    return max(1, min(wanted, n_blocks))
+
+
+def _executor():
+    """The worker threads, created on first use (and again in a forked child, which has none)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(
+                max_workers=max(1, available_cores() - 1), thread_name_prefix="skreptile-block"
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def run_blocks(blocks, run_block, workers):
+    """``[run_block(start, stop, scratch) for (start, stop) in blocks]``, on ``workers`` threads.
+
+    ``scratch`` is a dict private to the thread running the block, for the
+    buffers a block reuses from one step to the next.  The calling thread
+    takes part; the others come from a pool shared by every call.  An error
+    in any block stops the other threads after their current block and is
+    raised here.
+    """
+    if workers <= 1:
+        scratch = {}
+        return [run_block(start, stop, scratch) for start, stop in blocks]
+    results = [None] * len(blocks)
+    taken = itertools.count()
+    take_lock = threading.Lock()
+    stop_event = threading.Event()
+
+    def share():
+        # One OpenMP thread and flushed denormals in this thread, both restored after.
+        with fast_cpu_math(None, 0, 1):
+            scratch = {}
+            while not stop_event.is_set():
+                with take_lock:
+                    index = next(taken)
+                if index >= len(blocks):
+                    return
+                try:
+                    results[index] = run_block(*blocks[index], scratch)
+                except BaseException:
+                    stop_event.set()
+                    raise
+
+    pool = _executor()
+    futures = [pool.submit(share) for _ in range(workers - 1)]
+    try:
+        share()
+    except BaseException:
+        stop_event.set()
+        raise
+    finally:
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
