@@ -120,7 +120,10 @@ def task_blocks(net, optimizer, n_tasks, n_points, device):
         size = net.block_size(n_points, device)
     if size is None or size >= n_tasks:
         return [(0, n_tasks)]
-    return [(start, min(n_tasks, start + size)) for start in range(0, n_tasks, size)]
+    # Blocks of equal sizes (give or take one task), so that threads share the work evenly.
+    n_blocks = -(-n_tasks // size)
+    bounds = [n_tasks * b // n_blocks for b in range(n_blocks + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _task_slice(a, per_step, start, stop):
