@@ -34,6 +34,12 @@ class ClassTasks:
     def __init__(self, sampler, input_shape):
         self.input_shape = input_shape
         self.n_classes = None
+        if getattr(sampler, "target_transformer", None) is not None:
+            raise ValueError(
+                f"The task sampler has target_transformer={sampler.target_transformer!r}, "
+                "but class labels cannot be transformed. Build the sampler without "
+                "target_transformer for a classifier."
+            )
         kind = sampler_kind(sampler)
         if kind == "batched":
             self.sampler = _EncodedSampler(sampler, self)

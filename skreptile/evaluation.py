@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import clone, is_classifier
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from ._base import BaseReptile
 from ._metrics import _ClassPrediction, _metric, _score
 from ._results import FewShotResults, plot_few_shot
-from .tasks._split import check_split, split_support_query
+from .tasks._split import as_task_list, check_split, split_support_query
 
 __all__ = ["FewShotResults", "evaluate_few_shot", "plot_few_shot", "split_support_query"]
 
@@ -73,16 +75,88 @@ def _predict(est, X, classifier):
 
 
 def _unwrap(model):
-    """The Reptile estimator and the frozen preprocessing in front of it (or None)."""
+    """The Reptile estimator, the preprocessing in front of it and the target transform (or None)."""
+    target = None
+    if isinstance(model, TransformedTargetRegressor):
+        target, model = model, model.regressor
     if isinstance(model, Pipeline) and isinstance(model.steps[-1][1], BaseReptile):
-        return model.steps[-1][1], (model[:-1] if len(model.steps) > 1 else None)
-    if isinstance(model, BaseReptile):
-        return model, None
-    raise TypeError(
-        f"model must be a skreptile estimator or a pipeline ending in one (such as "
-        f"meta_fit_pipeline returns), got {type(model).__name__}; pass other estimators "
-        "as baselines."
+        reptile, preprocessing = model.steps[-1][1], (model[:-1] if len(model.steps) > 1 else None)
+    elif isinstance(model, BaseReptile):
+        reptile, preprocessing = model, None
+    else:
+        raise TypeError(
+            "model must be a skreptile estimator or a pipeline ending in one (such as "
+            "meta_fit_pipeline and GroupTaskSampler.pipeline return), or a "
+            f"TransformedTargetRegressor of either, got {type(model).__name__}; pass other "
+            "estimators as baselines."
+        )
+    if target is not None and is_classifier(reptile):
+        raise TypeError(
+            f"A TransformedTargetRegressor cannot wrap the classifier {type(reptile).__name__}."
+        )
+    return reptile, preprocessing, target
+
+
+def _fit_target_transform(target, ys):
+    """What ``TransformedTargetRegressor.fit`` does to a task's support targets.
+
+    Returns the fitted transformer (a ``FrozenEstimator``, as
+    :meth:`GroupTaskSampler.pipeline` makes, is left as it is) and the
+    transformed targets.
+    """
+    if target.transformer is not None:
+        transformer = clone(target.transformer)
+    else:
+        transformer = FunctionTransformer(
+            func=target.func, inverse_func=target.inverse_func, validate=True, check_inverse=False
+        )
+    y_2d = ys.reshape(-1, 1) if ys.ndim == 1 else ys
+    out = np.asarray(transformer.fit(y_2d).transform(y_2d), dtype=np.float64)
+    if ys.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    return transformer, out
+
+
+def _inverse_target_transform(transformer, pred, ndim):
+    """What ``TransformedTargetRegressor.predict`` does to the predictions."""
+    out = np.asarray(transformer.inverse_transform(pred.reshape(-1, 1) if pred.ndim == 1 else pred))
+    if ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    return out
+
+
+def _preprocessed(preprocessing, task):
+    """A task's inputs through the pipeline's preprocessing, as its fit and predict would."""
+    if not (isinstance(task, (tuple, list)) and len(task) == 4):
+        return task  # check_split names the problem
+    Xs, ys, Xq, yq = task
+    return preprocessing.transform(Xs), ys, preprocessing.transform(Xq), yq
+
+
+def _check_raw_columns(tasks):
+    """A clear error for a DataFrame column that only a preprocessing step could use."""
+    first = tasks[0] if tasks else None
+    X = first[0] if isinstance(first, (tuple, list)) and first else None
+    if not (hasattr(X, "columns") and hasattr(X, "dtypes")):
+        return
+    import pandas as pd
+
+    fix = (
+        "Evaluate the model with the preprocessing it was meta-trained with: "
+        "sampler.pipeline(model) for a GroupTaskSampler with preprocessor=, or the pipeline "
+        "meta_fit_pipeline returns."
     )
+    for name in X.columns:
+        col = X[name]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            raise ValueError(
+                f"Column {name!r} of the tasks' X is not numeric (dtype {col.dtype}). {fix}"
+            )
+        if col.isna().any():
+            raise ValueError(
+                f"Column {name!r} of the tasks' X has {int(col.isna().sum())} missing "
+                f"value(s). {fix}"
+            )
 
 
 def evaluate_few_shot(
@@ -104,17 +178,25 @@ def evaluate_few_shot(
 
     Parameters
     ----------
-    model : ReptileRegressor, ReptileClassifier, Pipeline or None
+    model : ReptileRegressor, ReptileClassifier, Pipeline, TransformedTargetRegressor or None
         The model to evaluate, usually meta-fitted, or a pipeline ending in one
-        (as :func:`~skreptile.pipeline.meta_fit_pipeline` makes: its frozen
-        preprocessing transforms every task's points).  Its own parameters
-        (``adapt_lr``, ``inner_optimizer``) give the adaptation; ``adapt_steps``
-        here overrides its ``adapt_steps``.  A model that was not meta-fitted is
+        (as :func:`~skreptile.pipeline.meta_fit_pipeline` and
+        :meth:`GroupTaskSampler.pipeline <skreptile.GroupTaskSampler.pipeline>`
+        make: its frozen preprocessing transforms every task's points, raw
+        DataFrame rows included), or a ``TransformedTargetRegressor`` of
+        either (as ``GroupTaskSampler.pipeline`` makes with a
+        ``target_transformer``: the support targets are transformed as its
+        ``fit`` would, and the predictions inverted before they are scored, in
+        the original units).  Its own parameters (``adapt_lr``,
+        ``inner_optimizer``) give the adaptation; ``adapt_steps`` here
+        overrides its ``adapt_steps``.  A model that was not meta-fitted is
         fitted from scratch on every task.  None evaluates the baselines only.
     tasks : GroupTaskSampler or sequence
         Held-out tasks: ``(X_support, y_support, X_query, y_query)`` tuples, or,
         with ``n_support``, ``(X, y)`` pairs or a
-        :class:`~skreptile.GroupTaskSampler` to split at random.
+        :class:`~skreptile.GroupTaskSampler` to split at random.  ``X`` may be
+        a DataFrame of raw columns when ``model`` is a pipeline that
+        preprocesses them.
     n_support : int or None, default=None
         Support points per task when ``tasks`` are not split yet.
     adapt_steps : int or sequence of int, default=(0, 1, 2, 4, 8, 16, 32)
@@ -122,8 +204,10 @@ def evaluate_few_shot(
     baselines : dict of str to estimator, list of estimators or None, default=None
         Any scikit-learn regressors or classifiers, like the model (for example ``Ridge()`` or
         ``GaussianProcessRegressor()``), fitted on every task's support points.
-        A list names them by class.  Wrap an estimator already trained on other
-        data in ``sklearn.frozen.FrozenEstimator`` to score it unchanged.
+        They see the points after the model's preprocessing, if it has any,
+        and the targets in their original units.  A list names them by class.
+        Wrap an estimator already trained on other data in
+        ``sklearn.frozen.FrozenEstimator`` to score it unchanged.
     metric : str, callable or None, default=None
         Score of one task, computed on its query points: for regressors
         "mse" (the default), "rmse" or "mae"; for classifiers "accuracy" (the
@@ -166,7 +250,7 @@ def evaluate_few_shot(
     items = _baseline_items(baselines)
     if model is None and not items:
         raise ValueError("Nothing to evaluate: give a model, baselines, or both.")
-    reptile, preprocessing = (None, None) if model is None else _unwrap(model)
+    reptile, preprocessing, target = (None, None, None) if model is None else _unwrap(model)
     classifier = is_classifier(reptile if reptile is not None else items[0][1])
     for name, est in items:
         if is_classifier(est) != classifier:
@@ -178,13 +262,18 @@ def evaluate_few_shot(
     worst = -np.inf if greater else np.inf
     if n_support is not None:
         tasks = split_support_query(tasks, n_support, random_state=random_state)
-    tasks = check_split(tasks, numeric_y=not classifier)
     if preprocessing is not None:
         # The pipeline's frozen preprocessing, applied as its fit and predict would.
-        tasks = [
-            (preprocessing.transform(Xs), ys, preprocessing.transform(Xq), yq)
-            for Xs, ys, Xq, yq in tasks
-        ]
+        tasks = [_preprocessed(preprocessing, task) for task in as_task_list(tasks)]
+    else:
+        _check_raw_columns(as_task_list(tasks))
+    tasks = check_split(tasks, numeric_y=not classifier)
+    # The model adapts on the support targets as TransformedTargetRegressor.fit gives them.
+    transformers, model_tasks = None, tasks
+    if target is not None:
+        fitted = [_fit_target_transform(target, ys) for _, ys, _, _ in tasks]
+        transformers = [t for t, _ in fitted]
+        model_tasks = [(Xs, ys_t, Xq, yq) for (Xs, _, Xq, yq), (_, ys_t) in zip(tasks, fitted)]
 
     model_errors = None
     steps: list[int] = []
@@ -195,14 +284,22 @@ def evaluate_few_shot(
         steps = [int(s) for s in asked]
         if reptile._is_meta_fitted():
             reptile._check_meta_config()
-            preds = _model_predictions(reptile, tasks, steps)
+            preds = _model_predictions(reptile, model_tasks, steps)
         else:
             preds = {
                 s: [
                     _predict(clone(reptile).set_params(adapt_steps=s).fit(Xs, ys), Xq, classifier)
-                    for Xs, ys, Xq, _ in tasks
+                    for Xs, ys, Xq, _ in model_tasks
                 ]
                 for s in steps
+            }
+        if transformers is not None:
+            preds = {
+                s: [
+                    _inverse_target_transform(tr, p, t[1].ndim)
+                    for tr, p, t in zip(transformers, ps, tasks)
+                ]
+                for s, ps in preds.items()
             }
         model_errors = np.array(
             [[_score(metric_fn, t[3], p, worst) for t, p in zip(tasks, preds[s])] for s in steps]

@@ -38,3 +38,23 @@ def test_documentation_examples_run(page):
     report = []
     result = runner.run(test, out=report.append)
     assert result.failed == 0, "".join(report)
+
+
+def test_the_table_walkthrough_runs():
+    """The first page's code blocks (defaults, so not doctests: seconds of meta_fit) run in order."""
+    import re
+    import textwrap
+
+    import numpy as np
+
+    text = (DOCS / "user_guide" / "your_table.rst").read_text(encoding="utf-8")
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
+    assert len(blocks) >= 6
+    code = "\n".join(textwrap.dedent(block) for block in blocks)
+    namespace = {}
+    exec(compile(code, "your_table.rst", "exec"), namespace)
+    model, results, rents = namespace["model"], namespace["results"], namespace["rents"]
+    assert model.n_meta_iter_ < 10000  # the page says early stopping stopped it
+    assert results.model_errors.shape == (2, namespace["test"]["city"].nunique())
+    assert np.isfinite(results.model_errors).all()
+    assert len(rents) == len(namespace["unlabelled"]) and (rents > 0).all()

@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_array
 
 from .._typing import RandomStateLike, Task, TaskBatch
@@ -14,6 +15,40 @@ from ._base import TaskSampler
 
 # Bound on the random keys drawn at once when choosing points without replacement.
 _KEY_BUDGET = 1 << 22
+
+
+class FrozenTargetTransformer(FrozenEstimator):
+    """A fitted target transformer that ``fit`` leaves as it is.
+
+    :class:`sklearn.frozen.FrozenEstimator` for the ``transformer`` of a
+    ``TransformedTargetRegressor``, whose ``fit`` calls ``transformer.fit(y)``
+    with the targets only (``FrozenEstimator.fit`` needs ``X`` and ``y``).
+    :meth:`GroupTaskSampler.pipeline` makes one of ``target_transformer_``.
+
+    Parameters
+    ----------
+    estimator : transformer
+        The fitted transformer.
+    """
+
+    def fit(self, X: Any, y: Any = None, *args: Any, **kwargs: Any) -> FrozenTargetTransformer:
+        """Do nothing: the transformer stays as it was fitted.
+
+        Parameters
+        ----------
+        X : array-like
+            Ignored (the targets, for ``TransformedTargetRegressor``).
+        y : None
+            Ignored.
+        *args, **kwargs
+            Ignored.
+
+        Returns
+        -------
+        self : FrozenTargetTransformer
+            This object, unchanged.
+        """
+        return super().fit(X, y, *args, **kwargs)
 
 
 def _is_missing(value):
@@ -99,6 +134,20 @@ class GroupTaskSampler(TaskSampler):
         preprocessed per task.  The fitted transformer is ``preprocessor_``;
         :meth:`pipeline` puts it, frozen, in front of an estimator, for the
         rows of new groups.
+    target_transformer : scikit-learn transformer or None, default=None
+        A transformer of the targets with an ``inverse_transform``, for
+        example ``FunctionTransformer(np.log1p, inverse_func=np.expm1)`` for a
+        log price, a ``PowerTransformer`` or a ``QuantileTransformer``.  A
+        clone is fitted **once**, on the targets of every row of ``X`` (as a
+        column ``(n_samples, 1)``, or ``(n_samples, n_outputs)``), and the
+        table's targets are transformed once, before anything else: the
+        ``preprocessor`` is fitted with the transformed targets, and tasks,
+        including the groups that ``meta_fit`` holds out for validation, are
+        drawn in transformed units.  The fitted transformer is
+        ``target_transformer_``; :meth:`pipeline` wraps the model in a
+        ``TransformedTargetRegressor`` with it frozen, so that ``fit`` on a
+        new group transforms its targets with the meta-training statistics
+        and ``predict`` returns the original units.  For regression only.
 
     Attributes
     ----------
@@ -115,6 +164,8 @@ class GroupTaskSampler(TaskSampler):
         names and there is no ``preprocessor``.
     preprocessor_ : transformer
         The fitted clone of ``preprocessor`` (only when one is given).
+    target_transformer_ : transformer
+        The fitted clone of ``target_transformer`` (only when one is given).
 
     Notes
     -----
@@ -122,6 +173,12 @@ class GroupTaskSampler(TaskSampler):
     values: a column that is not is named in the error, which points to
     ``preprocessor``.  Missing targets are never imputed: drop those rows.
     Rows are copied once, sorted by group, when the sampler is built.
+
+    A target transform belongs to the meta-learned model, like the
+    preprocessing: a ``TransformedTargetRegressor`` with a scaler fitted per
+    fold would scale every new group's few support targets differently from
+    meta-training, and the initialisation would no longer mean what it
+    learned.  ``target_transformer`` learns it once and freezes it.
 
     Examples
     --------
@@ -151,21 +208,33 @@ class GroupTaskSampler(TaskSampler):
         small_groups: str = "error",
         random_state: RandomStateLike = None,
         preprocessor: Any = None,
+        target_transformer: Any = None,
     ) -> None:
         self.n_points = n_points
         self.small_groups = small_groups
         self.random_state = random_state
         self.preprocessor = preprocessor
+        self.target_transformer = target_transformer
         self._prepare(X, y, groups)
 
     def pipeline(self, estimator: Any) -> Any:
-        """``Pipeline([("preprocessor", frozen preprocessor_), ("model", estimator)])``.
+        """The estimator with this sampler's fitted preprocessing in front, frozen.
 
         For the rows of a new group as they come (a DataFrame with the raw
-        columns): the fitted ``preprocessor_`` is frozen (``fit`` leaves it as
-        it is), so that ``fit`` adapts only the estimator, as
-        :func:`skreptile.pipeline.meta_fit_pipeline` does.  Without a
-        ``preprocessor`` the estimator is returned as it is.
+        columns, targets in their original units), as
+        :func:`skreptile.pipeline.meta_fit_pipeline` does for pipelines:
+
+        * with a ``preprocessor``,
+          ``Pipeline([("preprocessor", FrozenEstimator(preprocessor_)), ("model", estimator)])``:
+          ``fit`` adapts the estimator only;
+        * with a ``target_transformer``, that (or the estimator) wrapped in
+          ``TransformedTargetRegressor`` with ``target_transformer_`` frozen
+          (a ``FrozenEstimator`` whose ``fit`` takes the targets alone) and
+          ``check_inverse=False``: ``fit`` transforms the support targets with
+          the meta-training statistics (never refitted) and adapts a clone of
+          the estimator, which keeps its meta-learned initialisation;
+          ``predict`` inverts the predictions to the original units;
+        * with neither, the estimator as it is.
 
         Parameters
         ----------
@@ -174,17 +243,108 @@ class GroupTaskSampler(TaskSampler):
 
         Returns
         -------
-        pipeline : sklearn.pipeline.Pipeline or estimator
-            The frozen ``preprocessor_`` followed by ``estimator``.
-        """
-        if self.preprocessor is None:
-            return estimator
-        from sklearn.frozen import FrozenEstimator
-        from sklearn.pipeline import Pipeline
+        model : estimator
+            ``estimator`` behind the frozen ``preprocessor_`` and
+            ``target_transformer_``.
 
-        return Pipeline(
-            [("preprocessor", FrozenEstimator(self.preprocessor_)), ("model", estimator)]
-        )
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import pandas as pd
+        >>> from sklearn.preprocessing import FunctionTransformer
+        >>> from skreptile import GroupTaskSampler, ReptileRegressor
+        >>> rng = np.random.default_rng(0)
+        >>> df = pd.DataFrame({"x": rng.normal(size=200), "shop": np.repeat(range(20), 10)})
+        >>> df["sales"] = np.exp(df["x"] + rng.normal(size=20)[df["shop"]])
+        >>> log = FunctionTransformer(np.log, inverse_func=np.exp)
+        >>> sampler = GroupTaskSampler(df, "sales", "shop", target_transformer=log)
+        >>> model = ReptileRegressor(hidden_layer_sizes=(16,), n_meta_iter=100, random_state=0)
+        >>> pipe = sampler.pipeline(model.meta_fit(sampler))
+        >>> type(pipe).__name__
+        'TransformedTargetRegressor'
+        >>> new = pd.DataFrame({"x": [0.0, 1.0, -1.0, 0.5]})
+        >>> sales = pipe.fit(new, [1.0, 2.7, 0.4, 1.6]).predict(new)  # in sales, not log sales
+        >>> bool((sales > 0).all())
+        True
+        """
+        model = estimator
+        if self.preprocessor is not None:
+            from sklearn.frozen import FrozenEstimator
+            from sklearn.pipeline import Pipeline
+
+            model = Pipeline(
+                [("preprocessor", FrozenEstimator(self.preprocessor_)), ("model", estimator)]
+            )
+        if self.target_transformer is not None:
+            from sklearn.base import is_classifier
+            from sklearn.compose import TransformedTargetRegressor
+
+            if is_classifier(estimator):
+                raise ValueError(
+                    f"{type(estimator).__name__} is a classifier, but this sampler has "
+                    f"target_transformer={self.target_transformer!r}: class labels cannot be "
+                    "transformed. Build the sampler without target_transformer for "
+                    "classification."
+                )
+            model = TransformedTargetRegressor(
+                regressor=model,
+                transformer=FrozenTargetTransformer(self.target_transformer_),
+                check_inverse=False,
+            )
+        return model
+
+    def _transform_targets(self, y):
+        """``y`` through a clone of ``target_transformer`` fitted on it (once), checked."""
+        tt = self.target_transformer
+        lacking = [m for m in ("fit", "transform", "inverse_transform") if not hasattr(tt, m)]
+        if lacking:
+            raise TypeError(
+                f"target_transformer={tt!r} has no {' or '.join(lacking)} method. It must be "
+                "a scikit-learn transformer that can be inverted (predictions are brought back "
+                "to the target's units with inverse_transform), e.g. "
+                "FunctionTransformer(np.log1p, inverse_func=np.expm1), PowerTransformer() or "
+                "QuantileTransformer()."
+            )
+        from sklearn.base import clone
+
+        y_2d = y.reshape(-1, 1) if y.ndim == 1 else y
+        with np.errstate(divide="ignore", invalid="ignore"):  # non-finite output is named below
+            self.target_transformer_ = clone(tt).fit(y_2d)
+            out = self.target_transformer_.transform(y_2d)
+        if hasattr(out, "toarray"):
+            out = out.toarray()
+        out = np.asarray(out, dtype=np.float64)
+        if out.shape != y_2d.shape and out.size == y_2d.size:
+            out = out.reshape(y_2d.shape)  # e.g. a function returning a 1-D array
+        if out.shape != y_2d.shape:
+            raise ValueError(
+                f"target_transformer={tt!r} turned targets of shape {y_2d.shape} into shape "
+                f"{out.shape}; it must transform each target column into one column."
+            )
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            raise ValueError(
+                f"target_transformer={tt!r} gives {int(bad.sum())} non-finite value(s), first "
+                f"for the target {y_2d[row].tolist()} (row {row}). Choose a transform defined "
+                "on every target (np.log1p needs targets > -1), or drop those rows."
+            )
+        # A transform whose inverse is not one (FunctionTransformer(np.log1p) without
+        # inverse_func) would silently return predictions in the wrong units.
+        rows = np.linspace(0, len(y_2d) - 1, min(len(y_2d), 1000)).astype(np.intp)
+        with np.errstate(all="ignore"):
+            back = np.asarray(
+                self.target_transformer_.inverse_transform(out[rows]), dtype=np.float64
+            ).reshape(y_2d[rows].shape)
+        if not np.allclose(back, y_2d[rows], rtol=1e-5, atol=1e-8 * max(1.0, np.abs(y).max())):
+            worst = int(np.argmax(np.abs(back - y_2d[rows]).max(axis=1)))
+            raise ValueError(
+                f"target_transformer={tt!r}: inverse_transform does not invert transform on "
+                f"the targets (target {y_2d[rows][worst].tolist()} comes back as "
+                f"{back[worst].tolist()}), so predictions would not be in the target's units. "
+                "Give the inverse (e.g. FunctionTransformer(np.log1p, inverse_func=np.expm1))."
+            )
+        return out.reshape(y.shape)
 
     def _preprocess(self, X, y):
         """``X`` as a float array: through ``preprocessor`` when given, else checked per column."""
@@ -232,10 +392,12 @@ class GroupTaskSampler(TaskSampler):
         if named and self.preprocessor is None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
         y = check_array(y, dtype=np.float64, ensure_2d=False, input_name="y")
-        X = self._preprocess(X, y)
-        X = check_array(X, dtype=np.float64, input_name="X")
         if y.ndim not in (1, 2):
             raise ValueError(f"y must be 1-D or 2-D, got {y.ndim} dimensions.")
+        if self.target_transformer is not None:
+            y = self._transform_targets(y)
+        X = self._preprocess(X, y)
+        X = check_array(X, dtype=np.float64, input_name="X")
         groups = np.asarray(groups)
         if groups.ndim != 1:
             raise ValueError(f"groups must be 1-D, got shape {groups.shape}.")

@@ -24,6 +24,15 @@ def as_task_list(tasks):
     return list(tasks)
 
 
+def _is_frame(a):
+    """A pandas DataFrame or Series (anything indexed by position with ``iloc``)."""
+    return hasattr(a, "iloc") and hasattr(a, "shape")
+
+
+def _rows(a, index):
+    return a.iloc[index] if _is_frame(a) else a[index]
+
+
 def _inputs(X, name):
     return check_array(X, dtype=np.float64, allow_nd=True, input_name=name)
 
@@ -51,6 +60,10 @@ def split_support_query(
     -------
     split : list of (X_support, y_support, X_query, y_query)
         One tuple per task, points in their original order within each part.
+        A pandas DataFrame or Series stays one (split by position), so that
+        raw rows can be given to a pipeline that preprocesses them, such as
+        :meth:`GroupTaskSampler.pipeline <skreptile.GroupTaskSampler.pipeline>`
+        returns; other inputs and targets become arrays.
 
     Examples
     --------
@@ -68,8 +81,10 @@ def split_support_query(
     for i, task in enumerate(as_task_list(tasks)):
         if not is_pair(task):
             raise ValueError(f"Task {i}: expected a pair (X, y), got {type(task).__name__}.")
-        X = _inputs(task[0], "X")
-        y = _targets(task[1], "y", numeric=False)
+        # DataFrames (and Series) stay so, for a pipeline whose preprocessing
+        # reads raw columns; they are split by position.
+        X = task[0] if _is_frame(task[0]) else _inputs(task[0], "X")
+        y = task[1] if _is_frame(task[1]) else _targets(task[1], "y", numeric=False)
         if len(X) != len(y):
             raise ValueError(f"Task {i}: X and y have {len(X)} and {len(y)} points.")
         if len(X) <= n_support:
@@ -79,7 +94,7 @@ def split_support_query(
             )
         order = rng.permutation(len(X))
         s, q = np.sort(order[:n_support]), np.sort(order[n_support:])
-        split.append((X[s], y[s], X[q], y[q]))
+        split.append((_rows(X, s), _rows(y, s), _rows(X, q), _rows(y, q)))
     return split
 
 
