@@ -146,16 +146,24 @@ def _check_raw_columns(tasks):
         "sampler.pipeline(model) for a GroupTaskSampler with preprocessor=, or the pipeline "
         "meta_fit_pipeline returns."
     )
+    # Every task's support and query rows: a missing value may be in any of them.
+    frames = [
+        part
+        for task in tasks
+        if isinstance(task, (tuple, list))
+        for part in (task[0], task[2] if len(task) == 4 else None)
+        if hasattr(part, "columns")
+    ]
     for name in X.columns:
         col = X[name]
         if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
             raise ValueError(
                 f"Column {name!r} of the tasks' X is not numeric (dtype {col.dtype}). {fix}"
             )
-        if col.isna().any():
+        missing = sum(int(frame[name].isna().sum()) for frame in frames if name in frame)
+        if missing:
             raise ValueError(
-                f"Column {name!r} of the tasks' X has {int(col.isna().sum())} missing "
-                f"value(s). {fix}"
+                f"Column {name!r} of the tasks' X has {missing} missing value(s). {fix}"
             )
 
 
