@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 import skreptile._base as base
 import skreptile._engine as engine
+import skreptile._lean as lean_engine
 import skreptile._networks as networks
 import skreptile._parallel as parallel
 from skreptile import ReptileClassifier, ReptileRegressor, SineTaskSampler
@@ -72,6 +73,51 @@ def test_lean_classifier_equals_torch_path(monkeypatch):
     lean = model.fit(X, y).predict_proba(X)
     _general_path(monkeypatch)
     np.testing.assert_allclose(lean, model.fit(X, y).predict_proba(X), rtol=1e-4, atol=1e-6)
+
+
+def _classification_tasks():
+    rng = np.random.default_rng(0)
+    return [(rng.normal(size=(10, 3)), np.repeat([0, 1], 5)) for _ in range(40)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (
+            ReptileRegressor(n_meta_iter=60, validation_fraction=None, random_state=0),
+            SineTaskSampler(random_state=0),
+        ),
+        lambda: (ReptileClassifier(n_meta_iter=60, random_state=0), _classification_tasks()),
+    ],
+    ids=["regressor", "classifier"],
+)
+def test_lean_meta_training_equals_the_torch_path(make, monkeypatch):
+    used = []
+    real_inner_loop = lean_engine.LeanTasks.inner_loop
+
+    def counted(self, *args, **kwargs):
+        used.append(1)
+        return real_inner_loop(self, *args, **kwargs)
+
+    monkeypatch.setattr(lean_engine.LeanTasks, "inner_loop", counted)
+    model, tasks = make()
+    lean = model.set_params(device="cpu").meta_fit(tasks)
+    assert len(used) == 60  # every meta-iteration took the lean inner loop
+    monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
+    model, tasks = make()
+    general = model.set_params(device="cpu").meta_fit(tasks)
+    assert len(used) == 60
+    np.testing.assert_allclose(lean.meta_params_, general.meta_params_, rtol=1e-4, atol=1e-5)
+    for key in ("train_loss", "adapted_train_loss"):
+        np.testing.assert_allclose(lean.history_[key], general.history_[key], rtol=1e-4)
+
+
+def test_lean_meta_training_reports_divergence_like_the_torch_path():
+    # Step sizes far too large: the finiteness check stops the run, the back-off restarts it.
+    model = ReptileRegressor(n_meta_iter=200, inner_lr=5.0, random_state=0, device="cpu")
+    model.meta_fit(SineTaskSampler(random_state=0))
+    assert model.step_size_info_["backoffs"] > 0
+    assert np.isfinite(model.meta_params_).all()
 
 
 def test_few_shot_predict_equals_fit_predict_across_blocks(sine_model, monkeypatch):
