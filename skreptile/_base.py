@@ -251,17 +251,36 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
             return self.__dict__.get("inner_lr_", self.inner_lr)
         return self.adapt_lr
 
-    def _adapt_lr(self):
-        """The adaptation step size: chosen by ``meta_fit`` for ``'auto'``, else ``adapt_lr``."""
+    def _choice_for(self, n_support):
+        """``(adapt_steps, adapt_lr)`` that ``meta_fit`` chose for ``n_support`` rows, or None.
+
+        The choice of the support size nearest ``n_support`` on a log scale,
+        when ``meta_fit`` chose one per size (``adaptation_by_support_``).
+        """
+        rows = self.__dict__.get("adaptation_by_support_")
+        if rows is None or n_support is None:
+            return None
+        distance = np.abs(np.log(rows[:, 0]) - np.log(max(int(n_support), 1)))
+        size, steps, lr = rows[int(np.argmin(distance))]
+        return int(steps), float(lr)
+
+    def _adapt_lr(self, n_support=None):
+        """The adaptation step size for ``n_support`` rows: chosen by ``meta_fit`` for ``'auto'``."""
         if _selftune.is_auto(self.adapt_lr):
+            choice = self._choice_for(n_support)
+            if choice is not None:
+                return choice[1]
             if "adapt_lr_" in self.__dict__:
                 return self.adapt_lr_
             return _selftune.MONITOR_LR_FACTOR * self.__dict__.get("inner_lr_", self.inner_lr)
         return self._adapt_lr_param()
 
-    def _adapt_steps(self):
-        """The number of adaptation steps: chosen by ``meta_fit`` for ``'auto'``."""
+    def _adapt_steps(self, n_support=None):
+        """The number of adaptation steps for ``n_support`` rows: chosen by ``meta_fit`` for ``'auto'``."""
         if _selftune.is_auto(self.adapt_steps):
+            choice = self._choice_for(n_support)
+            if choice is not None:
+                return choice[0]
             return int(self.__dict__.get("adapt_steps_", _selftune.DEFAULT_ADAPT_STEPS))
         return int(self.adapt_steps)
 
@@ -406,7 +425,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
         device = self._device()
         # 'auto': the step size is halved on a task whose support loss diverged
         # or grew, as few_shot_predict and the choice on validation tasks do.
-        rates = _selftune.backoff_rates(self, self._adapt_lr())
+        rates = _selftune.backoff_rates(self, self._adapt_lr(len(X)))
         if self._lean_fit_possible(net, device, len(X)):
             for lr in rates:
                 with fast_cpu_math(device, 0, self.n_threads):
@@ -417,7 +436,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
                         self._lean_theta(),
                         scaling.x(X).astype(np.float32),
                         scaling.y(Y).astype(np.float32),
-                        self._adapt_steps(),
+                        self._adapt_steps(len(X)),
                         lr,
                     )
                 if not _selftune.adaptation_failed(before, after).any():
@@ -437,7 +456,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
                     LOSSES[self._loss],
                     theta,
                     packed,
-                    self._adapt_steps(),
+                    self._adapt_steps(len(X)),
                     self.inner_optimizer,
                     lr,
                     state,

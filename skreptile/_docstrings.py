@@ -190,8 +190,12 @@ EARLY_STOPPING_AUTO = """\
         holds nothing out.
     n_support : int or None, default=None
         The number of labelled points you plan to give :meth:`fit` for a new
-        task: the support size of the held-out validation tasks.  None is 10
-        (half of a task's points for smaller tasks).
+        task: the support size of the held-out validation tasks (half of a
+        task's points for smaller tasks).  None monitors meta-training with
+        10 and, for a finite sampler, chooses "auto" adaptation for 4, 10 and
+        25 support rows, each used by :meth:`fit` for the number of rows
+        nearest it (``adaptation_by_support_``); for an infinite sampler, None
+        is 10.
     tol : float in [0, 1), default=1e-3
         Relative improvement of the best validation loss that counts as
         progress for early stopping."""

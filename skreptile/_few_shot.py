@@ -125,24 +125,32 @@ class FewShotMixin:
             )
         return X
 
-    def _adaptation_curve(self, tasks, steps, init=None, lr=None):
+    def _adaptation_curve(self, tasks, steps, init=None, lr=None, indices=None):
         """Scaled query outputs of every task after each number of steps in ``steps``.
 
         ``init`` is the :class:`Initialisation` to adapt from (by default the
-        meta-learned one), ``lr`` the step size (by default the estimator's).
-        Returns ``{n_steps: list of ndarray (n_query, n_outputs)}``; tasks whose
-        adaptation diverged give non-finite outputs, which callers judge.  With
-        ``adapt_lr='auto'`` a task whose support loss diverged or grew is
-        adapted again with half the step size (see ``fit``).
+        meta-learned one), ``lr`` the step size (by default the estimator's
+        for each task's number of support rows).  ``indices``: only those
+        tasks (the others' outputs stay None).  Returns ``{n_steps: list of
+        ndarray (n_query, n_outputs)}``; tasks whose adaptation diverged give
+        non-finite outputs, which callers judge.  With ``adapt_lr='auto'`` a
+        task whose support loss diverged or grew is adapted again with half
+        the step size (see ``fit``).
         """
         init = init or self._initialisation()
         wanted = sorted({int(s) for s in steps})
         out = {s: [None] * len(tasks) for s in wanted}
-        pending = self._blocks(tasks, self._support_context(init.net))
-        for rate in _selftune.backoff_rates(self, self._adapt_lr() if lr is None else lr):
-            if not pending:
-                break
-            pending = self._adapt_blocks(tasks, pending, wanted, out, init, rate)
+        indices = range(len(tasks)) if indices is None else indices
+        by_lr = {}
+        for i in indices:
+            rate = self._adapt_lr(len(tasks.X_support[i])) if lr is None else lr
+            by_lr.setdefault(rate, []).append(i)
+        for first_rate, group in by_lr.items():
+            pending = self._blocks(tasks, self._support_context(init.net), group)
+            for rate in _selftune.backoff_rates(self, first_rate):
+                if not pending:
+                    break
+                pending = self._adapt_blocks(tasks, pending, wanted, out, init, rate)
         return out
 
     def _adapt_blocks(self, tasks, blocks, wanted, out, init, lr):
@@ -198,16 +206,17 @@ class FewShotMixin:
         return failed
 
     @staticmethod
-    def _blocks(tasks, context):
+    def _blocks(tasks, context, indices):
         """Task numbers adapted together: blocks of equal support size when batch norm needs it."""
-        n = len(tasks)
+        indices = list(indices)
+        n = len(indices)
         if not context:
-            return [list(range(s, min(n, s + BLOCK_TASKS))) for s in range(0, n, BLOCK_TASKS)]
+            return [indices[s : s + BLOCK_TASKS] for s in range(0, n, BLOCK_TASKS)]
         # Padding rows would enter the batch statistics: group tasks by support size.
         by_size = {}
-        for i, X in enumerate(tasks.X_support):
-            by_size.setdefault(len(X), []).append(i)
-        rows = max(len(X) for X in tasks.X_support) + 1
+        for i in indices:
+            by_size.setdefault(len(tasks.X_support[i]), []).append(i)
+        rows = max(len(tasks.X_support[i]) for i in indices) + 1
         per_block = max(1, PREDICT_ROWS // rows)
         return [
             group[s : s + per_block]
@@ -257,8 +266,15 @@ class FewShotMixin:
             tasks = self._prepare_tasks(
                 list(zip(X_support, y_support, X_query)), with_query_y=False
             )
-        steps = self._adapt_steps()
-        scaled = self._adaptation_curve(tasks, [steps])[steps]
+        # 'auto' adaptation may differ with the number of support rows: group the tasks.
+        by_steps = {}
+        for i, X in enumerate(tasks.X_support):
+            by_steps.setdefault(self._adapt_steps(len(X)), []).append(i)
+        scaled = [None] * len(tasks)
+        for steps, group in by_steps.items():
+            curve = self._adaptation_curve(tasks, [steps], indices=group)[steps]
+            for i in group:
+                scaled[i] = curve[i]
         preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
         if len({p.shape for p in preds}) == 1:
             return np.stack(preds)

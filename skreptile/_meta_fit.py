@@ -116,10 +116,12 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
         seed = group.agree_seed(seed)  # random_state=None draws a seed per process
     init_seed, task_seed = np.random.SeedSequence(seed).generate_state(2)
     sampler, family = est._meta_training_tasks(task_sampler)
-    auto_validation, finite = None, False
+    auto_validation, by_size, finite = None, None, False
     if validation_tasks is None:
         # Whole tasks held out before any meta-training task is drawn.
-        sampler, auto_validation, finite = _selftune.hold_out(est, sampler, int(task_seed))
+        sampler, by_size, finite = _selftune.hold_out(est, sampler, int(task_seed))
+        if by_size is not None:
+            auto_validation = by_size[_selftune.monitored_size(est)]
     early_stopping = est.early_stopping
     if _selftune.is_auto(early_stopping):
         # A warm start continues the run to n_meta_iter, as one run would.
@@ -206,12 +208,16 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
     theta = run.final_theta(theta)
     # The mean of the optimiser's rows (a collective in a data-parallel run: on every rank).
     mean_state = run.optimizer_rows(per_slot=False)
-    choice = _choose_adaptation(
-        est, run, net, theta, device, inner_lr, validation_tasks or auto_validation, mean_state
-    )
+    if validation_tasks is not None:
+        by_size = {None: validation_tasks}
+    choice = _choose_adaptation(est, run, net, theta, device, inner_lr, by_size, mean_state)
     _set_meta_state(est, net, theta, run, family, source, run.optimizer_rows(), device)
     est.inner_lr_, est.step_size_info_ = inner_lr, steps_record
-    est.adapt_steps_, est.adapt_lr_, est.adaptation_scores_ = choice
+    (est.adapt_steps_, est.adapt_lr_, est.adaptation_scores_), by_support = choice
+    if by_support is None:
+        est.__dict__.pop("adaptation_by_support_", None)
+    else:
+        est.adaptation_by_support_ = by_support
     if group is not None:
         group.finish()  # every rank got here: none can fail any more
     return est
@@ -227,21 +233,33 @@ def _monitor_adaptation(est, inner_lr):
     return tuple(int(s) for s in steps), float(lr)
 
 
-def _choose_adaptation(est, run, net, theta, device, inner_lr, validation, optimizer_state):
-    """``(adapt_steps_, adapt_lr_, adaptation_scores_)`` on the validation tasks.
+def _choose_adaptation(est, run, net, theta, device, inner_lr, by_size, optimizer_state):
+    """``((adapt_steps_, adapt_lr_, adaptation_scores_), adaptation_by_support_)``.
 
-    Every rank of a data-parallel run scores the same tasks from the same
-    weights, so every rank makes the same choice.
+    ``by_size`` maps support sizes to held-out splits (None: the user's
+    validation tasks, as they are).  The first size's choice is
+    ``adapt_steps_`` and ``adapt_lr_``; with several sizes,
+    ``adaptation_by_support_`` holds every size's choice as rows
+    ``(n_support, adapt_steps, adapt_lr)``.  Every rank of a data-parallel run
+    scores the same tasks from the same weights, so every rank makes the same
+    choice.
     """
     steps, lr = run.adaptation
     auto = _selftune.is_auto(est.adapt_steps) or _selftune.is_auto(est.adapt_lr)
-    if not auto or validation is None:
+    if not auto or by_size is None:
         fallback = _selftune.DEFAULT_ADAPT_STEPS if len(steps) > 1 else steps[0]
-        return fallback, lr, None
-    tasks = est._prepare_tasks(validation, with_query_y=True, signature=run.signature)
+        return (fallback, lr, None), None
     init = Initialisation(net, theta, run.scaling, device, optimizer_state)
     est_view = _AdaptView(est, inner_lr)
-    return _selftune.choose_adaptation(est_view, tasks, init, inner_lr)
+    choices = {}
+    for size, validation in by_size.items():
+        tasks = est._prepare_tasks(validation, with_query_y=True, signature=run.signature)
+        choices[size] = _selftune.choose_adaptation(est_view, tasks, init, inner_lr)
+    first = next(iter(choices.values()))
+    if len(choices) == 1:
+        return first, None
+    rows = [(size, steps, lr) for size, (steps, lr, _) in sorted(choices.items())]
+    return first, np.array(rows, dtype=np.float64)
 
 
 class _AdaptView:

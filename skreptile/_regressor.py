@@ -87,10 +87,17 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     step_size_info_ : dict
         ``{"inner_lr", "backoffs", "factor"}`` of that rule.
     adapt_steps_, adapt_lr_ : int, float
-        The adaptation chosen on the validation tasks (or given).
+        The adaptation chosen on the validation tasks (or given), for
+        ``n_support`` support rows (10 when None).
     adaptation_scores_ : dict or None
         Mean validation query error for every candidate step size (keys) after
         0, 1, 2, ..., 128 steps (values), when "auto" chose.
+    adaptation_by_support_ : ndarray of shape (n_sizes, 3)
+        Only with ``n_support=None``, "auto" adaptation and held-out tasks of
+        a finite sampler: rows ``(n_support, adapt_steps, adapt_lr)``, the
+        choice for each of 4, 10 and 25 support rows.  :meth:`fit` (and
+        :meth:`few_shot_predict`, per task) then uses the row whose size is
+        nearest the number of rows it is given, on a log scale.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Target standardisation.
     n_outputs_ : int

@@ -14,6 +14,14 @@ before drawing any meta-training task:
 Each held-out task is split into ``n_support`` support points and the rest as
 query (up to ``SPLITS_PER_TASK`` random splits of each finite task, to
 average out which rows land in the support set, ``MAX_SPLITS`` in all).
+With ``n_support=None`` and a finite sampler, the held-out tasks are split at
+each of ``SUPPORT_SIZES`` instead: the adaptation that suits 4 labelled rows
+is not the one that suits 25 (fewer, smaller steps), and the number of rows
+``fit`` will get is known only then.  ``DEFAULT_N_SUPPORT`` splits monitor
+meta-training; every size gets its own adaptation, and ``fit`` uses the one
+of the size nearest its number of rows (on a log scale).  An infinite
+sampler gives fresh tasks of one size, ``n_support`` or ``DEFAULT_N_SUPPORT``
+(its tasks are generated, their size is the user's choice).
 
 ``adapt_steps='auto'`` and ``adapt_lr='auto'`` are chosen on those splits
 after meta-training: for each candidate step size
@@ -41,6 +49,8 @@ SPLITS_PER_TASK = 4
 MAX_HELD_OUT = 100
 MAX_SPLITS = 200
 DEFAULT_N_SUPPORT = 10
+# Support sizes adaptation is chosen for when n_support is None (finite samplers).
+SUPPORT_SIZES = (4, DEFAULT_N_SUPPORT, 25)
 _HOLD_OUT_KEY, _FRESH_KEY, _SPLIT_KEY = 11, 12, 13
 
 
@@ -56,16 +66,23 @@ def _split(tasks, n_support, rng, n_splits):
     return out
 
 
-def hold_out(est, sampler, seed):
-    """``(sampler to meta-train on, held-out (Xs, ys, Xq, yq) tasks or None, finite)``.
+def monitored_size(est):
+    """The support size of the held-out splits that monitor meta-training."""
+    return est.n_support or DEFAULT_N_SUPPORT
 
+
+def hold_out(est, sampler, seed):
+    """``(sampler to meta-train on, held-out splits by support size or None, finite)``.
+
+    The splits are ``{n_support: [(Xs, ys, Xq, yq), ...]}``: one size, or each
+    of ``SUPPORT_SIZES`` for a finite sampler with ``n_support=None``.
     ``finite`` tells whether the held-out tasks were removed from a finite set
     (the case where early stopping pays).
     """
     fraction = getattr(est, "validation_fraction", None)
     if not fraction:
         return sampler, None, False
-    n_support = est.n_support or DEFAULT_N_SUPPORT
+    n_support = monitored_size(est)
     split_rng = keyed_generator(seed, _SPLIT_KEY)
     kind = sampler_kind(sampler)
     if kind == "sequence" or hasattr(sampler, "_split_groups"):
@@ -83,12 +100,15 @@ def hold_out(est, sampler, seed):
         else:
             train, tasks = sampler._split_groups(held)
         splits = max(1, min(SPLITS_PER_TASK, MAX_SPLITS // n_val))
-        return train, _split(tasks, n_support, split_rng, splits), True
+        sizes = SUPPORT_SIZES if est.n_support is None else (n_support,)
+        # The monitored size first: its splits are the same whatever the other sizes.
+        sizes = (n_support,) + tuple(s for s in sizes if s != n_support)
+        return train, {k: _split(tasks, k, split_rng, splits) for k in sizes}, True
     source = TaskSource(sampler, seed)
     drawn = source._draw(keyed_generator(source.seed, _FRESH_KEY), N_FRESH, 0)
     if isinstance(drawn, tuple):
         drawn = list(zip(*drawn))
-    return sampler, _split(drawn, n_support, split_rng, 1), False
+    return sampler, {n_support: _split(drawn, n_support, split_rng, 1)}, False
 
 
 def is_auto(value):

@@ -68,6 +68,7 @@ META_STATE = (
     "adapt_steps_",
     "adapt_lr_",
     "adaptation_scores_",
+    "adaptation_by_support_",
 )
 
 _VERSION_KEY = "_skreptile_version"

@@ -1,13 +1,15 @@
 """Self-tuning: step-size back-off, held-out validation tasks, 'auto' adaptation."""
 
+import pickle
 import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 
-from skreptile import GroupTaskSampler, ReptileRegressor
+from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
 
 
 def correlated_table(p=50, n_groups=40, n_rows=30, seed=0):
@@ -166,7 +168,10 @@ def test_auto_adaptation_backs_off_per_task_and_fit_equals_few_shot_predict():
     # A new group whose inputs lie far outside the meta-training ones: the
     # chosen step size diverges on it; 'auto' halves it for that task alone.
     X, y, g = correlated_table(p=3, n_groups=20)
-    model = ReptileRegressor(random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,))
+    # An explicit n_support: one adaptation for every support size (adapt_steps_, adapt_lr_).
+    model = ReptileRegressor(
+        random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,), n_support=10
+    )
     model.meta_fit(GroupTaskSampler(X, y, g))
     rng = np.random.default_rng(1)
     Xs_far, ys_far = 200.0 * rng.lognormal(size=(5, 3)), rng.normal(size=5)
@@ -199,3 +204,39 @@ def test_history_records_the_adaptation_steps_of_each_check():
     steps = model.history_["validation_adapt_steps"]
     assert len(steps) == len(model.history_["validation_loss"]) == 4
     assert set(steps) <= {0, 1, 2, 4, 8, 16, 32, 64, 128}
+
+
+def test_auto_adaptation_is_chosen_per_support_size_and_fit_uses_the_nearest():
+    X, y, g = correlated_table(p=3, n_groups=20)
+    model = ReptileRegressor(random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,))
+    model.meta_fit(GroupTaskSampler(X, y, g))
+    rows = model.adaptation_by_support_
+    assert rows[:, 0].tolist() == [4, 10, 25]
+    chosen = {int(size): (int(steps), float(lr)) for size, steps, lr in rows}
+    assert (model.adapt_steps_, model.adapt_lr_) == chosen[10]  # the monitored size
+    assert chosen[4] != chosen[10]  # else this test could not tell them apart
+    Xq = X[40:60]
+    for n_rows, size in ((3, 4), (5, 4), (8, 10), (14, 10), (40, 25)):
+        Xs, ys = X[:n_rows], y[:n_rows]
+        steps, lr = chosen[size]
+        explicit = clone(model).set_params(adapt_steps=steps, adapt_lr=lr)
+        expected = explicit.fit(Xs, ys).predict(Xq)
+        np.testing.assert_allclose(model.fit(Xs, ys).predict(Xq), expected, rtol=1e-6)
+    # Batched prediction on tasks of several sizes: each task with its own size's choice.
+    sizes = (3, 14, 5)
+    preds = model.few_shot_predict([X[:n] for n in sizes], [y[:n] for n in sizes], [Xq] * 3)
+    for n, p in zip(sizes, preds):
+        np.testing.assert_allclose(p, model.fit(X[:n], y[:n]).predict(Xq), rtol=1e-4, atol=1e-5)
+    # Kept through pickling and clone (it is meta-learned state).
+    for again in (pickle.loads(pickle.dumps(model)), clone(model)):
+        np.testing.assert_array_equal(again.adaptation_by_support_, rows)
+
+
+def test_one_adaptation_for_an_explicit_n_support_or_an_infinite_sampler():
+    X, y, g = correlated_table(p=3, n_groups=20)
+    small = dict(random_state=0, n_meta_iter=100, hidden_layer_sizes=(16,))
+    explicit = ReptileRegressor(n_support=6, **small).meta_fit(GroupTaskSampler(X, y, g))
+    infinite = ReptileRegressor(**small).meta_fit(SineTaskSampler(random_state=0))
+    for model in (explicit, infinite):
+        assert not hasattr(model, "adaptation_by_support_")
+        assert model._adapt_steps(3) == model._adapt_steps(40) == model.adapt_steps_

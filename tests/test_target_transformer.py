@@ -112,11 +112,12 @@ def test_held_out_validation_groups_get_the_same_transformed_targets(table):
     np.testing.assert_allclose(rest._y, np.log(train.loc[~train["city"].isin([0, 3]), "price"]))
     # What meta_fit holds out for validation: support and query targets in log units.
     model = ReptileRegressor(**SMALL)
-    _, splits, finite = hold_out(model, numeric, seed=0)
+    _, by_size, finite = hold_out(model, numeric, seed=0)
     log_prices = np.log(train["price"].to_numpy())
-    assert finite and splits
-    for _, ys, _, yq in splits:
-        assert np.isin(np.concatenate([ys, yq]), log_prices).all()
+    assert finite and by_size
+    for splits in by_size.values():
+        for _, ys, _, yq in splits:
+            assert np.isin(np.concatenate([ys, yq]), log_prices).all()
 
 
 def test_predictions_come_back_in_original_units(table):
