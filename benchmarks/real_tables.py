@@ -205,6 +205,8 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
                 backoffs=model.step_size_info_["backoffs"],
                 adapt_steps_=model.adapt_steps_,
                 adapt_lr_=model.adapt_lr_,
+                # (n_support, steps, lr) for 4, 10 and 25 support rows: fit picks by its rows.
+                by_support=getattr(model, "adaptation_by_support_", np.empty((0, 3))).tolist(),
                 pooled_s=round(t2 - t1, 1),
                 pooled_n_meta_iter_=pooled.n_meta_iter_,
                 pooled_backoffs=pooled.step_size_info_["backoffs"],
