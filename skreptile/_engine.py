@@ -1,4 +1,4 @@
-"""The Reptile loops: inner adaptation and outer interpolation, on torch tensors.
+"""The Reptile loops, inner adaptation and outer interpolation, on torch tensors.
 
 Nothing here knows about scikit-learn; the estimators hand it tensors already
 on the right device.  Small meta-batches of the perceptron on the CPU run their

@@ -1,4 +1,4 @@
-"""A lean engine for one small task: the perceptron's adaptation and prediction in numpy.
+"""Lean numpy engines for small perceptrons: one task, or a small meta-batch.
 
 ``fit`` on ten points runs 32 gradient steps of a 1-64-64-1 network: some
 130,000 multiply-adds a step, a few microseconds of arithmetic.  Through torch,
