@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,6 @@ import numpy as np
 import torch
 from sklearn import get_config
 from sklearn.base import BaseEstimator
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -47,36 +45,6 @@ _PARAM_NAMES: dict[type, list[str]] = {}
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-
-def check_adaptation(loss_before, loss_after, lr, stacklevel=4):
-    """Fail loudly when adaptation diverged instead of returning garbage predictions.
-
-    Non-finite losses raise; a support loss that grew (gradient descent with a
-    step size above the curvature's limit) warns, naming the step size.  The
-    losses are tensors, arrays or floats, one value per task.
-    """
-    if torch.is_tensor(loss_before):
-        loss_before = loss_before.detach().cpu().numpy()
-    if torch.is_tensor(loss_after):
-        loss_after = loss_after.detach().cpu().numpy()
-    loss_before, loss_after = np.atleast_1d(loss_before), np.atleast_1d(loss_after)
-    if not bool(np.isfinite(loss_after).all()):
-        raise FloatingPointError(
-            f"Adaptation diverged (non-finite loss on the training points); "
-            f"adapt_lr={lr} is likely too large."
-        )
-    grew = loss_after > 1.5 * loss_before + 1e-6
-    if bool(grew.any()):
-        n_grew, n_tasks = int(grew.sum()), grew.size
-        which = "the task" if n_tasks == 1 else f"{n_grew} of {n_tasks} tasks"
-        warnings.warn(
-            f"Adaptation increased the loss on the training points of {which} "
-            f"(step size adapt_lr={lr} is likely too large for this initialisation; "
-            "a longer meta_fit or a smaller adapt_lr helps).",
-            ConvergenceWarning,
-            stacklevel=stacklevel,
-        )
 
 
 def has_batch_norm(net):
@@ -245,45 +213,6 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
     def _scaling(self):
         return Scaling(self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
 
-    def _adapt_lr_param(self):
-        """``adapt_lr`` as given, None meaning the (effective) inner step size."""
-        if self.adapt_lr is None:
-            return self.__dict__.get("inner_lr_", self.inner_lr)
-        return self.adapt_lr
-
-    def _choice_for(self, n_support):
-        """``(adapt_steps, adapt_lr)`` that ``meta_fit`` chose for ``n_support`` rows, or None.
-
-        The choice of the support size nearest ``n_support`` on a log scale,
-        when ``meta_fit`` chose one per size (``adaptation_by_support_``).
-        """
-        rows = self.__dict__.get("adaptation_by_support_")
-        if rows is None or n_support is None:
-            return None
-        distance = np.abs(np.log(rows[:, 0]) - np.log(max(int(n_support), 1)))
-        size, steps, lr = rows[int(np.argmin(distance))]
-        return int(steps), float(lr)
-
-    def _adapt_lr(self, n_support=None):
-        """The adaptation step size for ``n_support`` rows: chosen by ``meta_fit`` for ``'auto'``."""
-        if _selftune.is_auto(self.adapt_lr):
-            choice = self._choice_for(n_support)
-            if choice is not None:
-                return choice[1]
-            if "adapt_lr_" in self.__dict__:
-                return self.adapt_lr_
-            return _selftune.MONITOR_LR_FACTOR * self.__dict__.get("inner_lr_", self.inner_lr)
-        return self._adapt_lr_param()
-
-    def _adapt_steps(self, n_support=None):
-        """The number of adaptation steps for ``n_support`` rows: chosen by ``meta_fit`` for ``'auto'``."""
-        if _selftune.is_auto(self.adapt_steps):
-            choice = self._choice_for(n_support)
-            if choice is not None:
-                return choice[0]
-            return int(self.__dict__.get("adapt_steps_", _selftune.DEFAULT_ADAPT_STEPS))
-        return int(self.adapt_steps)
-
     def _support_context(self, net):
         """Whether query points are predicted in a batch with their support set."""
         return not self.transductive and has_batch_norm(net)
@@ -442,7 +371,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
                 if not _selftune.adaptation_failed(before, after).any():
                     break
             if len(rates) == 1:
-                check_adaptation(before, after, lr, stacklevel=4)
+                _selftune.check_adaptation(before, after, lr, stacklevel=4)
             self.params_ = params
             self.__dict__.pop("support_X_", None)
             self._set_fit_info(info)
@@ -464,7 +393,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
             if not bool(_selftune.adaptation_failed(before, after).any()):
                 break
         if len(rates) == 1:
-            check_adaptation(before, after, lr, stacklevel=4)
+            _selftune.check_adaptation(before, after, lr, stacklevel=4)
         self.params_ = net.task_params(ws, 0).detach().cpu().numpy().copy()
         if self._support_context(net):
             # Non-transductive batch norm predicts every point with the support set.

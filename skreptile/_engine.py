@@ -198,6 +198,10 @@ def adapt_from(
         return net.task_mean(ws)
     per_step = x.dim() == 4
 
+    # One row per block, written by the thread that ran the block while it is in cache.
+    block_sums = theta.new_empty(len(blocks), theta.numel())
+    row_of = {start: row for row, (start, _) in enumerate(blocks)}
+
     def run_block(start, stop, scratch):
         sub = net.block(ws, start, stop, scratch)
         net.broadcast(theta, sub)
@@ -205,12 +209,13 @@ def adapt_from(
         wb = _task_slice(weight, per_step, start, stop)
         sums = None if loss_sums is None else torch.zeros_like(loss_sums)
         _sgd_steps(net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, sums, ws.n_tasks)
-        return net.task_sum(sub), sums
+        net.task_sum(sub, block_sums[row_of[start]])
+        return sums
 
     workers = block_workers(n_threads, x.device, len(blocks))
     total = torch.zeros_like(theta)
-    for task_sum, sums in run_blocks(blocks, run_block, workers):
-        total.add_(task_sum)
+    for row, sums in enumerate(run_blocks(blocks, run_block, workers)):
+        total.add_(block_sums[row])
         if loss_sums is not None:
             loss_sums.add_(sums)
     return total.div_(ws.n_tasks)
@@ -299,17 +304,19 @@ class MetaDiverged(FloatingPointError):
     """Raised when the meta-learned weights stop being finite."""
 
 
-def _lean_inner_loop(net, loss, theta, optimizer, ws, reducer):
+def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
     """The inner loop on the lean numpy engine, when it applies; else None.
 
-    A meta-batch of the perceptron with plain SGD on the CPU that fits in one
-    cache-sized block (the default recipe) spends its time in the dispatch of
-    some twenty small torch operations a step; :class:`~skreptile._lean.LeanTasks`
-    runs the same steps on stacked numpy arrays sharing ``theta``'s memory,
-    about twice as fast.  Minibatches of tasks of different sizes (zero
-    weights on padding), meta-batches of several blocks and data-parallel runs
-    keep the torch path.  Returns ``inner_loop(x, y, weight, loss_sums) ->
-    mean weights`` (a tensor, or None where the torch path must run).
+    The perceptron with plain SGD on the CPU spends its inner loop in the
+    dispatch of some twenty small torch operations a step;
+    :class:`~skreptile._lean.LeanTasks` runs the same steps on stacked numpy
+    arrays, about twice as fast.  A meta-batch larger than a cache-sized block
+    runs block by block on the threads ``n_threads`` allows, as
+    :func:`adapt_from` does, the blocks' sums added in block order.  Tasks of
+    different sizes (zero weights on padding) and data-parallel runs keep the
+    torch path.  Returns ``inner_loop(x, y, weight, loss_sums) -> mean
+    weights`` (a tensor), or None for a meta-batch whose products are too
+    large for it (:func:`~skreptile._lean.stacked_possible`).
     """
     if (
         reducer is not None
@@ -318,23 +325,46 @@ def _lean_inner_loop(net, loss, theta, optimizer, ws, reducer):
         or theta.dtype != torch.float32
     ):
         return None
-    engines = {}
     theta_array = theta.numpy()
 
     def inner_loop(x, y, weight, loss_sums):
         n_steps, n_tasks, batch = x.shape[:3]
-        if len(task_blocks(net, optimizer, n_tasks, batch, x.device)) > 1:
-            return None  # several blocks: adapt_from runs them on threads
-        engine = engines.get(batch)
-        if engine is None:
-            engine = engines[batch] = _lean.LeanTasks(
-                net.layer_sizes, net.activation, loss.name, n_tasks, batch
-            )
-        sums = None if loss_sums is None else loss_sums.numpy()
-        with np.errstate(all="ignore"):  # divergence is caught by the finiteness check
-            mean = engine.inner_loop(theta_array, x.numpy(), y.numpy(), weight, optimizer.lr, sums)
-        return torch.from_numpy(mean)
+        if not _lean.stacked_possible(net.layer_sizes, batch):
+            return None  # wide layers: torch's engine (see _lean.MAX_PRODUCT)
+        xs, ys = x.numpy(), y.numpy()
+        blocks = task_blocks(net, optimizer, n_tasks, batch, x.device)
 
+        def run_block(start, stop, scratch):
+            key = ("lean", stop - start, batch)
+            engine = scratch.get(key)
+            if engine is None:
+                engine = scratch[key] = _lean.LeanTasks(
+                    net.layer_sizes, net.activation, loss.name, stop - start, batch
+                )
+            sums = None if loss_sums is None else np.zeros(2)
+            with np.errstate(all="ignore"):  # divergence is caught by the finiteness check
+                total = engine.inner_loop(
+                    theta_array,
+                    xs[:, start:stop],
+                    ys[:, start:stop],
+                    weight,
+                    optimizer.lr,
+                    sums,
+                    n_tasks,
+                )
+            return total.copy() if len(blocks) > 1 else total, sums
+
+        workers = block_workers(n_threads, x.device, len(blocks))
+        parts = run_blocks(blocks, run_block, workers) if len(blocks) > 1 else None
+        if parts is None:
+            parts = [run_block(0, n_tasks, scratch)]
+        total = parts[0][0] if len(parts) == 1 else np.sum([p[0] for p in parts], axis=0)
+        if loss_sums is not None:
+            for _, sums in parts:
+                loss_sums.add_(torch.from_numpy(sums).to(loss_sums.dtype))
+        return torch.from_numpy(total).div_(n_tasks)
+
+    scratch = {}  # the engines of a single block, kept across meta-iterations
     return inner_loop
 
 
@@ -387,7 +417,7 @@ def meta_train(
     """
     iteration = start_iter
     inner_losses = loss_sums if reducer is None else reducer.loss_step
-    lean = _lean_inner_loop(net, loss, theta, optimizer, ws, reducer)
+    lean = _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads)
     for x, y, weight in chunks:
         for k in range(x.shape[0]):
             w = weight if isinstance(weight, float) else weight[k]

@@ -125,6 +125,45 @@ class FewShotMixin:
             )
         return X
 
+    def _adapt_lr_param(self):
+        """``adapt_lr`` as given, None meaning the (effective) inner step size."""
+        if self.adapt_lr is None:
+            return self.__dict__.get("inner_lr_", self.inner_lr)
+        return self.adapt_lr
+
+    def _choice_for(self, n_support):
+        """``(adapt_steps, adapt_lr)`` that ``meta_fit`` chose for ``n_support`` rows, or None.
+
+        The choice of the support size nearest ``n_support`` on a log scale,
+        when ``meta_fit`` chose one per size (``adaptation_by_support_``).
+        """
+        rows = self.__dict__.get("adaptation_by_support_")
+        if rows is None or n_support is None:
+            return None
+        distance = np.abs(np.log(rows[:, 0]) - np.log(max(int(n_support), 1)))
+        size, steps, lr = rows[int(np.argmin(distance))]
+        return int(steps), float(lr)
+
+    def _adapt_lr(self, n_support=None):
+        """The adaptation step size for ``n_support`` rows: chosen by ``meta_fit`` for ``'auto'``."""
+        if _selftune.is_auto(self.adapt_lr):
+            choice = self._choice_for(n_support)
+            if choice is not None:
+                return choice[1]
+            if "adapt_lr_" in self.__dict__:
+                return self.adapt_lr_
+            return _selftune.MONITOR_LR_FACTOR * self.__dict__.get("inner_lr_", self.inner_lr)
+        return self._adapt_lr_param()
+
+    def _adapt_steps(self, n_support=None):
+        """The number of adaptation steps for ``n_support`` rows: chosen by ``meta_fit`` for ``'auto'``."""
+        if _selftune.is_auto(self.adapt_steps):
+            choice = self._choice_for(n_support)
+            if choice is not None:
+                return choice[0]
+            return int(self.__dict__.get("adapt_steps_", _selftune.DEFAULT_ADAPT_STEPS))
+        return int(self.adapt_steps)
+
     def _adaptation_curve(self, tasks, steps, init=None, lr=None, indices=None):
         """Scaled query outputs of every task after each number of steps in ``steps``.
 

@@ -13,7 +13,7 @@ as possible:
   layer is one matrix product and the gradient of weights and bias one more.
 * The step size is folded into the output gradient, so every layer's update is
   ``[W; b] -= [h, 1]^T g``, with no separate optimiser pass.
-* The loss at the start, for :func:`~skreptile._base.check_adaptation`, comes
+* The loss at the start, for :func:`~skreptile._selftune.check_adaptation`, comes
   from the first step's outputs; only the loss at the end costs a forward pass.
 
 Only plain SGD on the CPU takes this path (see
@@ -199,6 +199,20 @@ def _cross_entropy_grad(out, y, weight, diff):
     return value, diff
 
 
+# Largest product (multiply-adds of one task's layer on one minibatch) for the
+# stacked engine.  Below 2**18, OpenBLAS (numpy's BLAS) runs a product on the
+# calling thread (interface/gemm.c: m*n*k < SMP_THRESHOLD_MIN *
+# GEMM_MULTITHREAD_THRESHOLD = 65536 * 4); above, it starts threads of its own,
+# which skreptile cannot pin without changing a process-wide setting, and
+# torch's engine, whose thread count is per calling thread, takes over.
+MAX_PRODUCT = 1 << 18
+
+
+def stacked_possible(layer_sizes, n_points):
+    """Whether :class:`LeanTasks` runs a network of ``layer_sizes`` on ``n_points`` a task."""
+    return n_points * max(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:])) <= MAX_PRODUCT
+
+
 class LeanTasks:
     """The Reptile inner loop of a few stacked tasks with plain SGD, in numpy.
 
@@ -232,7 +246,7 @@ class LeanTasks:
         self.diff = np.empty_like(self.out)
         self.back = [np.empty((n_tasks, fan_in, n_points), dtype) for fan_in, _ in pairs]
         self.scratch = [np.empty((n_tasks, fan_in, n_points), dtype) for fan_in, _ in pairs]
-        self.mean = np.empty(n_params, dtype)
+        self.total = np.empty(n_params, dtype)
 
     @staticmethod
     def _stacked_layers(pairs, flat):
@@ -274,15 +288,17 @@ class LeanTasks:
             _activate(z, z, self.activation)
         return matmul(layers_t[last], a[last], out=self.out)
 
-    def inner_loop(self, theta, x, y, weight, lr, loss_sums=None):
-        """Adapt a copy of ``theta`` to every task, one minibatch a step; their mean weights.
+    def inner_loop(self, theta, x, y, weight, lr, loss_sums=None, n_total=None):
+        """Adapt a copy of ``theta`` to every task, one minibatch a step; the sum of their weights.
 
         ``x`` ``(n_steps, n_tasks, batch, n_in)`` and ``y`` ``(n_steps,
         n_tasks, batch, n_out)`` are the scaled minibatches, ``weight`` the
         weight of every point in its task's loss (``1 / batch``).
-        ``loss_sums`` (an array of two) accumulates the mean task loss at the
-        first and at the last step, as :func:`skreptile._engine.adapt` does.
-        Returns a buffer overwritten by the next call.
+        ``loss_sums`` (an array of two) accumulates the task losses at the
+        first and at the last step divided by ``n_total`` (the tasks of the
+        whole meta-batch, of which these may be a block; by default these),
+        as :func:`skreptile._engine.adapt` does.  Returns a buffer overwritten
+        by the next call.
         """
         self.params[:] = theta
         n_steps = len(x)
@@ -292,13 +308,13 @@ class LeanTasks:
             measure = loss_sums is not None and step in (0, n_steps - 1)
             value, g = self._loss_grad(y[step].transpose(0, 2, 1), weight, measure)
             if measure:
-                mean_loss = value / self.n_tasks
+                mean_loss = value / (n_total or self.n_tasks)
                 if step == 0:
                     loss_sums[0] += mean_loss
                 if step == n_steps - 1:
                     loss_sums[1] += mean_loss
             self._step(lr, g)
-        return self.params.mean(axis=0, out=self.mean)
+        return self.params.sum(axis=0, out=self.total)
 
 
 def predict_one(activation, layers, x):

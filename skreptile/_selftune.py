@@ -31,8 +31,11 @@ number of steps (``STEP_CANDIDATES``); the pair with the smallest error wins.
 """
 
 import math
+import warnings
 
 import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from .tasks._base import TaskSource, keyed_generator, sampler_kind
 
@@ -149,6 +152,36 @@ def curve_errors(est, tasks, init, steps, lr):
     return errors
 
 
+def check_adaptation(loss_before, loss_after, lr, stacklevel=4):
+    """Fail loudly when adaptation diverged instead of returning garbage predictions.
+
+    Non-finite losses raise; a support loss that grew (gradient descent with a
+    step size above the curvature's limit) warns, naming the step size.  The
+    losses are tensors, arrays or floats, one value per task.
+    """
+    if torch.is_tensor(loss_before):
+        loss_before = loss_before.detach().cpu().numpy()
+    if torch.is_tensor(loss_after):
+        loss_after = loss_after.detach().cpu().numpy()
+    loss_before, loss_after = np.atleast_1d(loss_before), np.atleast_1d(loss_after)
+    if not bool(np.isfinite(loss_after).all()):
+        raise FloatingPointError(
+            f"Adaptation diverged (non-finite loss on the training points); "
+            f"adapt_lr={lr} is likely too large."
+        )
+    grew = loss_after > 1.5 * loss_before + 1e-6
+    if bool(grew.any()):
+        n_grew, n_tasks = int(grew.sum()), grew.size
+        which = "the task" if n_tasks == 1 else f"{n_grew} of {n_tasks} tasks"
+        warnings.warn(
+            f"Adaptation increased the loss on the training points of {which} "
+            f"(step size adapt_lr={lr} is likely too large for this initialisation; "
+            "a longer meta_fit or a smaller adapt_lr helps).",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+
+
 # Halvings of an 'auto' adaptation step size on a task whose support loss
 # diverged or grew, before falling back to the meta-learned weights (0 steps).
 ADAPT_BACKOFFS = 8
@@ -156,7 +189,6 @@ ADAPT_BACKOFFS = 8
 
 def adaptation_failed(loss_before, loss_after):
     """Per task: the support loss became non-finite or grew (the step was too large)."""
-    import torch
 
     before = torch.as_tensor(loss_before)
     after = torch.as_tensor(loss_after)
