@@ -27,6 +27,8 @@ few tasks: :class:`LeanTasks` runs it on stacked 3-D numpy arrays, one
 default recipe (see :func:`skreptile._engine.meta_train`).
 """
 
+import threading
+
 import numpy as np
 from scipy.special import expit
 
@@ -153,9 +155,26 @@ def adapt_one(layer_sizes, activation, loss_name, theta, x, y, n_steps, lr):
         return _adapt_one(layer_sizes, activation, loss_name, theta, x, y, n_steps, lr)
 
 
+# Buffers of the last networks each thread adapted: fit is called over and over
+# with the same shapes, and building them costs a tenth of a small fit.  Per
+# thread, so that fits in several threads never share a buffer.
+_buffers = threading.local()
+
+
+def _lean_mlp(layer_sizes, activation, n):
+    cache = _buffers.__dict__.setdefault("nets", {})
+    key = (tuple(layer_sizes), activation, n)
+    net = cache.get(key)
+    if net is None:
+        if len(cache) >= 8:
+            cache.clear()
+        net = cache[key] = LeanMLP(layer_sizes, activation, n, np.float32)
+    return net
+
+
 def _adapt_one(layer_sizes, activation, loss_name, theta, x, y, n_steps, lr):
     n = len(x)
-    net = LeanMLP(layer_sizes, activation, n, np.float32)
+    net = _lean_mlp(layer_sizes, activation, n)
     params = np.array(theta, dtype=np.float32, copy=True)
     layers = net.layers(params)
     weight = 1.0 / n

@@ -188,11 +188,17 @@ ADAPT_BACKOFFS = 8
 
 
 def adaptation_failed(loss_before, loss_after):
-    """Per task: the support loss became non-finite or grew (the step was too large)."""
+    """Per task: the support loss became non-finite or grew (the step was too large).
 
-    before = torch.as_tensor(loss_before)
-    after = torch.as_tensor(loss_after)
-    return ~torch.isfinite(after) | (after > 1.5 * before + 1e-6)
+    Tensors give a boolean tensor; floats (one task, from the lean engine) a
+    boolean numpy array, without a torch call in ``fit``'s hot path.
+    """
+    if torch.is_tensor(loss_after):
+        before = torch.as_tensor(loss_before)
+        return ~torch.isfinite(loss_after) | (loss_after > 1.5 * before + 1e-6)
+    before, after = np.asarray(loss_before), np.asarray(loss_after)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(after) | (after > 1.5 * before + 1e-6)
 
 
 def backoff_rates(est, lr):

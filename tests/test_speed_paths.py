@@ -311,3 +311,24 @@ def test_quick_validation_refuses_what_validate_data_refuses(sine_model):
         model.fit(x.tolist(), y.tolist()).predict(grid.tolist()),
         model.fit(x, y).predict(grid),
     )
+
+
+def test_lean_fits_in_several_threads_equal_serial_ones(sine_model):
+    # The lean engine keeps its buffers per thread: concurrent fits never share one.
+    tasks = [_task(s) for s in range(16)]
+    serial = [clone(sine_model).fit(x, y).predict(q) for x, y, q in tasks]
+    results = [None] * len(tasks)
+
+    def work(i):
+        x, y, q = tasks[i]
+        model = clone(sine_model)
+        for _ in range(20):  # many fits, interleaved with the other threads'
+            results[i] = model.fit(x, y).predict(q)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(tasks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, expected in zip(results, serial):
+        np.testing.assert_array_equal(got, expected)
