@@ -183,11 +183,12 @@ def adapt_from(
     """Start every task of ``ws`` from ``theta``, :func:`adapt`, and return the tasks' mean weights.
 
     One Reptile inner loop.  When the tasks run in cache-sized blocks, each
-    block is set to ``theta`` just before its steps and summed just after,
-    while it is in cache: a meta-batch whose slots outgrow the caches then
-    costs per task what a small one does.  Blocks run on the threads that
-    ``n_threads`` allows (:mod:`skreptile._parallel`); their sums are added in
-    block order, so the result does not depend on the number of threads.
+    block is set to ``theta`` just before its steps, which run while it is in
+    cache: a meta-batch whose slots outgrow the caches then costs per task
+    what a small one does.  Blocks run on the threads that ``n_threads``
+    allows (:mod:`skreptile._parallel`); the mean is taken over ``ws``
+    afterwards, by the calling thread, so the result does not depend on the
+    number of threads.
     """
     blocks = [(0, ws.n_tasks)]
     if _fused_sgd(net, optimizer):
@@ -198,10 +199,6 @@ def adapt_from(
         return net.task_mean(ws)
     per_step = x.dim() == 4
 
-    # One row per block, written by the thread that ran the block while it is in cache.
-    block_sums = theta.new_empty(len(blocks), theta.numel())
-    row_of = {start: row for row, (start, _) in enumerate(blocks)}
-
     def run_block(start, stop, scratch):
         sub = net.block(ws, start, stop, scratch)
         net.broadcast(theta, sub)
@@ -209,16 +206,16 @@ def adapt_from(
         wb = _task_slice(weight, per_step, start, stop)
         sums = None if loss_sums is None else torch.zeros_like(loss_sums)
         _sgd_steps(net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, sums, ws.n_tasks)
-        net.task_sum(sub, block_sums[row_of[start]])
         return sums
 
     workers = block_workers(n_threads, x.device, len(blocks))
-    total = torch.zeros_like(theta)
-    for row, sums in enumerate(run_blocks(blocks, run_block, workers)):
-        total.add_(block_sums[row])
+    for sums in run_blocks(blocks, run_block, workers):
         if loss_sums is not None:
             loss_sums.add_(sums)
-    return total.div_(ws.n_tasks)
+    # The adapted weights are in ws: one pass over them, by the calling thread
+    # (no buffer per block, which for wide networks meant an allocation of
+    # megabytes per task and meta-iteration).
+    return net.task_mean(ws)
 
 
 def _sgd_steps(net, loss, ws, x, y, weight, n_steps, lr, per_step, loss_sums, n_total):

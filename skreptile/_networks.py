@@ -209,12 +209,6 @@ class BatchedMLP:
             return ws.params
         return torch.cat([view.mean(0).reshape(-1) for view in ws.param_views])
 
-    def task_sum(self, ws, out):
-        """Write the sum over the tasks of ``ws`` of their weights into ``out``, flat like ``theta``."""
-        for view, part in zip(ws.param_views, self._split(out)):
-            torch.sum(view, dim=0, out=part)
-        return out
-
     def task_params(self, ws, index):
         """The flat weights of one task."""
         return torch.cat([view[index].reshape(-1) for view in ws.param_views])
