@@ -306,7 +306,7 @@ class FewShotMixin:
                 list(zip(X_support, y_support, X_query)), with_query_y=False
             )
         # 'auto' adaptation may differ with the number of support rows: group the tasks.
-        by_steps = {}
+        by_steps: dict[int, list[int]] = {}
         for i, X in enumerate(tasks.X_support):
             by_steps.setdefault(self._adapt_steps(len(X)), []).append(i)
         scaled = [None] * len(tasks)
