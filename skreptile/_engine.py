@@ -209,7 +209,9 @@ def adapt_from(
         return sums
 
     workers = block_workers(n_threads, x.device, len(blocks))
-    for sums in run_blocks(blocks, run_block, workers):
+    # Each thread's buffers, kept with the workspace across meta-iterations.
+    scratches = ws.scratch.setdefault("threads", [])
+    for sums in run_blocks(blocks, run_block, workers, scratches):
         if loss_sums is not None:
             loss_sums.add_(sums)
     # The adapted weights are in ws: one pass over them, by the calling thread
@@ -352,16 +354,14 @@ def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
             return total.copy() if len(blocks) > 1 else total, sums
 
         workers = block_workers(n_threads, x.device, len(blocks))
-        parts = run_blocks(blocks, run_block, workers) if len(blocks) > 1 else None
-        if parts is None:
-            parts = [run_block(0, n_tasks, scratch)]
+        parts = run_blocks(blocks, run_block, workers, scratches)
         total = parts[0][0] if len(parts) == 1 else np.sum([p[0] for p in parts], axis=0)
         if loss_sums is not None:
             for _, sums in parts:
                 loss_sums.add_(torch.from_numpy(sums).to(loss_sums.dtype))
         return torch.from_numpy(total).div_(n_tasks)
 
-    scratch = {}  # the engines of a single block, kept across meta-iterations
+    scratches = []  # each thread's engines, kept across meta-iterations
     return inner_loop
 
 

@@ -61,27 +61,30 @@ def _executor():
         return _pool
 
 
-def run_blocks(blocks, run_block, workers):
+def run_blocks(blocks, run_block, workers, scratches=None):
     """``[run_block(start, stop, scratch) for (start, stop) in blocks]``, on ``workers`` threads.
 
     ``scratch`` is a dict private to the thread running the block, for the
-    buffers a block reuses from one step to the next.  The calling thread
+    buffers a block reuses from one step to the next.  ``scratches``, a list
+    the caller keeps, holds one such dict per thread (grown as needed), so
+    that a loop calling this again and again (one call per meta-iteration)
+    reuses its buffers instead of building them anew.  The calling thread
     takes part; the others come from a pool shared by every call.  An error
     in any block stops the other threads after their current block and is
     raised here.
     """
+    scratches = [] if scratches is None else scratches
+    scratches.extend({} for _ in range(workers - len(scratches)))
     if workers <= 1:
-        scratch = {}
-        return [run_block(start, stop, scratch) for start, stop in blocks]
+        return [run_block(start, stop, scratches[0]) for start, stop in blocks]
     results = [None] * len(blocks)
     taken = itertools.count()
     take_lock = threading.Lock()
     stop_event = threading.Event()
 
-    def share():
+    def share(scratch):
         # One OpenMP thread and flushed denormals in this thread, both restored after.
         with fast_cpu_math(None, 0, 1):
-            scratch = {}
             while not stop_event.is_set():
                 with take_lock:
                     index = next(taken)
@@ -94,9 +97,9 @@ def run_blocks(blocks, run_block, workers):
                     raise
 
     pool = _executor()
-    futures = [pool.submit(share) for _ in range(workers - 1)]
+    futures = [pool.submit(share, scratches[k]) for k in range(1, workers)]
     try:
-        share()
+        share(scratches[0])
     except BaseException:
         stop_event.set()
         raise

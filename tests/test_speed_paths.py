@@ -168,14 +168,14 @@ def _spy_on_workers(monkeypatch):
     calls, threads = [], set()
     real = engine.run_blocks
 
-    def spy(blocks, run_block, workers):
+    def spy(blocks, run_block, workers, scratches=None):
         calls.append((len(blocks), workers))
 
         def recorded(start, stop, scratch):
             threads.add(threading.current_thread().name)
             return run_block(start, stop, scratch)
 
-        return real(blocks, recorded, workers)
+        return real(blocks, recorded, workers, scratches)
 
     monkeypatch.setattr(engine, "run_blocks", spy)
     return calls, threads
