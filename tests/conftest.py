@@ -27,3 +27,20 @@ def sine_support_and_query(n_tasks, seed, n_support=10):
     idx = np.argsort(rng.random((n_tasks, X.shape[1])), axis=1)[:, :n_support]
     rows = np.arange(n_tasks)[:, None]
     return X[rows, idx], y[rows, idx], X, y
+
+
+def raw_group_table(n_groups=16, n_rows=20, seed=0):
+    """A table as users hold it: a string column, a categorical one, missing values."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = n_groups * n_rows
+    g = np.repeat(np.arange(n_groups), n_rows)
+    x = rng.normal(size=n)
+    kind = rng.choice(["flat", "house", "villa"], size=n)
+    grade = pd.Categorical(rng.choice(["a", "b"], size=n))
+    y = 2 * x + (kind == "villa") + rng.normal(size=n_groups)[g] + 0.1 * rng.normal(size=n)
+    x_missing = x.copy()
+    x_missing[rng.random(n) < 0.1] = np.nan
+    frame = pd.DataFrame({"x": x_missing, "kind": kind, "grade": grade, "group": g, "y": y})
+    return frame

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import raw_group_table
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
@@ -91,23 +92,6 @@ def test_validation_fraction_none_keeps_every_task():
     assert model.adapt_steps_ == 32
 
 
-def _raw_frame(n_groups=16, n_rows=20, seed=0):
-    """A table as users hold it: a string column, a categorical one, missing values."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    n = n_groups * n_rows
-    g = np.repeat(np.arange(n_groups), n_rows)
-    x = rng.normal(size=n)
-    kind = rng.choice(["flat", "house", "villa"], size=n)
-    grade = pd.Categorical(rng.choice(["a", "b"], size=n))
-    y = 2 * x + (kind == "villa") + rng.normal(size=n_groups)[g] + 0.1 * rng.normal(size=n)
-    x_missing = x.copy()
-    x_missing[rng.random(n) < 0.1] = np.nan
-    frame = pd.DataFrame({"x": x_missing, "kind": kind, "grade": grade, "group": g, "y": y})
-    return frame
-
-
 def _preprocessor():
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
@@ -122,7 +106,7 @@ def _preprocessor():
 
 
 def test_a_raw_table_with_a_preprocessor_fitted_once(monkeypatch):
-    frame = _raw_frame()
+    frame = raw_group_table()
     train = frame[frame["group"] < 12]
     calls = []
     pre = _preprocessor()
@@ -152,7 +136,7 @@ def test_a_raw_table_with_a_preprocessor_fitted_once(monkeypatch):
 
 
 def test_an_unusable_column_is_named():
-    frame = _raw_frame()
+    frame = raw_group_table()
     with pytest.raises(ValueError, match="Column 'x' of X has .* missing value.*preprocessor="):
         GroupTaskSampler(frame, "y", "group")
     with pytest.raises(ValueError, match="Column 'kind' of X is not numeric.*OneHotEncoder"):

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import raw_group_table
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.impute import SimpleImputer
@@ -25,18 +26,11 @@ from skreptile.evaluation import evaluate_few_shot, split_support_query
 SMALL = dict(random_state=0, n_meta_iter=100, hidden_layer_sizes=(16,))
 
 
-def _priced_frame(n_groups=16, n_rows=20, seed=0):
-    """A table as users hold it: strings, a categorical, missing values, a skewed positive target."""
-    rng = np.random.default_rng(seed)
-    n = n_groups * n_rows
-    g = np.repeat(np.arange(n_groups), n_rows)
-    x = rng.normal(size=n)
-    kind = rng.choice(["flat", "house", "villa"], size=n)
-    grade = pd.Categorical(rng.choice(["a", "b"], size=n))
-    log_price = 0.8 * x + 0.5 * (kind == "villa") + 0.5 * rng.normal(size=n_groups)[g]
-    price = 1000.0 * np.exp(log_price + 0.1 * rng.normal(size=n))
-    x[rng.random(n) < 0.1] = np.nan
-    return pd.DataFrame({"x": x, "kind": kind, "grade": grade, "city": g, "price": price})
+def _priced_frame():
+    """The raw group table with a skewed positive target: a price per city."""
+    frame = raw_group_table().rename(columns={"group": "city"})
+    frame["price"] = 1000.0 * np.exp(0.4 * frame.pop("y"))
+    return frame
 
 
 def _preprocessor():
