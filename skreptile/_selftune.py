@@ -196,6 +196,9 @@ def adaptation_failed(loss_before, loss_after):
     if torch.is_tensor(loss_after):
         before = torch.as_tensor(loss_before)
         return ~torch.isfinite(loss_after) | (loss_after > 1.5 * before + 1e-6)
+    if isinstance(loss_after, float) and isinstance(loss_before, float):
+        # One task: plain floats, a few times cheaper than numpy's scalar machinery.
+        return np.bool_(not math.isfinite(loss_after) or loss_after > 1.5 * loss_before + 1e-6)
     before, after = np.asarray(loss_before), np.asarray(loss_after)
     with np.errstate(invalid="ignore"):
         return ~np.isfinite(after) | (after > 1.5 * before + 1e-6)

@@ -65,6 +65,20 @@ def test_lean_fit_predict_equals_torch_path(activation, monkeypatch):
     np.testing.assert_allclose(lean_pred, general.predict(grid), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("hidden", [(), (16,), (8, 24, 12)])
+def test_lean_fit_equals_torch_path_at_any_depth(hidden, monkeypatch):
+    # The lean step updates every layer in place with one sgemm and takes the
+    # derivatives of all hidden layers from one buffer: any depth, any widths.
+    model = ReptileRegressor(
+        n_meta_iter=30, hidden_layer_sizes=hidden, adapt_lr=0.01, random_state=0, device="cpu"
+    ).meta_fit(SineTaskSampler(random_state=0))
+    x, y, grid = _task(2)
+    lean_params = model.fit(x, y).params_.copy()
+    assert not np.allclose(lean_params, model.meta_params_)  # the steps moved the weights
+    _general_path(monkeypatch)
+    np.testing.assert_allclose(lean_params, model.fit(x, y).params_, rtol=1e-4, atol=1e-6)
+
+
 def test_lean_classifier_equals_torch_path(monkeypatch):
     rng = np.random.default_rng(0)
     tasks = [(rng.normal(size=(10, 3)), np.repeat([0, 1], 5)) for _ in range(20)]
