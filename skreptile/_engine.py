@@ -178,7 +178,18 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
 
 
 def adapt_from(
-    net, loss, ws, theta, x, y, weight, n_steps, optimizer, loss_sums=None, n_threads=None
+    net,
+    loss,
+    ws,
+    theta,
+    x,
+    y,
+    weight,
+    n_steps,
+    optimizer,
+    loss_sums=None,
+    n_threads=None,
+    keep_slots=True,
 ):
     """Start every task of ``ws`` from ``theta``, :func:`adapt`, and return the tasks' mean weights.
 
@@ -186,9 +197,14 @@ def adapt_from(
     block is set to ``theta`` just before its steps, which run while it is in
     cache: a meta-batch whose slots outgrow the caches then costs per task
     what a small one does.  Blocks run on the threads that ``n_threads``
-    allows (:mod:`skreptile._parallel`); the mean is taken over ``ws``
-    afterwards, by the calling thread, so the result does not depend on the
-    number of threads.
+    allows (:mod:`skreptile._parallel`), and their sums are added in block
+    order, so the result does not depend on the number of threads.
+
+    ``keep_slots=False``: only the mean is wanted, not every task's weights in
+    ``ws``.  Each thread then adapts its blocks in a block-sized workspace of
+    its own, reused from block to block and from one call to the next, and
+    each block's sum is added to the total while still in cache: a meta-batch
+    of wide networks never touches the megabytes per task of ``ws``'s slots.
     """
     blocks = [(0, ws.n_tasks)]
     if _fused_sgd(net, optimizer):
@@ -198,26 +214,50 @@ def adapt_from(
         adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums)
         return net.task_mean(ws)
     per_step = x.dim() == 4
+    total = ws.scratch.get("total")
+    if total is None:
+        total = ws.scratch["total"] = torch.empty_like(theta)
+    total.zero_()
+    free_sums = ws.scratch.setdefault("block_sums", [])  # sums of early blocks, pooled
 
     def run_block(start, stop, scratch):
-        sub = net.block(ws, start, stop, scratch)
+        if keep_slots:
+            sub = net.block(ws, start, stop, scratch)
+        else:
+            sub = scratch.get(("block", stop - start))
+            if sub is None:
+                sub = scratch[("block", stop - start)] = net.workspace(stop - start, theta)
         net.broadcast(theta, sub)
         xb, yb = _task_slice(x, per_step, start, stop), _task_slice(y, per_step, start, stop)
         wb = _task_slice(weight, per_step, start, stop)
         sums = None if loss_sums is None else torch.zeros_like(loss_sums)
         _sgd_steps(net, loss, sub, xb, yb, wb, n_steps, optimizer.lr, per_step, sums, ws.n_tasks)
-        return sums
+        return sub, sums
+
+    def keep(result):
+        # A block done before its turn: its sum, before the thread reuses the workspace.
+        sub, sums = result
+        try:
+            block_sum = free_sums.pop()  # atomic: another thread may have emptied the list
+        except IndexError:
+            block_sum = torch.empty_like(theta)
+        return net.task_sum(sub, block_sum), sums
+
+    def combine(index, result):
+        part, sums = result
+        if torch.is_tensor(part):
+            total.add_(part)
+            free_sums.append(part)
+        else:
+            net.add_task_sum(part, total)
+        if loss_sums is not None:
+            loss_sums.add_(sums)
 
     workers = block_workers(n_threads, x.device, len(blocks))
     # Each thread's buffers, kept with the workspace across meta-iterations.
     scratches = ws.scratch.setdefault("threads", [])
-    for sums in run_blocks(blocks, run_block, workers, scratches):
-        if loss_sums is not None:
-            loss_sums.add_(sums)
-    # The adapted weights are in ws: one pass over them, by the calling thread
-    # (no buffer per block, which for wide networks meant an allocation of
-    # megabytes per task and meta-iteration).
-    return net.task_mean(ws)
+    run_blocks(blocks, run_block, workers, scratches, combine, keep)
+    return total.div(ws.n_tasks)
 
 
 def _sgd_steps(net, loss, ws, x, y, weight, n_steps, lr, per_step, loss_sums, n_total):
@@ -436,6 +476,7 @@ def meta_train(
                     optimizer,
                     inner_losses,
                     n_threads,
+                    keep_slots=reducer is not None,
                 )
             if reducer is not None:  # every rank's tasks: ws holds this rank's adapted slots
                 mean = reducer.mean(ws)

@@ -209,6 +209,17 @@ class BatchedMLP:
             return ws.params
         return torch.cat([view.mean(0).reshape(-1) for view in ws.param_views])
 
+    def task_sum(self, ws, out):
+        """The sum over tasks of the weights, into the flat vector ``out`` (returned)."""
+        for view, part in zip(ws.param_views, self._split(out)):
+            torch.sum(view, 0, out=part)
+        return out
+
+    def add_task_sum(self, ws, total):
+        """``total += `` the sum over tasks of the weights, as :meth:`task_sum` computes it."""
+        for view, part in zip(ws.param_views, self._split(total)):
+            part.add_(view[0] if ws.n_tasks == 1 else view.sum(0))
+
     def task_params(self, ws, index):
         """The flat weights of one task."""
         return torch.cat([view[index].reshape(-1) for view in ws.param_views])

@@ -61,7 +61,7 @@ def _executor():
         return _pool
 
 
-def run_blocks(blocks, run_block, workers, scratches=None):
+def run_blocks(blocks, run_block, workers, scratches=None, combine=None, keep=None):
     """``[run_block(start, stop, scratch) for (start, stop) in blocks]``, on ``workers`` threads.
 
     ``scratch`` is a dict private to the thread running the block, for the
@@ -72,15 +72,48 @@ def run_blocks(blocks, run_block, workers, scratches=None):
     takes part; the others come from a pool shared by every call.  An error
     in any block stops the other threads after their current block and is
     raised here.
+
+    ``combine(index, result)``, when given, receives every block's result in
+    block order, as soon as the blocks before it are combined: by the thread
+    that completes that prefix, one call at a time, while a block's output is
+    still in that core's cache (a sum of megabytes per task, taken after all
+    blocks, would come back from memory).  Results are then not kept, and
+    None is returned.  A thread never waits for another to combine: a result
+    that comes before its turn is passed through ``keep(result)`` (by default
+    kept as it is), whose return value waits for the turn, so that
+    ``run_block`` may return buffers the thread's next block overwrites.
     """
     scratches = [] if scratches is None else scratches
     scratches.extend({} for _ in range(workers - len(scratches)))
     if workers <= 1:
-        return [run_block(start, stop, scratches[0]) for start, stop in blocks]
+        results = []
+        for index, (start, stop) in enumerate(blocks):
+            result = run_block(start, stop, scratches[0])
+            if combine is None:
+                results.append(result)
+            else:
+                combine(index, result)
+        return None if combine is not None else results
     results = [None] * len(blocks)
     taken = itertools.count()
     take_lock = threading.Lock()
     stop_event = threading.Event()
+    early, combined = {}, [0]  # results waiting for their turn; blocks combined so far
+    combine_lock = threading.Lock()
+
+    def finish(index, result):
+        if combine is None:
+            results[index] = result
+            return
+        with combine_lock:
+            if index != combined[0]:
+                early[index] = result if keep is None else keep(result)
+                return
+            combine(index, result)
+            combined[0] += 1
+            while combined[0] in early:
+                combine(combined[0], early.pop(combined[0]))
+                combined[0] += 1
 
     def share(scratch):
         # One OpenMP thread and flushed denormals in this thread, both restored after.
@@ -91,7 +124,7 @@ def run_blocks(blocks, run_block, workers, scratches=None):
                 if index >= len(blocks):
                     return
                 try:
-                    results[index] = run_block(*blocks[index], scratch)
+                    finish(index, run_block(*blocks[index], scratch))
                 except BaseException:
                     stop_event.set()
                     raise
@@ -108,4 +141,4 @@ def run_blocks(blocks, run_block, workers, scratches=None):
     for error in errors:
         if error is not None:
             raise error
-    return results
+    return None if combine is not None else results

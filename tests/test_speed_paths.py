@@ -182,14 +182,14 @@ def _spy_on_workers(monkeypatch):
     calls, threads = [], set()
     real = engine.run_blocks
 
-    def spy(blocks, run_block, workers, scratches=None):
+    def spy(blocks, run_block, workers, scratches=None, combine=None, keep=None):
         calls.append((len(blocks), workers))
 
         def recorded(start, stop, scratch):
             threads.add(threading.current_thread().name)
             return run_block(start, stop, scratch)
 
-        return real(blocks, recorded, workers, scratches)
+        return real(blocks, recorded, workers, scratches, combine, keep)
 
     monkeypatch.setattr(engine, "run_blocks", spy)
     return calls, threads
@@ -227,6 +227,50 @@ def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, m
         assert (-(-8 // sine_model._net().block_size(10, "cpu")), n_threads) in calls
     np.testing.assert_array_equal(fitted[2].meta_params_, fitted[1].meta_params_)
     assert fitted[2].history_ == fitted[1].history_
+
+
+def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_threads(monkeypatch):
+    # Networks too wide for the lean engine: blocks of the torch engine, each
+    # adapted in a thread's own workspace and added to the total in block order.
+    monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
+    params = dict(n_meta_iter=12, meta_batch_size=7, hidden_layer_sizes=(24, 24), random_state=0)
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1)  # one task a block
+    calls, threads = _spy_on_workers(monkeypatch)
+    fitted = {}
+    for n_threads in (1, 2, 3):
+        fitted[n_threads] = ReptileRegressor(n_threads=n_threads, **params).meta_fit(
+            SineTaskSampler(random_state=0)
+        )
+    assert (7, 3) in calls and len(threads) >= 2  # the pool has a thread less than the cores
+    for n_threads in (2, 3):
+        np.testing.assert_array_equal(fitted[n_threads].meta_params_, fitted[1].meta_params_)
+        assert fitted[n_threads].history_ == fitted[1].history_
+    # One block of every task (the mean over the workspace) agrees to float rounding.
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1 << 40)
+    whole = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+    np.testing.assert_allclose(whole.meta_params_, fitted[1].meta_params_, rtol=1e-5, atol=1e-6)
+
+
+def test_block_results_are_combined_in_block_order_and_early_ones_kept():
+    blocks = [(i, i + 1) for i in range(8)]
+    combined = []
+
+    def run_block(start, stop, scratch):
+        if start == 0:
+            time.sleep(0.05)  # the other thread runs every later block meanwhile
+        return start
+
+    result = parallel.run_blocks(
+        blocks,
+        run_block,
+        2,
+        combine=lambda index, result: combined.append((index, result)),
+        keep=lambda result: ("kept", result),
+    )
+    assert result is None
+    assert [index for index, _ in combined] == list(range(8))
+    assert combined[0] == (0, 0)  # its turn when done: combined as returned
+    assert all(r == ("kept", i) for i, r in combined[1:])  # done before block 0
 
 
 def test_block_threads_each_have_their_own_scratch_buffers():
