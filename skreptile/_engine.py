@@ -382,7 +382,7 @@ def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
                 )
             sums = None if loss_sums is None else np.zeros(2)
             with np.errstate(all="ignore"):  # divergence is caught by the finiteness check
-                total = engine.inner_loop(
+                block_total = engine.inner_loop(
                     theta_array,
                     xs[:, start:stop],
                     ys[:, start:stop],
@@ -391,14 +391,23 @@ def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
                     sums,
                     n_tasks,
                 )
-            return total.copy() if len(blocks) > 1 else total, sums
+            return block_total, sums
+
+        total = np.zeros(net.n_params, dtype=np.float32)
+
+        def combine(index, result):
+            # In block order: the result does not depend on the number of threads.
+            block_total, sums = result
+            with np.errstate(all="ignore"):  # divergence is caught by the finiteness check
+                np.add(total, block_total, out=total)
+            if loss_sums is not None:
+                loss_sums.add_(torch.from_numpy(sums).to(loss_sums.dtype))
+
+        def keep(result):  # a block done before its turn: the engine's buffer is reused
+            return result[0].copy(), result[1]
 
         workers = block_workers(n_threads, x.device, len(blocks))
-        parts = run_blocks(blocks, run_block, workers, scratches)
-        total = parts[0][0] if len(parts) == 1 else np.sum([p[0] for p in parts], axis=0)
-        if loss_sums is not None:
-            for _, sums in parts:
-                loss_sums.add_(torch.from_numpy(sums).to(loss_sums.dtype))
+        run_blocks(blocks, run_block, workers, scratches, combine, keep)
         return torch.from_numpy(total).div_(n_tasks)
 
     scratches = []  # each thread's engines, kept across meta-iterations
