@@ -50,7 +50,12 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=N
     while iteration < n_meta_iter:
         block = iteration // ITERATIONS_PER_BLOCK
         block_end = min(n_meta_iter, (block + 1) * ITERATIONS_PER_BLOCK)
+        n_used = (block_end - block * ITERATIONS_PER_BLOCK) * T
         tasks, rng = source.block(block, T, block_end - block * ITERATIONS_PER_BLOCK)
+        # A batched sampler draws the whole block; only the tasks this run uses
+        # are cut into minibatches (the generator fills its draws in order, so
+        # their minibatches are those of the whole block's).
+        tasks = tuple(a[:n_used] for a in tasks) if isinstance(tasks, tuple) else tasks[:n_used]
         minibatches = task_minibatches(rng, tasks, S, B)
         while iteration < block_end:
             n = min(per_chunk, block_end - iteration)
