@@ -194,44 +194,52 @@ def _mlp_module(width):
     return build
 
 
-def throughput(batch_sizes, widths, seconds_per_point=1.5):
-    """Tasks/s of meta_fit, each point run for about ``seconds_per_point``."""
+def throughput(batch_sizes, widths, seconds_per_point=1.0, rounds=5):
+    """Tasks/s of meta_fit, each point run ``rounds`` times for about ``seconds_per_point``.
+
+    The meta-batch sizes of one width take turns, round after round (in
+    alternating order), so that a slower or faster spell of a shared machine
+    falls on all of them alike; each point is the median of its rounds.
+    """
     rows = []
     for engine in ("perceptron (numpy / bmm)", "torch.func.vmap"):
         for width in widths:
+            if engine == "torch.func.vmap" and width not in (64, 256):
+                continue
+            # A small step keeps wide networks from diverging; speed does not depend on it.
+            # Meta-training alone: no held-out tasks, no choice of adaptation after it
+            # (fixed costs that would dominate these short runs).
+            params = dict(
+                hidden_layer_sizes=(width, width),
+                inner_lr=0.02,
+                validation_fraction=None,
+                adapt_steps=32,
+                adapt_lr=0.01,
+            )
+            if engine == "torch.func.vmap":
+                params["module"] = _mlp_module(width)
+            sizes = {}
+            for T in batch_sizes:  # a short run to size the measured ones
+                _, s = timed_meta_fit(n_meta_iter=10, meta_batch_size=T, **params)
+                sizes[T] = max(10, int(10 * seconds_per_point / max(s, 1e-3)))
+            rates = {T: [] for T in batch_sizes}
+            for r in range(rounds):
+                for T in batch_sizes if r % 2 == 0 else batch_sizes[::-1]:
+                    n = sizes[T]
+                    seconds = timed_meta_fit(n_meta_iter=n, meta_batch_size=T, **params)[1]
+                    rates[T].append(n * T / seconds)
             for T in batch_sizes:
-                if engine == "torch.func.vmap" and width not in (64, 256):
-                    continue
-                # A small step keeps wide networks from diverging; speed does not depend on it.
-                # Meta-training alone: no held-out tasks, no choice of adaptation after it
-                # (fixed costs that would dominate these short runs).
-                params = dict(
-                    meta_batch_size=T,
-                    hidden_layer_sizes=(width, width),
-                    inner_lr=0.02,
-                    validation_fraction=None,
-                    adapt_steps=32,
-                    adapt_lr=0.01,
-                )
-                if engine == "torch.func.vmap":
-                    params["module"] = _mlp_module(width)
-                # A short run to size the measured one.
-                _, s = timed_meta_fit(n_meta_iter=10, **params)
-                n = max(10, int(10 * seconds_per_point / max(s, 1e-3)))
-                # Median of three runs: one run varies by 10% on a shared machine.
-                rates = [n * T / timed_meta_fit(n_meta_iter=n, **params)[1] for _ in range(3)]
                 rows.append(
                     dict(
                         engine=engine,
                         width=width,
                         meta_batch_size=T,
-                        tasks_per_s=float(np.median(rates)),
-                        runs=rates,
+                        tasks_per_s=float(np.median(rates[T])),
+                        runs=rates[T],
                     )
                 )
-                seconds = n * T / float(np.median(rates))
                 print(
-                    f"  {engine:28s} width={width:4d} T={T:4d} {n * T / seconds:9.0f} tasks/s",
+                    f"  {engine:28s} width={width:4d} T={T:4d} {np.median(rates[T]):9.0f} tasks/s",
                     flush=True,
                 )
     return rows
