@@ -108,8 +108,12 @@ class InnerOptimizer:
 
 
 def _fused_sgd(net, optimizer):
-    """Whether steps can run as :meth:`BatchedMLP.sgd_step` (plain SGD, perceptron)."""
-    return optimizer.kind == "sgd" and hasattr(net, "sgd_step")
+    """Whether steps can run as :meth:`BatchedMLP.sgd_step` (plain SGD, perceptron).
+
+    ``optimizer``: an :class:`InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
+    """
+    kind = getattr(optimizer, "kind", optimizer)
+    return kind == "sgd" and hasattr(net, "sgd_step")
 
 
 def task_blocks(net, optimizer, n_tasks, n_points, device):
@@ -128,6 +132,23 @@ def task_blocks(net, optimizer, n_tasks, n_points, device):
     n_blocks = -(-n_tasks // size)
     bounds = [n_tasks * b // n_blocks for b in range(n_blocks + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def calling_thread_work(net, optimizer, n_tasks, n_points, device):
+    """The ``work`` from which ``n_threads="auto"`` sets the calling thread's torch threads.
+
+    For :func:`~skreptile._device.fast_cpu_math` around the adaptation of
+    ``n_tasks`` tasks.  Tasks that fill several cache-sized blocks run on
+    block threads of one torch thread each (:mod:`skreptile._parallel`), and
+    the calling thread then stays on one torch thread too (0): with more, its
+    own operations between blocks (the meta-update, the sums) open OpenMP
+    regions whose workers go on spinning afterwards, on the cores the block
+    threads run on (width 256, 16 tasks in two blocks: 1,635 tasks/s against
+    2,244).  Otherwise the largest product of one step (:meth:`work`).
+    """
+    if len(task_blocks(net, optimizer, n_tasks, n_points, device)) > 1:
+        return 0
+    return net.work(n_tasks, n_points)
 
 
 def _task_slice(a, per_step, start, stop):

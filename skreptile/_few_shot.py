@@ -225,7 +225,9 @@ class FewShotMixin:
                 for j in range(tasks.start, tasks.stop):
                     out[step][block[j]] = pred[j - tasks.start, : packed.query_sizes[j]]
 
-            work = net.work(len(block), packed.xs.shape[1])
+            work = _engine.calling_thread_work(
+                net, self.inner_optimizer, len(block), packed.xs.shape[1], device
+            )
             with fast_cpu_math(device, work, self.n_threads):
                 _, before, after = _engine.adapt_tasks(
                     net,

@@ -170,9 +170,9 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
             params, net.n_params, run.start_iter, run.n_meta_iter, n_features, n_outputs
         )
         reducer = group.reducer(net, run.loss_sums)
-    # Products of one inner step, to pick the CPU thread count (full-task
-    # batches are sized as the demo's 50 points).
-    work = net.work(n_slots, est.inner_batch_size or 50)
+    # To pick the calling thread's CPU thread count (full-task batches are
+    # sized as the demo's 50 points).
+    work = _engine.calling_thread_work(net, optimizer, n_slots, est.inner_batch_size or 50, device)
     try:
         with fast_cpu_math(device, work, est.n_threads), run:
             _engine.meta_train(

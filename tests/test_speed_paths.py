@@ -19,6 +19,7 @@ from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
 import skreptile._base as base
+import skreptile._device as device_module
 import skreptile._engine as engine
 import skreptile._lean as lean_engine
 import skreptile._networks as networks
@@ -249,6 +250,34 @@ def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_thre
     monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1 << 40)
     whole = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
     np.testing.assert_allclose(whole.meta_params_, fitted[1].meta_params_, rtol=1e-5, atol=1e-6)
+
+
+def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads(monkeypatch):
+    # Its operations between blocks would otherwise leave OpenMP workers
+    # spinning on the cores the block threads need.
+    monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
+    monkeypatch.setattr(device_module, "SINGLE_THREAD_WORK", 1)  # any product: all threads
+    params = dict(n_meta_iter=3, meta_batch_size=6, hidden_layer_sizes=(16,), random_state=0)
+    seen = []
+    real = engine.adapt_from
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "adapt_from", spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1)  # one task a block
+        ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+        assert seen == [1, 1, 1]
+        seen.clear()
+        monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1 << 40)  # one block: torch's threads
+        ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+        assert seen == [2, 2, 2]
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_block_results_are_combined_in_block_order_and_early_ones_kept():
