@@ -112,7 +112,8 @@ def write_report(r, path):
         "",
         "## Adaptation latency",
         "",
-        "`fit` on 10 points then `predict` on 50, per new task (200 tasks):",
+        "`fit` on 10 points then `predict` on 50, per new task (200 tasks; the methods take "
+        "turns in blocks of 20 tasks, so that a slow spell of the machine falls on all alike):",
         "",
         _table(
             ["method", "median (ms)", "90th percentile (ms)", "held-out MSE"],
@@ -149,8 +150,10 @@ def write_report(r, path):
             "cache-sized block of tasks are under the 2^23 multiply-add threshold). A single `fit` "
             f"+ `predict` ({ms['fit_predict_median_ms']:.2f} ms median) reaches "
             f"{100 * r['single_fit_fraction_of_core_peak']:.1f}% of one core's peak: the 33 "
-            "forward and 32 backward passes are some 19 numpy calls a step, each of about a "
-            "microsecond of dispatch for 1 to 3 microseconds of arithmetic.",
+            "forward and 32 backward passes are some 15 numpy and BLAS calls a step (three "
+            "products forward; per layer one product back and one `sgemm` that updates the "
+            "weights in place), each of about a microsecond of dispatch for 1 to 3 microseconds "
+            "of arithmetic.",
             "",
             "## Must show (this run)",
             "",
@@ -195,7 +198,8 @@ def write_report(r, path):
     out += [
         "## Throughput",
         "",
-        "Meta-training tasks per second (5 inner steps of 10 points each; median of three runs) "
+        "Meta-training tasks per second (5 inner steps of 10 points each; median of five runs, "
+        "the meta-batch sizes of a width taking turns round after round) "
         "against the meta-batch "
         "size and the hidden width (two hidden layers), meta-training alone (no held-out tasks, "
         "explicit adaptation), for the perceptron's engines (a meta-batch that fits one "
@@ -222,8 +226,10 @@ def write_report(r, path):
         "## What was tried and left out",
         "",
         "- CPU threads (`n_threads`): products under 2^23 multiply-adds run on one thread, and on "
-        "the CPU a product covers one cache-sized block of tasks (about 1 MiB of weights and "
-        "activations), so the default perceptron's products always qualify. Default recipe, "
+        "the CPU a product covers one cache-sized block of tasks (about 4 MiB of weights and "
+        "activations), so the default perceptron's products always qualify; while blocks run on "
+        "block threads, the calling thread keeps one torch thread too (its operations between "
+        "blocks left OpenMP workers spinning on the block threads' cores). Default recipe, "
         + "; ".join(
             f"{t['policy']}: {t['seconds']:.2f} s for {t['n_meta_iter']:,} meta-iterations"
             for t in r["threads"]
@@ -234,7 +240,10 @@ def write_report(r, path):
         "- Cache blocks: the drop of meta-training throughput at widths of 128 and more with large "
         "meta-batches came from the task slots outgrowing the caches (width 128 and 256 tasks: "
         "17 MB of weights and as much of gradients, every step reading and writing them several "
-        "times). Tasks now run in blocks of about 1 MiB, each block through all its inner steps, "
+        "times). Tasks now run in blocks of about 4 MiB (1 MiB, half an L2 cache, left every "
+        "torch call of a step a single task of a wide network: 20-55% fewer tasks/s at widths "
+        "128 to 512), each block through all its inner steps in a workspace of its thread, its "
+        "sum added to the total in block order while in cache, "
         "and plain SGD steps are fused into the backward pass (no gradient buffer). Blocks run on "
         "one thread per core (each block's small products on one torch thread; the threads meet "
         "once per meta-iteration), so a larger meta-batch, with more blocks, also uses more "
