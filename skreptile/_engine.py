@@ -116,15 +116,23 @@ def _fused_sgd(net, optimizer):
     return kind == "sgd" and hasattr(net, "sgd_step")
 
 
+def _in_blocks(net, optimizer):
+    """Whether tasks can be adapted in cache-sized blocks: plain SGD, a network that allows it.
+
+    Adam's state is one flat buffer over all slots, and a custom module with
+    random layers draws its dropout masks from one stream per workspace.
+    """
+    return getattr(optimizer, "kind", optimizer) == "sgd" and net.blockable
+
+
 def task_blocks(net, optimizer, n_tasks, n_points, device):
     """``(start, stop)`` of the tasks adapted together: cache-sized blocks on the CPU.
 
-    Blocks need the fused SGD step (Adam's state is one flat buffer over all
-    slots; a custom module's dropout stream is one per workspace): otherwise
-    one block of every task.
+    Blocks need plain SGD (see :func:`_in_blocks`): otherwise one block of
+    every task.
     """
     size = None
-    if _fused_sgd(net, optimizer):
+    if _in_blocks(net, optimizer):
         size = net.block_size(n_points, device)
     if size is None or size >= n_tasks:
         return [(0, n_tasks)]
@@ -146,9 +154,15 @@ def calling_thread_work(net, optimizer, n_tasks, n_points, device):
     threads run on (width 256, 16 tasks in two blocks: 1,635 tasks/s against
     2,244).  Otherwise the largest product of one step (:meth:`work`).
     """
-    if len(task_blocks(net, optimizer, n_tasks, n_points, device)) > 1:
+    blocks = task_blocks(net, optimizer, n_tasks, n_points, device)
+    if len(blocks) > 1 and net.block_threads:
         return 0
-    return net.work(n_tasks, n_points)
+    return net.work(max(stop - start for start, stop in blocks), n_points)
+
+
+def _block_workers(net, n_threads, device, n_blocks):
+    """Threads for ``n_blocks`` blocks: one (the caller) for networks that keep the GIL busy."""
+    return block_workers(n_threads, device, n_blocks) if net.block_threads else 1
 
 
 def _task_slice(a, per_step, start, stop):
@@ -227,9 +241,7 @@ def adapt_from(
     each block's sum is added to the total while still in cache: a meta-batch
     of wide networks never touches the megabytes per task of ``ws``'s slots.
     """
-    blocks = [(0, ws.n_tasks)]
-    if _fused_sgd(net, optimizer):
-        blocks = task_blocks(net, optimizer, ws.n_tasks, x.shape[-2], x.device)
+    blocks = task_blocks(net, optimizer, ws.n_tasks, x.shape[-2], x.device)
     if len(blocks) == 1:
         net.broadcast(theta, ws)
         adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums)
@@ -274,7 +286,7 @@ def adapt_from(
         if loss_sums is not None:
             loss_sums.add_(sums)
 
-    workers = block_workers(n_threads, x.device, len(blocks))
+    workers = _block_workers(net, n_threads, x.device, len(blocks))
     # Each thread's buffers, kept with the workspace across meta-iterations.
     scratches = ws.scratch.setdefault("threads", [])
     run_blocks(blocks, run_block, workers, scratches, combine, keep)
@@ -282,13 +294,18 @@ def adapt_from(
 
 
 def _sgd_steps(net, loss, ws, x, y, weight, n_steps, lr, per_step, loss_sums, n_total):
-    """The fused SGD steps of one block of tasks (see :func:`adapt`)."""
+    """The plain SGD steps of one block of tasks (see :func:`adapt`): fused for the perceptron."""
+    fused = hasattr(net, "sgd_step")
     for step in range(n_steps):
         xs, ys, w = x, y, weight
         if per_step:
             xs, ys = x[step], y[step]
             w = weight if isinstance(weight, float) else weight[step]
-        outputs = net.sgd_step(ws, xs, ys, w, loss, lr)
+        if fused:
+            outputs = net.sgd_step(ws, xs, ys, w, loss, lr)
+        else:
+            outputs = net.gradient(ws, xs, ys, w, loss)
+            ws.params.add_(ws.grad, alpha=-lr)
         if loss_sums is not None:
             if step == 0:
                 loss_sums[0].add_(loss.value(outputs, ys, w).sum() / n_total)
@@ -355,7 +372,7 @@ def adapt_tasks(
         return before, loss.value(net.forward_tasks(sub, xs), ys, w)
 
     with torch.no_grad():
-        workers = block_workers(n_threads, packed.xs.device, len(blocks))
+        workers = _block_workers(net, n_threads, packed.xs.device, len(blocks))
         measured = run_blocks(blocks, run_block, workers)
     return ws, torch.cat([m[0] for m in measured]), torch.cat([m[1] for m in measured])
 
@@ -427,7 +444,7 @@ def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
         def keep(result):  # a block done before its turn: the engine's buffer is reused
             return result[0].copy(), result[1]
 
-        workers = block_workers(n_threads, x.device, len(blocks))
+        workers = _block_workers(net, n_threads, x.device, len(blocks))
         run_blocks(blocks, run_block, workers, scratches, combine, keep)
         return torch.from_numpy(total).div_(n_tasks)
 

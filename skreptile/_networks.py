@@ -98,6 +98,12 @@ class BatchedMLP:
         Non-linearity after every hidden layer; the output layer is linear.
     """
 
+    # Tasks may be adapted in cache-sized blocks (see _engine.task_blocks), and
+    # blocks on several threads at once: a step is a few large torch calls,
+    # which release the GIL.
+    blockable = True
+    block_threads = True
+
     def __init__(self, layer_sizes, activation):
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
         self.activation = activation
@@ -453,9 +459,43 @@ class BatchedModule:
         with self._borrow(training) as module:
             return torch.func.functional_call(module, (params, buffers), (x,))
 
+    # vmap and functional_call spend about a millisecond a call in Python,
+    # holding the GIL: block threads would take turns on it.  Blocks run one
+    # after another on the calling thread, whose torch threads split each call.
+    block_threads = False
+
+    @property
+    def blockable(self):
+        """Whether tasks may be adapted in blocks: not with random layers (one dropout stream)."""
+        return not self._random
+
     def work(self, n_tasks, n_points):
         """A rough size of one step's work."""
         return n_tasks * n_points * self.n_params
+
+    def block_size(self, n_points, device):
+        """Tasks adapted together on the CPU (see :meth:`BatchedMLP.block_size`).
+
+        Per task: the weights, their gradients and the gradients ``vmap``
+        returns before they are copied in.
+        """
+        if torch.device(device).type != "cpu":
+            return None
+        return max(1, 4 * CACHE_BLOCK_BYTES // (4 * 3 * self.n_params))
+
+    def block(self, ws, start, stop, scratch=None):
+        """The tasks ``start:stop`` of ``ws`` as a workspace sharing its memory."""
+        sub = Workspace(stop - start, ws.params[start:stop], ws.grad[start:stop])
+        sub.scratch = ws.scratch if scratch is None else scratch
+        return sub
+
+    def task_sum(self, ws, out):
+        """The sum over tasks of the weights, into ``out`` (returned)."""
+        return torch.sum(ws.params, 0, out=out)
+
+    def add_task_sum(self, ws, total):
+        """``total += `` the sum over tasks of the weights, as :meth:`task_sum` computes it."""
+        total.add_(ws.params[0] if ws.n_tasks == 1 else ws.params.sum(0))
 
     def workspace(self, n_tasks, theta):
         """Buffers for ``n_tasks`` copies of weights shaped like ``theta``: one row a task."""

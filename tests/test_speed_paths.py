@@ -234,7 +234,15 @@ def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_thre
     # Networks too wide for the lean engine: blocks of the torch engine, each
     # adapted in a thread's own workspace and added to the total in block order.
     monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
-    params = dict(n_meta_iter=12, meta_batch_size=7, hidden_layer_sizes=(24, 24), random_state=0)
+    params = dict(
+        n_meta_iter=12,
+        meta_batch_size=7,
+        hidden_layer_sizes=(24, 24),
+        validation_fraction=None,
+        adapt_steps=8,
+        adapt_lr=0.01,
+        random_state=0,
+    )
     monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1)  # one task a block
     calls, threads = _spy_on_workers(monkeypatch)
     fitted = {}
@@ -257,7 +265,15 @@ def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads
     # spinning on the cores the block threads need.
     monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
     monkeypatch.setattr(device_module, "SINGLE_THREAD_WORK", 1)  # any product: all threads
-    params = dict(n_meta_iter=3, meta_batch_size=6, hidden_layer_sizes=(16,), random_state=0)
+    params = dict(
+        n_meta_iter=3,
+        meta_batch_size=6,
+        hidden_layer_sizes=(16,),
+        validation_fraction=None,
+        adapt_steps=8,
+        adapt_lr=0.01,
+        random_state=0,
+    )
     seen = []
     real = engine.adapt_from
 
@@ -278,6 +294,46 @@ def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads
         assert seen == [2, 2, 2]
     finally:
         torch.set_num_threads(previous)
+
+
+class _TanhModule(torch.nn.Sequential):
+    def __init__(self, n_features, n_outputs, dropout=0.0):
+        layers = [torch.nn.Linear(n_features, 16), torch.nn.Tanh()]
+        layers += [torch.nn.Dropout(dropout)] if dropout else []
+        super().__init__(*layers, torch.nn.Linear(16, n_outputs))
+
+
+def test_custom_modules_without_random_layers_run_in_blocks_with_the_same_results(monkeypatch):
+    # vmap's Python work holds the GIL: a module's blocks run one after another
+    # on the calling thread, and give the weights one call of every task gives.
+    calls, _ = _spy_on_workers(monkeypatch)
+    params = dict(
+        n_meta_iter=8,
+        meta_batch_size=6,
+        module=_TanhModule,
+        validation_fraction=None,
+        adapt_steps=8,
+        adapt_lr=0.01,
+        random_state=0,
+    )
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1)  # one task a block
+    blocked = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+    x, y, grid = _task(5)
+    Xs, ys, Xq = x[None].repeat(5, 0), y[None].repeat(5, 0), grid[None].repeat(5, 0)
+    blocked_pred = blocked.few_shot_predict(Xs, ys, Xq)
+    assert calls[0] == (6, 1) and calls[-1] == (5, 1)  # blocks, on the calling thread
+    monkeypatch.setattr(networks, "CACHE_BLOCK_BYTES", 1 << 40)
+    whole = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0))
+    np.testing.assert_allclose(blocked.meta_params_, whole.meta_params_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        blocked_pred, whole.few_shot_predict(Xs, ys, Xq), rtol=1e-4, atol=1e-5
+    )
+    # Dropout draws its masks from one stream per workspace: never in blocks.
+    assert (
+        not ReptileRegressor(module=lambda i, o: _TanhModule(i, o, 0.1))
+        ._build_net(1, 1, 0, None)[0]
+        .blockable
+    )
 
 
 def test_block_results_are_combined_in_block_order_and_early_ones_kept():
