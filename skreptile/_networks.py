@@ -481,8 +481,7 @@ class BatchedModule:
         perceptron's: a call costs about a millisecond of Python, which a
         block must outweigh, and they run on one thread, whose torch threads
         split each call (measured, width 256, two runs minutes apart: 16 MB
-        blocks 1.7 to 2
-        times as many tasks/s as 4 MB ones at 16 to 256 tasks).
+        blocks 1.7 to 2 times as many tasks/s as 4 MB ones at 16 to 256 tasks).
         """
         if torch.device(device).type != "cpu":
             return None
