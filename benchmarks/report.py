@@ -174,7 +174,7 @@ def write_report(r, path):
                         "yes" if ms["batched_at_least_2500"] else "no",
                     ],
                     [
-                        "no width where a larger meta-batch is slower per task",
+                        "no width where a larger meta-batch is slower per task (perceptron)",
                         "none"
                         if ms["no_larger_batch_slower"]
                         else "; ".join(
@@ -202,10 +202,11 @@ def write_report(r, path):
         "the meta-batch sizes of a width taking turns round after round) "
         "against the meta-batch "
         "size and the hidden width (two hidden layers), meta-training alone (no held-out tasks, "
-        "explicit adaptation), for the perceptron's engines (a meta-batch that fits one "
-        "cache-sized block: the lean numpy inner loop; larger ones: stacked weights, `bmm`, "
-        'hand-written backward pass, blocks on the threads of `n_threads="auto"`) and for '
-        "`torch.func.vmap` over `functional_call` (the engine used for custom `module`s):",
+        "explicit adaptation), for the perceptron's engines (products under 2^18 "
+        "multiply-adds a task, widths 64 and 128 here: the lean numpy inner loop on stacked "
+        "arrays; wider: stacked weights, `bmm`, hand-written backward pass; both in cache-sized "
+        'blocks on the threads of `n_threads="auto"`) and for `torch.func.vmap` over '
+        "`functional_call` (the engine used for custom `module`s, in blocks one after another):",
         "",
     ]
     widths = sorted({t["width"] for t in r["throughput"]})
@@ -221,6 +222,25 @@ def write_report(r, path):
             if cells:
                 rows.append([engine, w] + [f"{cells[s]:.0f}" if s in cells else "" for s in sizes])
     out.append(_table(["engine", "width"] + [f"T={s}" for s in sizes], rows))
+    dips = []
+    for engine in dict.fromkeys(t["engine"] for t in r["throughput"]):
+        for w in widths:
+            pts = sorted(
+                (t["meta_batch_size"], t["tasks_per_s"])
+                for t in r["throughput"]
+                if t["engine"] == engine and t["width"] == w
+            )
+            dips += [
+                f"{engine}, width {w}: {ra:.0f} at T={a}, {rb:.0f} at T={b}"
+                for (a, ra), (b, rb) in zip(pts, pts[1:])
+                if rb < ra
+            ]
+    out += [
+        "",
+        "A larger meta-batch slower per task than a smaller one in this run: "
+        + ("; ".join(dips) if dips else "none")
+        + ".",
+    ]
     out += [
         "",
         "## What was tried and left out",
