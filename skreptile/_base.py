@@ -34,7 +34,8 @@ from ._doc_link import url_params
 from ._few_shot import FewShotMixin
 from ._losses import LOSSES
 from ._meta_fit import run_meta_fit
-from ._networks import ACTIVATIONS, BatchedMLP, BatchedModule
+from ._module_net import BatchedModule
+from ._networks import ACTIVATIONS, BatchedMLP
 from ._packing import PackedTasks
 from ._scaling import Scaling
 from ._state import LearnedStateMixin
