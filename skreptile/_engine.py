@@ -151,8 +151,9 @@ def calling_thread_work(net, optimizer, n_tasks, n_points, device):
     the calling thread then stays on one torch thread too (0): with more, its
     own operations between blocks (the meta-update, the sums) open OpenMP
     regions whose workers go on spinning afterwards, on the cores the block
-    threads run on (width 256, 16 tasks in two blocks: 1,635 tasks/s against
-    2,244).  Otherwise the largest product of one step (:meth:`work`).
+    threads run on (width 256, 16 tasks in two blocks on two threads, paired
+    runs: 1,073 tasks/s with the caller on two torch threads, 2,504 on one).
+    Otherwise the largest product of one step (:meth:`work`).
     """
     blocks = task_blocks(net, optimizer, n_tasks, n_points, device)
     if len(blocks) > 1 and net.block_threads:
