@@ -108,17 +108,14 @@ class InnerOptimizer:
 
 
 def _fused_sgd(net, optimizer):
-    """Whether steps can run as :meth:`BatchedMLP.sgd_step` (plain SGD, perceptron).
-
-    ``optimizer``: an :class:`InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
-    """
-    kind = getattr(optimizer, "kind", optimizer)
-    return kind == "sgd" and hasattr(net, "sgd_step")
+    """Whether steps can run as :meth:`BatchedMLP.sgd_step` (plain SGD, perceptron)."""
+    return optimizer.kind == "sgd" and hasattr(net, "sgd_step")
 
 
 def _in_blocks(net, optimizer):
     """Whether tasks can be adapted in cache-sized blocks: plain SGD, a network that allows it.
 
+    ``optimizer``: an :class:`InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
     Adam's state is one flat buffer over all slots, and a custom module with
     random layers draws its dropout masks from one stream per workspace.
     """

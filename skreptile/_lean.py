@@ -46,18 +46,24 @@ def _activate(z, out, activation):
         out[...] = z
 
 
+def _derivative(h, out, activation):
+    """``f'(z)`` into ``out``, from the activation's output ``h``; False for the identity."""
+    if activation == "tanh":
+        np.multiply(h, h, out=out)
+        np.subtract(1.0, out, out=out)
+    elif activation == "relu":
+        np.greater(h, 0.0, out=out)
+    elif activation == "logistic":
+        np.subtract(1.0, h, out=out)
+        np.multiply(out, h, out=out)
+    else:
+        return False
+    return True
+
+
 def _activation_backward(back, h, scratch, activation):
     """``back *= f'(z)`` in place, from the activation's output ``h``."""
-    if activation == "tanh":
-        np.multiply(h, h, out=scratch)
-        np.subtract(1.0, scratch, out=scratch)
-        np.multiply(back, scratch, out=back)
-    elif activation == "relu":
-        np.greater(h, 0.0, out=scratch)
-        np.multiply(back, scratch, out=back)
-    elif activation == "logistic":
-        np.subtract(1.0, h, out=scratch)
-        np.multiply(scratch, h, out=scratch)
+    if _derivative(h, scratch, activation):
         np.multiply(back, scratch, out=back)
 
 
@@ -120,21 +126,6 @@ class LeanMLP:
             start = end
         return views
 
-    def _derivatives(self):
-        """``f'(z)`` of every hidden layer into ``derivative``; False for the identity."""
-        h, d = self.hidden, self.derivative
-        if self.activation == "tanh":
-            np.multiply(h, h, out=d)
-            np.subtract(1.0, d, out=d)
-        elif self.activation == "relu":
-            np.greater(h, 0.0, out=d)
-        elif self.activation == "logistic":
-            np.subtract(1.0, h, out=d)
-            np.multiply(d, h, out=d)
-        else:
-            return False
-        return True
-
     def adapt(self, params, x, y, n_steps, alpha, loss_name):
         """Run ``n_steps`` steps on the flat C-ordered float32 ``params``, in place.
 
@@ -182,7 +173,7 @@ class LeanMLP:
             if step == n_steps:
                 after = value
                 break
-            scaled = self._derivatives()
+            scaled = _derivative(self.hidden, self.derivative, activation)
             for w, w_t, a_t, back, derivative in backward:
                 dot(w, g, out=back)  # before w changes
                 sgemm(alpha, g.T, a_t, 1.0, w_t, 1, 0, 1)  # w_t += alpha g a^T, in place
