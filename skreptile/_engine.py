@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import _lean
-from ._parallel import block_workers, run_blocks
+from ._parallel import net_block_workers, run_blocks, task_blocks
 
 ADAM_BETA2 = 0.999
 ADAM_EPSILON = 1e-8
@@ -110,57 +110,6 @@ class InnerOptimizer:
 def _fused_sgd(net, optimizer):
     """Whether steps can run as :meth:`BatchedMLP.sgd_step` (plain SGD, perceptron)."""
     return optimizer.kind == "sgd" and hasattr(net, "sgd_step")
-
-
-def _in_blocks(net, optimizer):
-    """Whether tasks can be adapted in cache-sized blocks: plain SGD, a network that allows it.
-
-    ``optimizer``: an :class:`InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
-    Adam's state is one flat buffer over all slots, and a custom module with
-    random layers draws its dropout masks from one stream per workspace.
-    """
-    return getattr(optimizer, "kind", optimizer) == "sgd" and net.blockable
-
-
-def task_blocks(net, optimizer, n_tasks, n_points, device):
-    """``(start, stop)`` of the tasks adapted together: cache-sized blocks on the CPU.
-
-    Blocks need plain SGD (see :func:`_in_blocks`): otherwise one block of
-    every task.
-    """
-    size = None
-    if _in_blocks(net, optimizer):
-        size = net.block_size(n_points, device)
-    if size is None or size >= n_tasks:
-        return [(0, n_tasks)]
-    # Blocks of equal sizes (give or take one task), so that threads share the work evenly.
-    n_blocks = -(-n_tasks // size)
-    bounds = [n_tasks * b // n_blocks for b in range(n_blocks + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def calling_thread_work(net, optimizer, n_tasks, n_points, device):
-    """The ``work`` from which ``n_threads="auto"`` sets the calling thread's torch threads.
-
-    For :func:`~skreptile._device.fast_cpu_math` around the adaptation of
-    ``n_tasks`` tasks.  Tasks that fill several cache-sized blocks run on
-    block threads of one torch thread each (:mod:`skreptile._parallel`), and
-    the calling thread then stays on one torch thread too (0): with more, its
-    own operations between blocks (the meta-update, the sums) open OpenMP
-    regions whose workers go on spinning afterwards, on the cores the block
-    threads run on (width 256, 16 tasks in two blocks on two threads, paired
-    runs: 1,073 tasks/s with the caller on two torch threads, 2,504 on one).
-    Otherwise the largest product of one step (:meth:`work`).
-    """
-    blocks = task_blocks(net, optimizer, n_tasks, n_points, device)
-    if len(blocks) > 1 and net.block_threads:
-        return 0
-    return net.work(max(stop - start for start, stop in blocks), n_points)
-
-
-def _block_workers(net, n_threads, device, n_blocks):
-    """Threads for ``n_blocks`` blocks: one (the caller) for networks that keep the GIL busy."""
-    return block_workers(n_threads, device, n_blocks) if net.block_threads else 1
 
 
 def _task_slice(a, per_step, start, stop):
@@ -284,7 +233,7 @@ def adapt_from(
         if loss_sums is not None:
             loss_sums.add_(sums)
 
-    workers = _block_workers(net, n_threads, x.device, len(blocks))
+    workers = net_block_workers(net, n_threads, x.device, len(blocks))
     # Each thread's buffers, kept with the workspace across meta-iterations.
     scratches = ws.scratch.setdefault("threads", [])
     run_blocks(blocks, run_block, workers, scratches, combine, keep)
@@ -327,7 +276,7 @@ def adapt_tasks(
 
     ``on_step(step, ws, tasks)``, when given, is called before every step and
     after the last with a workspace of the tasks ``tasks`` (a slice of
-    ``packed``'s): the tasks may be adapted in blocks (:func:`task_blocks`),
+    ``packed``'s): the tasks may be adapted in blocks (:func:`~skreptile._parallel.task_blocks`),
     on the threads that ``n_threads`` allows (:mod:`skreptile._parallel`), so
     ``on_step`` may be called from several threads at once, each time for
     other tasks.
@@ -370,7 +319,7 @@ def adapt_tasks(
         return before, loss.value(net.forward_tasks(sub, xs), ys, w)
 
     with torch.no_grad():
-        workers = _block_workers(net, n_threads, packed.xs.device, len(blocks))
+        workers = net_block_workers(net, n_threads, packed.xs.device, len(blocks))
         measured = run_blocks(blocks, run_block, workers)
     return ws, torch.cat([m[0] for m in measured]), torch.cat([m[1] for m in measured])
 
@@ -442,7 +391,7 @@ def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
         def keep(result):  # a block done before its turn: the engine's buffer is reused
             return result[0].copy(), result[1]
 
-        workers = _block_workers(net, n_threads, x.device, len(blocks))
+        workers = net_block_workers(net, n_threads, x.device, len(blocks))
         run_blocks(blocks, run_block, workers, scratches, combine, keep)
         return torch.from_numpy(total).div_(n_tasks)
 

@@ -20,6 +20,7 @@ from . import _engine, _selftune
 from ._device import fast_cpu_math
 from ._losses import LOSSES
 from ._packing import Initialisation, PackedTasks
+from ._parallel import calling_thread_work
 from .tasks._split import check_split
 
 # Tasks adapted together, to bound memory on large evaluations.
@@ -225,7 +226,7 @@ class FewShotMixin:
                 for j in range(tasks.start, tasks.stop):
                     out[step][block[j]] = pred[j - tasks.start, : packed.query_sizes[j]]
 
-            work = _engine.calling_thread_work(
+            work = calling_thread_work(
                 net, self.inner_optimizer, len(block), packed.xs.shape[1], device
             )
             with fast_cpu_math(device, work, self.n_threads):

@@ -17,6 +17,7 @@ from ._device import fast_cpu_math, resolve_device
 from ._losses import LOSSES
 from ._monitor import EarlyStop, MetaFitRun
 from ._packing import Initialisation
+from ._parallel import calling_thread_work
 from ._scaling import Scaling
 from .tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
 
@@ -172,7 +173,7 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
         reducer = group.reducer(net, run.loss_sums)
     # To pick the calling thread's CPU thread count (full-task batches are
     # sized as the demo's 50 points).
-    work = _engine.calling_thread_work(net, optimizer, n_slots, est.inner_batch_size or 50, device)
+    work = calling_thread_work(net, optimizer, n_slots, est.inner_batch_size or 50, device)
     try:
         with fast_cpu_math(device, work, est.n_threads), run:
             _engine.meta_train(

@@ -93,7 +93,7 @@ class BatchedMLP:
         Non-linearity after every hidden layer; the output layer is linear.
     """
 
-    # Tasks may be adapted in cache-sized blocks (see _engine.task_blocks), and
+    # Tasks may be adapted in cache-sized blocks (see _parallel.task_blocks), and
     # blocks on several threads at once: a step is a few large torch calls,
     # which release the GIL.
     blockable = True
