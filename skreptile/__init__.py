@@ -5,18 +5,12 @@ gradient steps fit a new task well; then use the model as any scikit-learn
 estimator.
 """
 
-from ._classifier import ReptileClassifier
-from ._device import cpu_threads
-from ._regressor import ReptileRegressor
-from ._state import InconsistentVersionWarning
+from ._engine.device import cpu_threads
+from ._estimators.classifier import ReptileClassifier
+from ._estimators.learned_state import InconsistentVersionWarning
+from ._estimators.regressor import ReptileRegressor
 from ._version import __version__
-from .tasks import (
-    ClassTaskSampler,
-    GroupTaskSampler,
-    SineTaskSampler,
-    TaskError,
-    TaskSampler,
-)
+from .tasks import ClassTaskSampler, GroupTaskSampler, SineTaskSampler, TaskError, TaskSampler
 
 __all__ = [
     "ClassTaskSampler",

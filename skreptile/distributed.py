@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from ._distributed import RankFailedError
+from ._training.distributed import RankFailedError
 
 __all__ = ["ProcessInfo", "RankFailedError", "init_from_env", "is_main_process", "shutdown"]
 

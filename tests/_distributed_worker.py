@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from skreptile import ClassTaskSampler, ReptileClassifier, ReptileRegressor, SineTaskSampler
-from skreptile._selftune import N_FRESH
+from skreptile._training.selftune import N_FRESH
 from skreptile.evaluation import split_support_query
 
 # meta_batch_size=5 does not divide among 2 ranks (3 + 2 tasks); adam keeps a

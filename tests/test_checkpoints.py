@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import skreptile
-import skreptile._engine as engine_module
+import skreptile._engine.loops as engine_module
 from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
 
 FAST = dict(meta_batch_size=4, device="cpu", random_state=0, n_meta_iter=20, monitor_interval=5)
@@ -155,7 +155,7 @@ def test_resuming_with_another_table_of_groups_is_refused(tmp_path, monkeypatch)
 
 def test_task_fingerprints():
     from skreptile import ClassTaskSampler
-    from skreptile._fingerprints import fingerprint_tasks
+    from skreptile._training.fingerprints import fingerprint_tasks
     from skreptile.tasks._base import TaskSource
 
     def fp(sampler):
@@ -188,7 +188,7 @@ def test_task_fingerprints():
 
 def test_fingerprints_of_object_arrays_depend_on_values_not_addresses():
     pd = pytest.importorskip("pandas")
-    from skreptile._fingerprints import fingerprint_tasks
+    from skreptile._training.fingerprints import fingerprint_tasks
     from skreptile.tasks._base import TaskSource
 
     X, y, groups = _table(0)

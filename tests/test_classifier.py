@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from skreptile import ClassTaskSampler, ReptileClassifier, TaskError, TaskSampler
-from skreptile._losses import CrossEntropy
+from skreptile._engine.losses import CrossEntropy
 from skreptile.nn import ConvNet
 
 

@@ -28,7 +28,7 @@ from skreptile import (
     SineTaskSampler,
     cpu_threads,
 )
-from skreptile._device import _flush_denormal_enabled
+from skreptile._engine.device import _flush_denormal_enabled
 from skreptile.evaluation import evaluate_few_shot
 from skreptile.nn import ConvNet
 

@@ -26,10 +26,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import estimator_html_repr
 from sklearn.utils.validation import check_is_fitted
 
-import skreptile._packing as packing_module
-import skreptile._state as state_module
+import skreptile._engine.packing as packing_module
+import skreptile._estimators.learned_state as state_module
 from skreptile import InconsistentVersionWarning, ReptileRegressor, SineTaskSampler, TaskError
-from skreptile._device import resolve_device
+from skreptile._engine.device import resolve_device
 from skreptile.pipeline import meta_fit_pipeline
 
 FAST = dict(

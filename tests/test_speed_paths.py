@@ -1,7 +1,7 @@
 """The fast paths compute what the general ones do, to float tolerance (issue 14).
 
 * ``fit`` and ``predict`` of the perceptron on the CPU run on the lean numpy
-  engine (:mod:`skreptile._lean`); the general path is the torch engine.
+  engine (:mod:`skreptile._engine.numpy_mlp`); the general path is the torch engine.
 * Plain SGD steps are fused (:meth:`BatchedMLP.sgd_step`) and many tasks run
   in cache-sized blocks on the CPU.
 * Parameters are validated once per parameter set, plain arrays skip
@@ -18,15 +18,15 @@ import torch
 from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
-import skreptile._base as base
-import skreptile._device as device_module
-import skreptile._engine as engine
-import skreptile._lean as lean_engine
-import skreptile._networks as networks
-import skreptile._parallel as parallel
+import skreptile._engine.device as device_module
+import skreptile._engine.loops as engine
+import skreptile._engine.numpy_mlp as lean_engine
+import skreptile._engine.threads as parallel
+import skreptile._engine.torch_mlp as networks
+import skreptile._estimators.base as base
 from skreptile import ReptileClassifier, ReptileRegressor, SineTaskSampler
-from skreptile._losses import LOSSES
-from skreptile._networks import BatchedMLP
+from skreptile._engine.losses import LOSSES
+from skreptile._engine.torch_mlp import BatchedMLP
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from sklearn.preprocessing import (
 )
 
 from skreptile import GroupTaskSampler, ReptileClassifier, ReptileRegressor
-from skreptile._selftune import hold_out
+from skreptile._training.selftune import hold_out
 from skreptile.evaluation import evaluate_few_shot, split_support_query
 
 SMALL = dict(random_state=0, n_meta_iter=100, hidden_layer_sizes=(16,))

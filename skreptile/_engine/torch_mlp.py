@@ -7,7 +7,7 @@ every task together.  Two networks implement the same small interface:
 * :class:`BatchedMLP`: the default multi-layer perceptron, with a hand-written
   backward pass on ``bmm``.  For the tiny networks meta-learning uses,
   autograd's per-operation bookkeeping costs more than the arithmetic.
-* :class:`~skreptile._module_net.BatchedModule` (its own module): any
+* :class:`~skreptile._engine.torch_module.BatchedModule` (its own module): any
   ``torch.nn.Module``, batched over tasks with ``torch.func.vmap`` and
   ``torch.func.grad``.
 
@@ -170,7 +170,7 @@ class BatchedMLP:
         """The tasks ``start:stop`` of ``ws`` as a workspace sharing its memory (no flat buffers).
 
         ``scratch``: the dict of reusable buffers to use, one per thread when
-        blocks run on several threads (:mod:`skreptile._parallel`); by default
+        blocks run on several threads (:mod:`skreptile._engine.threads`); by default
         that of ``ws``.
         """
         sub = Workspace(

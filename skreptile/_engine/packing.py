@@ -5,7 +5,7 @@ and the validation of ``meta_fit`` all adapt through :class:`PackedTasks`.
 Tasks of equal sizes are stacked as they are (the fast path); tasks of
 different sizes are zero-padded, the padded support points weighing nothing in
 the loss and padded query points ignored.  Meta-training minibatches
-(:mod:`skreptile._batches`) use the same padding.
+(:mod:`skreptile._engine.minibatches`) use the same padding.
 """
 
 from typing import NamedTuple
@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._scaling import Scaling
+from .scaling import Scaling
 
 
 def pad_stack(arrays, width):

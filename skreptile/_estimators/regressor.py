@@ -11,9 +11,9 @@ from sklearn.base import RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseReptile
-from ._docstrings import fill
-from ._few_shot import FewShotTasks
+from .base import BaseReptile
+from .docstrings import fill
+from .few_shot import FewShotTasks
 
 if TYPE_CHECKING:
     from typing_extensions import Self

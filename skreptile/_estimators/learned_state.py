@@ -26,8 +26,8 @@ import warnings
 import joblib
 import torch
 
-from ._device import resolve_device
-from ._version import __version__
+from .._engine.device import resolve_device
+from .._version import __version__
 
 # Parameters that shape the meta-learned initialisation: changing one after
 # meta_fit makes fit and predict refuse until meta_fit is called again.

@@ -13,7 +13,7 @@ from its initial weights with the inner step size halved, at most
 ``MAX_BACKOFFS`` times.  ``inner_lr_`` is the step size the run ended with,
 and ``step_size_info_`` records the halvings.  The adaptation step size
 (``adapt_lr='auto'``) is then chosen on held-out tasks among multiples of
-``inner_lr_`` (see :mod:`skreptile._selftune`), so it follows too.
+``inner_lr_`` (see :mod:`skreptile._training.selftune`), so it follows too.
 """
 
 MAX_BACKOFFS = 6

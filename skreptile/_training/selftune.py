@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .tasks._base import TaskSource, keyed_generator, sampler_kind
+from ..tasks._base import TaskSource, keyed_generator, sampler_kind
 
 STEP_CANDIDATES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 LR_FACTORS = (0.25, 0.5, 0.7, 1.0)

@@ -8,8 +8,8 @@ flattened and their shape recorded.
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 
-from ._images import normalise_shape
-from .tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
+from ..tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
+from .images import normalise_shape
 
 
 def encode_labels(y, n_outputs, where):

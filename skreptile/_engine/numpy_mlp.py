@@ -14,18 +14,18 @@ as possible:
 * The step size and the loss's scale are folded into one BLAS ``sgemm`` per
   layer that adds ``alpha g A^T`` to the weights in place: no weight gradient
   is stored and no separate optimiser pass runs.
-* The loss at the start, for :func:`~skreptile._selftune.check_adaptation`, comes
+* The loss at the start, for :func:`~skreptile._training.selftune.check_adaptation`, comes
   from the first step's outputs; only the loss at the end costs a forward pass.
 
 Only plain SGD on the CPU takes this path (see
-:meth:`~skreptile._base.BaseReptile._lean_fit_possible`); everything else goes
-through :func:`skreptile._engine.adapt_tasks`.  Results agree with that path
+:meth:`~skreptile._estimators.base.BaseReptile._lean_fit_possible`); everything else goes
+through :func:`skreptile._engine.loops.adapt_tasks`.  Results agree with that path
 to float32 rounding.
 
 The inner loop of meta-training has the same problem with a meta-batch of a
 few tasks: :class:`LeanTasks` runs it on stacked 3-D numpy arrays, one
 ``matmul`` per product for all tasks, about twice as fast as torch for the
-default recipe (see :func:`skreptile._engine.meta_train`).
+default recipe (see :func:`skreptile._engine.loops.meta_train`).
 """
 
 import threading
@@ -189,7 +189,7 @@ def adapt_one(layer_sizes, activation, loss_name, theta, x, y, n_steps, lr):
 
     ``x`` ``(n, n_in)`` and ``y`` ``(n, n_out)`` are scaled float32 arrays, and
     the loss is the mean over the points (squared error or cross-entropy), as
-    in :mod:`skreptile._losses`.  Returns the adapted weights (a new array)
+    in :mod:`skreptile._engine.losses`.  Returns the adapted weights (a new array)
     and the support loss before and after adaptation.
     """
     net = _lean_mlp(layer_sizes, activation, len(x))
@@ -334,7 +334,7 @@ class LeanTasks:
         ``loss_sums`` (an array of two) accumulates the task losses at the
         first and at the last step divided by ``n_total`` (the tasks of the
         whole meta-batch, of which these may be a block; by default these),
-        as :func:`skreptile._engine.adapt` does.  Returns a buffer overwritten
+        as :func:`skreptile._engine.loops.adapt` does.  Returns a buffer overwritten
         by the next call.
         """
         self.params[:] = theta

@@ -2,7 +2,7 @@
 
 Nothing here knows about scikit-learn; the estimators hand it tensors already
 on the right device.  Small meta-batches of the perceptron on the CPU run their
-inner loop on the lean numpy engine (:mod:`skreptile._lean`), on the tensors'
+inner loop on the lean numpy engine (:mod:`skreptile._engine.numpy_mlp`), on the tensors'
 own memory.  Every loop runs without host synchronisation
 (no ``.item()``) except for an occasional finiteness check.  All adaptation,
 in meta-training, ``fit``, batched prediction, validation and evaluation, goes
@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 
-from . import _lean
-from ._parallel import net_block_workers, run_blocks, task_blocks
+from . import numpy_mlp as _lean
+from .threads import net_block_workers, run_blocks, task_blocks
 
 ADAM_BETA2 = 0.999
 ADAM_EPSILON = 1e-8
@@ -130,7 +130,7 @@ def adapt(net, loss, ws, x, y, weight, n_steps, optimizer, loss_sums=None, on_st
     the last (``step == n_steps``), e.g. to predict along the way.
 
     With plain SGD and the perceptron, each step is one fused pass
-    (:meth:`~skreptile._networks.BatchedMLP.sgd_step`).  All the tasks of
+    (:meth:`~skreptile._engine.torch_mlp.BatchedMLP.sgd_step`).  All the tasks of
     ``ws`` run together: :func:`adapt_from` cuts a meta-batch into cache-sized
     blocks first.
     """
@@ -179,7 +179,7 @@ def adapt_from(
     block is set to ``theta`` just before its steps, which run while it is in
     cache: a meta-batch whose slots outgrow the caches then costs per task
     what a small one does.  Blocks run on the threads that ``n_threads``
-    allows (:mod:`skreptile._parallel`), and their sums are added in block
+    allows (:mod:`skreptile._engine.threads`), and their sums are added in block
     order, so the result does not depend on the number of threads.
 
     ``keep_slots=False``: only the mean is wanted, not every task's weights in
@@ -276,8 +276,8 @@ def adapt_tasks(
 
     ``on_step(step, ws, tasks)``, when given, is called before every step and
     after the last with a workspace of the tasks ``tasks`` (a slice of
-    ``packed``'s): the tasks may be adapted in blocks (:func:`~skreptile._parallel.task_blocks`),
-    on the threads that ``n_threads`` allows (:mod:`skreptile._parallel`), so
+    ``packed``'s): the tasks may be adapted in blocks (:func:`~skreptile._engine.threads.task_blocks`),
+    on the threads that ``n_threads`` allows (:mod:`skreptile._engine.threads`), so
     ``on_step`` may be called from several threads at once, each time for
     other tasks.
 
@@ -333,14 +333,14 @@ def _lean_inner_loop(net, loss, theta, optimizer, reducer, n_threads):
 
     The perceptron with plain SGD on the CPU spends its inner loop in the
     dispatch of some twenty small torch operations a step;
-    :class:`~skreptile._lean.LeanTasks` runs the same steps on stacked numpy
+    :class:`~skreptile._engine.numpy_mlp.LeanTasks` runs the same steps on stacked numpy
     arrays, about twice as fast.  A meta-batch larger than a cache-sized block
     runs block by block on the threads ``n_threads`` allows, as
     :func:`adapt_from` does, the blocks' sums added in block order.  Tasks of
     different sizes (zero weights on padding) and data-parallel runs keep the
     torch path.  Returns ``inner_loop(x, y, weight, loss_sums) -> mean
     weights`` (a tensor), or None for a meta-batch whose products are too
-    large for it (:func:`~skreptile._lean.stacked_possible`).
+    large for it (:func:`~skreptile._engine.numpy_mlp.stacked_possible`).
     """
     if (
         reducer is not None
@@ -436,7 +436,7 @@ def meta_train(
     whatever ``start_iter``, so a resumed or warm-started run follows the
     schedule of one uninterrupted run.  ``theta`` always holds the weights after
     the last completed meta-iteration, so an interruption leaves it usable.
-    ``reducer``, in a data-parallel run (:mod:`skreptile._distributed`), holds
+    ``reducer``, in a data-parallel run (:mod:`skreptile._training.distributed`), holds
     this rank's share of the meta-batch in ``ws`` and replaces the task mean
     by the mean over every rank's tasks (one all-reduce); the losses of each
     iteration then go through it into ``loss_sums``.  The dropout masks of

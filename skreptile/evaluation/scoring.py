@@ -1,12 +1,4 @@
-"""Honest few-shot evaluation on held-out tasks, against ordinary baselines.
-
-The question a user of meta-learning has to answer is not "is the error low"
-but "is it lower than what I would have done without it".  The functions here
-answer it on held-out tasks: every task's points are split into a few support
-points, on which the meta-learned model adapts and every baseline is fitted,
-and query points, on which all are scored.  Means come with confidence
-intervals over tasks, and paired differences with theirs.
-"""
+"""``evaluate_few_shot``: every method adapted on the support points and scored on the query points."""
 
 from __future__ import annotations
 
@@ -20,12 +12,10 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from ._base import BaseReptile
-from ._metrics import _ClassPrediction, _metric, _score
-from ._results import FewShotResults, plot_few_shot
-from .tasks._split import as_task_list, check_split, split_support_query
-
-__all__ = ["FewShotResults", "evaluate_few_shot", "plot_few_shot", "split_support_query"]
+from .._estimators.base import BaseReptile
+from ..tasks._split import as_task_list, check_split, split_support_query
+from .metrics import _ClassPrediction, _metric, _score
+from .results import FewShotResults
 
 DEFAULT_STEPS = (0, 1, 2, 4, 8, 16, 32)
 

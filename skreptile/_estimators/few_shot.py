@@ -1,8 +1,8 @@
 """Adaptation of many new tasks at once: ``few_shot_predict``, evaluation and validation.
 
 Held-out tasks are validated and encoded by the estimator (:class:`FewShotTasks`),
-packed into :class:`~skreptile._packing.PackedTasks` a block at a time, and
-adapted by :func:`~skreptile._engine.adapt_tasks`, predicting along the way at
+packed into :class:`~skreptile._engine.packing.PackedTasks` a block at a time, and
+adapted by :func:`~skreptile._engine.loops.adapt_tasks`, predicting along the way at
 every number of steps asked for.
 """
 
@@ -16,12 +16,13 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine, _selftune
-from ._device import fast_cpu_math
-from ._losses import LOSSES
-from ._packing import Initialisation, PackedTasks
-from ._parallel import calling_thread_work
-from .tasks._split import check_split
+from .._engine import loops as _engine
+from .._engine.device import fast_cpu_math
+from .._engine.losses import LOSSES
+from .._engine.packing import Initialisation, PackedTasks
+from .._engine.threads import calling_thread_work
+from .._training import selftune as _selftune
+from ..tasks._split import check_split
 
 # Tasks adapted together, to bound memory on large evaluations.
 BLOCK_TASKS = 1024
@@ -53,7 +54,7 @@ class FewShotTasks:
 
 
 class FewShotMixin:
-    """Batched few-shot adaptation and prediction of :class:`~skreptile._base.BaseReptile`."""
+    """Batched few-shot adaptation and prediction of :class:`~skreptile._estimators.base.BaseReptile`."""
 
     @staticmethod
     def _with_support(net, params, support, queries):
@@ -197,7 +198,7 @@ class FewShotMixin:
         """Adapt ``blocks`` of tasks with step size ``lr``, writing ``out``.
 
         Returns the blocks (lists of task numbers) of the tasks whose adaptation
-        failed (see :func:`skreptile._selftune.adaptation_failed`).
+        failed (see :func:`skreptile._training.selftune.adaptation_failed`).
         """
         net, theta, scaling, device, state = init
         loss = LOSSES[self._loss]

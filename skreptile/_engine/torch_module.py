@@ -1,6 +1,6 @@
 """Any ``torch.nn.Module`` evaluated for many tasks at once, with ``torch.func``.
 
-The counterpart of :class:`~skreptile._networks.BatchedMLP` for custom
+The counterpart of :class:`~skreptile._engine.torch_mlp.BatchedMLP` for custom
 modules: the same small interface (workspaces of per-task weights, gradients,
 blocks of tasks), with ``torch.func.vmap`` over ``functional_call`` and
 ``torch.func.grad`` in place of the perceptron's hand-written passes.
@@ -14,9 +14,9 @@ import zlib
 import torch
 from torch import nn
 
-from . import _networks
-from ._device import seeded_global_rng
-from ._networks import Workspace
+from . import torch_mlp as _networks
+from .device import seeded_global_rng
+from .torch_mlp import Workspace
 
 # Layers that draw random numbers in training mode, from torch's global
 # generator (no torch layer accepts a generator of its own).

@@ -1,9 +1,9 @@
 """``meta_fit``: the Reptile outer loop around the engine, for both estimators.
 
 Where a run starts (afresh, from a warm start or from a checkpoint), what it
-records and when it stops is :class:`~skreptile._monitor.MetaFitRun`'s job;
+records and when it stops is :class:`~skreptile._training.monitor.MetaFitRun`'s job;
 this module draws the tasks, builds the network and runs
-:func:`~skreptile._engine.meta_train`.  The estimator is changed only at the
+:func:`~skreptile._engine.loops.meta_train`.  The estimator is changed only at the
 very end, in :func:`_set_meta_state`; until then everything lives in locals,
 so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 """
@@ -11,15 +11,19 @@ so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 import numpy as np
 import torch
 
-from . import _distributed, _engine, _fingerprints, _selftune, _stepsize
-from ._batches import assemble_chunk, chunk_iterations, task_minibatches
-from ._device import fast_cpu_math, resolve_device
-from ._losses import LOSSES
-from ._monitor import EarlyStop, MetaFitRun
-from ._packing import Initialisation
-from ._parallel import calling_thread_work
-from ._scaling import Scaling
-from .tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
+from .._engine import loops as _engine
+from .._engine.device import fast_cpu_math, resolve_device
+from .._engine.losses import LOSSES
+from .._engine.minibatches import assemble_chunk, chunk_iterations, task_minibatches
+from .._engine.packing import Initialisation
+from .._engine.scaling import Scaling
+from .._engine.threads import calling_thread_work
+from ..tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
+from . import distributed as _distributed
+from . import fingerprints as _fingerprints
+from . import selftune as _selftune
+from . import stepsize as _stepsize
+from .monitor import EarlyStop, MetaFitRun
 
 # Tasks over which the scaling statistics are gathered (all of a finite list).
 N_STATS_TASKS = 256
@@ -83,11 +87,11 @@ def run_meta_fit(est, task_sampler, validation_tasks):
     """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``.
 
     A fresh run that diverges restarts with both step sizes halved, at most
-    ``_stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._stepsize`).
+    ``_stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._training.stepsize`).
 
     When the default process group of ``torch.distributed`` holds several
     ranks, every rank runs this with the same arguments and adapts its share
-    of each meta-batch (:mod:`skreptile._distributed`).  The weights are the
+    of each meta-batch (:mod:`skreptile._training.distributed`).  The weights are the
     same on every rank, so a divergence (and its restart) happens on all.
     """
     est._validate_params()

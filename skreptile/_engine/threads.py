@@ -1,7 +1,7 @@
 """Cache-sized blocks of tasks adapted on several threads at once.
 
 On the CPU, tasks are adapted in blocks small enough for their weights and
-activations to stay in cache (:meth:`~skreptile._networks.BatchedMLP.block_size`),
+activations to stay in cache (:meth:`~skreptile._engine.torch_mlp.BatchedMLP.block_size`),
 each block through all its steps before the next.  Blocks are independent
 until their results are combined, so several threads can adapt them at once:
 each thread takes the next block not yet taken, and runs it with one OpenMP
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._device import fast_cpu_math
+from .device import fast_cpu_math
 
 _pool = None
 _pool_pid = None
@@ -152,7 +152,7 @@ def run_blocks(blocks, run_block, workers, scratches=None, combine=None, keep=No
 def _in_blocks(net, optimizer):
     """Whether tasks can be adapted in cache-sized blocks: plain SGD, a network that allows it.
 
-    ``optimizer``: an :class:`~skreptile._engine.InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
+    ``optimizer``: an :class:`~skreptile._engine.loops.InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
     Adam's state is one flat buffer over all slots, and a custom module with
     random layers draws its dropout masks from one stream per workspace.
     """
@@ -179,7 +179,7 @@ def task_blocks(net, optimizer, n_tasks, n_points, device):
 def calling_thread_work(net, optimizer, n_tasks, n_points, device):
     """The ``work`` from which ``n_threads="auto"`` sets the calling thread's torch threads.
 
-    For :func:`~skreptile._device.fast_cpu_math` around the adaptation of
+    For :func:`~skreptile._engine.device.fast_cpu_math` around the adaptation of
     ``n_tasks`` tasks.  Tasks that fill several cache-sized blocks run on
     block threads of one torch thread each (:func:`run_blocks`), and
     the calling thread then stays on one torch thread too (0): with more, its

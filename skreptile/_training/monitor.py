@@ -15,7 +15,7 @@ bookkeeping, and no random generator state.
 continues from the ``n_meta_iter_`` iterations already done up to
 ``n_meta_iter``, on the step-size schedule of that whole run.
 
-In a data-parallel run (:mod:`skreptile._distributed`) every rank keeps this
+In a data-parallel run (:mod:`skreptile._training.distributed`) every rank keeps this
 bookkeeping, identically: the losses are the meta-batch's, the validation loss
 is rank 0's, sent to all, so every rank takes the same decisions and ends with
 the same fitted attributes.  Rank 0 alone validates, shows progress and writes
@@ -28,10 +28,11 @@ import os
 import numpy as np
 import torch
 
-from . import _checkpoint, _fingerprints
-from ._packing import Initialisation
-from ._scaling import Scaling
-from .tasks._split import check_split
+from .._engine.packing import Initialisation
+from .._engine.scaling import Scaling
+from ..tasks._split import check_split
+from . import checkpoint as _checkpoint
+from . import fingerprints as _fingerprints
 
 
 def _validation_digest(validation):

@@ -7,8 +7,8 @@ cache rebuilt on demand.
 
 Every adaptation, whether :meth:`fit` on one task, :meth:`few_shot_predict`
 on many, :func:`~skreptile.evaluation.evaluate_few_shot` or the validation of
-``meta_fit``, packs its tasks into :class:`~skreptile._packing.PackedTasks` and
-runs :func:`~skreptile._engine.adapt_tasks`.  The two estimators differ only
+``meta_fit``, packs its tasks into :class:`~skreptile._engine.packing.PackedTasks` and
+runs :func:`~skreptile._engine.loops.adapt_tasks`.  The two estimators differ only
 by their loss, how they encode targets and how they read predictions
 (``_encode_targets`` and ``_decode``).
 """
@@ -28,18 +28,20 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _engine, _lean, _selftune
-from ._device import SINGLE_THREAD_WORK, fast_cpu_math, resolve_device, seeded_global_rng
-from ._doc_link import url_params
-from ._few_shot import FewShotMixin
-from ._losses import LOSSES
-from ._meta_fit import run_meta_fit
-from ._module_net import BatchedModule
-from ._networks import ACTIVATIONS, BatchedMLP
-from ._packing import PackedTasks
-from ._scaling import Scaling
-from ._state import LearnedStateMixin
-from .tasks._base import seed_from_random_state
+from .._engine import loops as _engine
+from .._engine import numpy_mlp as _lean
+from .._engine.device import SINGLE_THREAD_WORK, fast_cpu_math, resolve_device, seeded_global_rng
+from .._engine.losses import LOSSES
+from .._engine.packing import PackedTasks
+from .._engine.scaling import Scaling
+from .._engine.torch_mlp import ACTIVATIONS, BatchedMLP
+from .._engine.torch_module import BatchedModule
+from .._training import selftune as _selftune
+from .._training.loop import run_meta_fit
+from ..tasks._base import seed_from_random_state
+from .doc_link import url_params
+from .few_shot import FewShotMixin
+from .learned_state import LearnedStateMixin
 
 # Parameter names of every estimator class (``_get_param_names`` inspects the signature).
 _PARAM_NAMES: dict[type, list[str]] = {}
@@ -405,7 +407,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
         return self
 
     def _lean_fit_possible(self, net, device, n_points):
-        """Whether ``fit`` can take the lean numpy engine (:mod:`skreptile._lean`).
+        """Whether ``fit`` can take the lean numpy engine (:mod:`skreptile._engine.numpy_mlp`).
 
         For the meta-fitted perceptron with plain SGD on the CPU, when the
         products are small enough to run on one thread anyway.

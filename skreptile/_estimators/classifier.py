@@ -11,10 +11,10 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import BaseReptile
-from ._docstrings import fill
-from ._images import ImageInput, accepts_input_shape, flatten_images, normalise_shape
-from ._labels import ClassTasks, ImageTasks, encode_labels
+from .base import BaseReptile
+from .docstrings import fill
+from .images import ImageInput, accepts_input_shape, flatten_images, normalise_shape
+from .labels import ClassTasks, ImageTasks, encode_labels
 
 if TYPE_CHECKING:
     from typing_extensions import Self
