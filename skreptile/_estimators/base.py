@@ -15,6 +15,7 @@ by their loss, how they encode targets and how they read predictions
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 from collections.abc import Sequence
@@ -37,11 +38,13 @@ from .._engine.scaling import Scaling
 from .._engine.torch_mlp import ACTIVATIONS, BatchedMLP
 from .._engine.torch_module import BatchedModule
 from .._training import selftune as _selftune
+from .._training.interface import TaskFamily
 from .._training.loop import run_meta_fit
 from ..tasks._base import seed_from_random_state
 from .doc_link import url_params
 from .few_shot import FewShotMixin
 from .learned_state import LearnedStateMixin
+from .meta_fit_hooks import EstimatorHooks
 
 # Parameter names of every estimator class (``_get_param_names`` inspects the signature).
 _PARAM_NAMES: dict[type, list[str]] = {}
@@ -58,26 +61,13 @@ def has_batch_norm(net):
     )
 
 
-class PlainTasks:
-    """What ``meta_fit`` learns about the tasks beyond their arrays: nothing, for regression.
+class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.ABCMeta):
+    """Shared implementation of :class:`ReptileRegressor` and :class:`ReptileClassifier`.
 
-    The classifier's counterpart records the image shape (see ``_labels.py``).
+    The two differ only by the family hooks, the abstract methods below: how
+    targets are encoded and predictions read, the loss of held-out tasks, and
+    what ``meta_fit`` learns about the tasks beyond their arrays.
     """
-
-    input_shape = None
-
-    def state(self):
-        return {}
-
-    def restore(self, state):
-        pass
-
-    def set_state(self, est):
-        pass
-
-
-class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
-    """Shared implementation of :class:`ReptileRegressor` and :class:`ReptileClassifier`."""
 
     _loss = "squared_error"
 
@@ -112,6 +102,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "checkpoint_path": [str, os.PathLike, None],
         "checkpoint_interval": [Interval(Integral, 1, None, closed="left")],
+        "callbacks": [list, None],
     }
 
     # ------------------------------------------------------------ the network
@@ -242,12 +233,45 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
             raise
 
     # ------------------------------------------------------ family hooks
+    @abc.abstractmethod
+    def _encode_targets(self, y, n_outputs, where):
+        """``(Y, info)``: targets as a 2-D float array for the loss, and what reads them back.
+
+        ``n_outputs`` is the meta-learned number of outputs (None before
+        ``meta_fit``); ``where`` names the targets in error messages.  ``info``
+        is what :meth:`_decode` needs (the classes, or whether ``y`` was 1-D).
+        """
+
+    @abc.abstractmethod
+    def _encode_query(self, y, info, where):
+        """A held-out task's query targets in the form :meth:`_query_losses` scores."""
+
+    @abc.abstractmethod
+    def _decode(self, scaled, info, kind, scaling=None):
+        """Predictions (``kind="predict"``) or raw scores (``"logits"``) from scaled outputs."""
+
+    @abc.abstractmethod
+    def _query_losses(self, tasks, scaled, scaling):
+        """Every held-out task's query loss, from its scaled outputs (a float array)."""
+
+    @abc.abstractmethod
+    def _set_fit_info(self, info):
+        """Keep what :meth:`_decode` needs after ``fit`` (``info`` of :meth:`_encode_targets`)."""
+
+    @abc.abstractmethod
+    def _scaling_modes(self, input_shape=None):
+        """``(inputs, targets)`` of :meth:`skreptile._engine.scaling.Scaling.fit`."""
+
     def _meta_training_tasks(self, task_sampler):
         """The sampler ``meta_fit`` draws from and the record of what it learns about the tasks."""
-        return task_sampler, PlainTasks()
+        return task_sampler, TaskFamily()
 
     def _meta_family_state(self):
-        """The family's part of the meta-learned state, as :meth:`PlainTasks.state` gives it."""
+        """The family's part of the meta-learned state, as its :class:`TaskFamily` gives it."""
+        return {}
+
+    def _family_attributes(self, input_shape):
+        """Learned attributes of the family, from what ``meta_fit`` learned about the tasks."""
         return {}
 
     # ------------------------------------------------------------- meta_fit
@@ -276,9 +300,41 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
         self : object
             The estimator with ``meta_params_`` learned; call :meth:`fit` to adapt.
         """
+        self._validate_params()
         with self._unchanged_on_error():
-            run_meta_fit(self, task_sampler, validation_tasks)
+            result = run_meta_fit(EstimatorHooks(self), task_sampler, validation_tasks)
+            self._store_meta_fit(result)
         return self
+
+    def _store_meta_fit(self, result):
+        """Only now, after meta-training succeeded, does the estimator change."""
+        state = self.__dict__
+        for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
+            state.pop(attr, None)
+        self.meta_params_ = result.meta_params
+        self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = result.scaling.as_tuple()
+        self.n_features_in_, self.n_outputs_ = result.signature
+        if result.feature_names is not None:
+            self.feature_names_in_ = np.asarray(result.feature_names, dtype=object)
+        self.inner_optimizer_state_ = result.optimizer_state
+        state.update(self._family_attributes(result.input_shape))
+        self.meta_config_ = self._meta_config()
+        self.history_ = result.history
+        self.n_meta_iter_ = result.n_meta_iter
+        if result.best is not None:
+            self.best_iteration_ = int(result.best["iteration"])
+            self.best_validation_loss_ = float(result.best["loss"])
+        else:
+            state.pop("best_iteration_", None)
+            state.pop("best_validation_loss_", None)
+        self._cache = {"net": result.net, "device": result.device, "device_param": str(self.device)}
+        self.inner_lr_, self.step_size_info_ = result.inner_lr, result.step_size_info
+        self.adapt_steps_, self.adapt_lr_ = result.adapt_steps, result.adapt_lr
+        self.adaptation_scores_ = result.adaptation_scores
+        if result.adaptation_by_support is None:
+            state.pop("adaptation_by_support_", None)
+        else:
+            self.adaptation_by_support_ = result.adaptation_by_support
 
     # ------------------------------------------------------------------ fit
     def _check_fit_preconditions(self):

@@ -169,6 +169,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         warm_start=False,
         checkpoint_path=None,
         checkpoint_interval=1000,
+        callbacks=None,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -196,6 +197,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
+        self.callbacks = callbacks
 
     # ------------------------------------------------------ family hooks
     def _make_module(self, n_features, n_outputs, input_shape=None):
@@ -225,6 +227,9 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         tasks = ClassTasks(task_sampler, normalise_shape(self.input_shape))
         return tasks.sampler, ImageTasks(tasks)
 
+    def _family_attributes(self, input_shape):
+        return {"input_shape_": input_shape}
+
     def _meta_family_state(self):
         shape = getattr(self, "input_shape_", None)
         return {"input_shape": None if shape is None else list(shape)}
@@ -238,8 +243,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
                 )
         return super()._task_inputs(X, n_features, where)
 
-    @staticmethod
-    def _encode_targets(y, n_outputs, where):
+    def _encode_targets(self, y, n_outputs, where):
         """One-hot targets over the task's sorted classes, and those classes."""
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -251,8 +255,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         )
         return onehot, classes
 
-    @staticmethod
-    def _encode_query(y, classes, where):
+    def _encode_query(self, y, classes, where):
         y = np.asarray(y).reshape(len(y))
         index = np.searchsorted(classes, y)
         index = np.minimum(index, len(classes) - 1)
@@ -264,15 +267,15 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
             )
         return index
 
-    @staticmethod
-    def _decode(scaled, classes, kind, scaling=None):
+    def _decode(self, scaled, classes, kind, scaling=None):
         logits = scaled[:, : len(classes)]
         if kind == "predict":
             return classes[np.argmax(logits, axis=1)]
+        if kind == "proba":
+            return _softmax(logits)
         return logits
 
-    @staticmethod
-    def _query_losses(tasks, scaled, scaling):
+    def _query_losses(self, tasks, scaled, scaling):
         """Log loss of every task's query points."""
         return np.array(
             [

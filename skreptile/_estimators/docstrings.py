@@ -85,7 +85,12 @@ BLOCKS = {
         parameters and the tasks must be the same.  The file is removed when
         :meth:`meta_fit` completes.
     checkpoint_interval : int, default=1000
-        Meta-iterations between two checkpoints.""",
+        Meta-iterations between two checkpoints.
+    callbacks : list or None, default=None
+        Your own code at every ``monitor_interval``: each callback, a callable
+        or a :class:`skreptile.callbacks.Callback`, gets a copy of every new
+        entry of ``history_`` (for TensorBoard, MLflow or a live plot).  They
+        do not change what is learned.""",
     "shared_attributes": """\
     meta_params_ : ndarray of shape (n_params,)
         Meta-learned initial weights, flattened (set by :meth:`meta_fit`).

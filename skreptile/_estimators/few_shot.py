@@ -267,6 +267,54 @@ class FewShotMixin:
             for s in range(0, len(group), per_block)
         ]
 
+    def staged_few_shot_predict(
+        self: Any,  # the estimator this mixes into
+        X_support: Sequence[ArrayLike],
+        y_support: Sequence[ArrayLike],
+        X_query: Sequence[ArrayLike],
+        steps: Sequence[int],
+        method: str = "predict",
+    ) -> dict[int, list[np.ndarray]]:
+        """Predictions of many new tasks after each number of adaptation steps in ``steps``.
+
+        As :meth:`few_shot_predict`, but every task is adapted once, up to the
+        largest number of ``steps``, and its query points are predicted along
+        the way: the learning curve of adaptation, which
+        :func:`skreptile.evaluation.evaluate_few_shot` scores.  The step size
+        is the estimator's for each task's number of support points.
+
+        Parameters
+        ----------
+        X_support, y_support, X_query : sequence of array-like
+            One array per task, as for :meth:`few_shot_predict`.
+        steps : sequence of int
+            Numbers of adaptation steps to predict after (0: the meta-learned
+            initialisation itself).
+        method : {"predict", "predict_proba"}, default="predict"
+            What to return per task: predictions, or (classifiers) the
+            probabilities of the task's classes, its sorted support labels.
+
+        Returns
+        -------
+        staged : dict of int to list of ndarray
+            For each number of steps, one array per task.
+        """
+        check_is_fitted(self, "meta_params_")
+        self._check_meta_config()
+        if method not in ("predict", "predict_proba") or (
+            method == "predict_proba" and self._loss == "squared_error"
+        ):
+            raise ValueError(
+                f"method must be 'predict' (or 'predict_proba' for a classifier), got {method!r}."
+            )
+        tasks = self._prepare_tasks(list(zip(X_support, y_support, X_query)), with_query_y=False)
+        kind = "predict" if method == "predict" else "proba"
+        curve = self._adaptation_curve(tasks, steps)
+        return {
+            s: [self._decode(out, info, kind) for out, info in zip(scaled, tasks.info)]
+            for s, scaled in curve.items()
+        }
+
     def few_shot_predict(
         self: Any,  # the estimator this mixes into
         X_support: Sequence[ArrayLike] | np.ndarray,

@@ -8,6 +8,7 @@ flattened and their shape recorded.
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 
+from .._training.interface import TaskFamily
 from ..tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
 from .images import normalise_shape
 
@@ -152,7 +153,7 @@ class _EncodedCallable:
         return self.tasks.encode_task(self.inner(rng), index)
 
 
-class ImageTasks:
+class ImageTasks(TaskFamily):
     """What ``meta_fit`` learns about classification tasks beyond their arrays: the image shape."""
 
     def __init__(self, tasks):
@@ -175,6 +176,3 @@ class ImageTasks:
                 f"continue was meta-trained on {shape}."
             )
         self.tasks.input_shape = shape
-
-    def set_state(self, est):
-        est.input_shape_ = self.tasks.input_shape

@@ -170,6 +170,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         warm_start=False,
         checkpoint_path=None,
         checkpoint_interval=1000,
+        callbacks=None,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -199,6 +200,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
+        self.callbacks = callbacks
 
     _parameter_constraints = {
         **BaseReptile._parameter_constraints,
@@ -319,8 +321,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     def _scaling_modes(self, input_shape=None):
         return ("per_feature", True) if self.standardize else (None, False)
 
-    @staticmethod
-    def _encode_targets(y, n_outputs, where):
+    def _encode_targets(self, y, n_outputs, where):
         """2-D float targets, and whether they were 1-D."""
         y = np.asarray(y, dtype=np.float64)
         Y = y[:, None] if y.ndim == 1 else y
@@ -338,8 +339,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         y = (scaling or self._scaling()).y_inverse(scaled)
         return y[:, 0] if y_1d else y
 
-    @staticmethod
-    def _query_losses(tasks, scaled, scaling):
+    def _query_losses(self, tasks, scaled, scaling):
         """Mean squared error of every task's query points, in the targets' units."""
         return np.array(
             [np.mean((scaling.y_inverse(s) - y) ** 2) for s, y in zip(scaled, tasks.Y_query)]

@@ -20,6 +20,7 @@ _NOT_FINGERPRINTED = {
     "warm_start",
     "device",
     "n_threads",
+    "callbacks",
 }
 
 

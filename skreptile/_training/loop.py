@@ -1,11 +1,15 @@
-"""``meta_fit``: the Reptile outer loop around the engine, for both estimators.
+"""The one meta-training loop: Reptile's outer loop around the engine, with callbacks.
 
-Where a run starts (afresh, from a warm start or from a checkpoint), what it
-records and when it stops is :class:`~skreptile._training.monitor.MetaFitRun`'s job;
-this module draws the tasks, builds the network and runs
-:func:`~skreptile._engine.loops.meta_train`.  The estimator is changed only at the
-very end, in :func:`_set_meta_state`; until then everything lives in locals,
-so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
+:func:`run_meta_fit` is given the settings, the estimator family's
+:class:`~skreptile._training.interface.MetaFitHooks`, the tasks and the
+callbacks, never the estimator itself (see :mod:`skreptile._training.interface`).
+It decides where the run starts (:class:`~skreptile._training.run.TrainingRun`),
+holds tasks out (:mod:`skreptile._training.selftune`), draws the tasks a chunk
+of meta-iterations at a time, runs :func:`skreptile._engine.loops.meta_train`
+with the callbacks of :mod:`skreptile._training.callbacks` at every
+meta-iteration, backs off diverging step sizes
+(:mod:`skreptile._training.stepsize`), chooses the adaptation on the held-out
+tasks, and returns a :class:`~skreptile._training.interface.MetaFitResult`.
 """
 
 import numpy as np
@@ -19,28 +23,34 @@ from .._engine.packing import Initialisation
 from .._engine.scaling import Scaling
 from .._engine.threads import calling_thread_work
 from ..tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
+from ..tasks._split import check_split
+from . import callbacks as _callbacks
 from . import distributed as _distributed
-from . import fingerprints as _fingerprints
 from . import selftune as _selftune
 from . import stepsize as _stepsize
-from .monitor import EarlyStop, MetaFitRun
+from .interface import MetaFitResult
+from .run import TrainingRun, saved_seed
 
 # Tasks over which the scaling statistics are gathered (all of a finite list).
 N_STATS_TASKS = 256
 
 
-def _statistics(est, source, family):
+class EarlyStop(Exception):
+    """A callback set ``run.stop``: meta-training ends after this iteration."""
+
+
+def _statistics(hooks, source, family):
     """The scaling of a fresh run, from tasks of their own stream (not ``n_meta_iter``)."""
-    inputs, targets = est._scaling_modes(family.input_shape)
+    inputs, targets = hooks.scaling_modes(family.input_shape)
     # Without scaling, one task tells the shapes.
     tasks = source.statistics_tasks(N_STATS_TASKS if inputs or targets else 1)
     X = np.concatenate([X for X, _ in tasks])
     Y = np.concatenate([y for _, y in tasks])
-    inputs, targets = est._scaling_modes(family.input_shape)  # the image shape is known now
+    inputs, targets = hooks.scaling_modes(family.input_shape)  # the image shape is known now
     return Scaling.fit(X, Y, inputs=inputs, targets=targets)
 
 
-def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=None):
+def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, slots=None):
     """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
 
     ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
@@ -48,7 +58,7 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=N
     ``j`` of an iteration is the same whatever the number of ranks, and moves
     only its own tasks to the device.
     """
-    T, S, B = est.meta_batch_size, est.inner_steps, est.inner_batch_size
+    T, S, B = settings.meta_batch_size, settings.inner_steps, settings.inner_batch_size
     per_chunk = chunk_iterations(T, S, B, *signature)
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     iteration = start
@@ -83,25 +93,24 @@ def _chunks(est, source, scaling, device, start, n_meta_iter, signature, slots=N
             )
 
 
-def run_meta_fit(est, task_sampler, validation_tasks):
-    """Meta-train ``est`` on ``task_sampler``; see ``BaseReptile.meta_fit``.
+def run_meta_fit(hooks, task_sampler, validation_tasks):
+    """Meta-train on ``task_sampler``; the :class:`MetaFitResult` (see ``BaseReptile.meta_fit``).
 
     A fresh run that diverges restarts with both step sizes halved, at most
-    ``_stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._training.stepsize`).
+    ``stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._training.stepsize`).
 
     When the default process group of ``torch.distributed`` holds several
     ranks, every rank runs this with the same arguments and adapts its share
-    of each meta-batch (:mod:`skreptile._training.distributed`).  The weights are the
-    same on every rank, so a divergence (and its restart) happens on all.
+    of each meta-batch (:mod:`skreptile._training.distributed`).  The weights
+    are the same on every rank, so a divergence (and its restart) happens on all.
     """
-    est._validate_params()
-    device = resolve_device(est.device)
+    device = resolve_device(hooks.settings.device)
     group = _distributed.current_group(device)
     with _distributed.guard(group):
         backoffs = 0
         while True:
             try:
-                return _run(est, task_sampler, validation_tasks, device, group, backoffs)
+                return _run(hooks, task_sampler, validation_tasks, device, group, backoffs)
             except _Restart:
                 backoffs += 1
 
@@ -110,76 +119,121 @@ class _Restart(Exception):
     """A fresh run diverged: start again with smaller steps."""
 
 
-def _step_sizes(est, backoffs):
-    """``(inner_lr, record)``: the inner step size after ``backoffs`` halvings (see ``_stepsize``)."""
+def _step_sizes(settings, backoffs):
+    """``(inner_lr, record)``: the inner step size after ``backoffs`` halvings (see ``stepsize``)."""
     factor = 0.5**backoffs
-    record = {"inner_lr": float(est.inner_lr) * factor, "backoffs": backoffs, "factor": factor}
+    record = {"inner_lr": float(settings.inner_lr) * factor, "backoffs": backoffs, "factor": factor}
     return record["inner_lr"], record
 
 
-def _run(est, task_sampler, validation_tasks, device, group, backoffs):
+def _check_validation(hooks, validation_tasks, early_stopping):
+    """Refuse malformed validation tasks, and early stopping without any, before any work."""
+    if validation_tasks is not None:
+        # Checked now, encoded once the shapes of the tasks are known.
+        try:
+            check_split(validation_tasks, numeric_y=hooks.loss_name == "squared_error")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                "validation_tasks must be a sequence of (X_support, y_support, X_query, "
+                "y_query) tuples, such as skreptile.evaluation.split_support_query "
+                f"returns: {exc}"
+            ) from exc
+    if early_stopping and validation_tasks is None:
+        raise ValueError(
+            "early_stopping=True needs validation tasks: pass validation_tasks to meta_fit, "
+            "for example skreptile.evaluation.split_support_query(held_out_tasks, n_support)."
+        )
+
+
+def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
+    settings = hooks.settings
     writer = group is None or group.rank == 0
-    saved_seed = MetaFitRun.saved_seed(est, writer)
+    resumed_seed = saved_seed(settings.checkpoint_path, writer)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
-    seed = saved_seed if saved_seed is not None else seed_from_random_state(est.random_state)
+    seed = (
+        resumed_seed if resumed_seed is not None else seed_from_random_state(settings.random_state)
+    )
     if group is not None:
         seed = group.agree_seed(seed)  # random_state=None draws a seed per process
     init_seed, task_seed = np.random.SeedSequence(seed).generate_state(2)
-    sampler, family = est._meta_training_tasks(task_sampler)
+    sampler, family = hooks.meta_training_tasks(task_sampler)
     auto_validation, by_size, finite = None, None, False
     if validation_tasks is None:
         # Whole tasks held out before any meta-training task is drawn.
-        sampler, by_size, finite = _selftune.hold_out(est, sampler, int(task_seed))
+        sampler, by_size, finite = _selftune.hold_out(settings, sampler, int(task_seed))
         if by_size is not None:
-            auto_validation = by_size[_selftune.monitored_size(est)]
-    early_stopping = est.early_stopping
+            auto_validation = by_size[_selftune.monitored_size(settings)]
+    early_stopping = settings.early_stopping
     if _selftune.is_auto(early_stopping):
         # A warm start continues the run to n_meta_iter, as one run would.
-        early_stopping = (validation_tasks is not None or finite) and not est.warm_start
+        early_stopping = (validation_tasks is not None or finite) and not settings.warm_start
+    early_stopping = bool(early_stopping)
     # Fresh tasks of an infinite sampler are scored at the end only, unless early stopping.
     monitored = validation_tasks
     if monitored is None and early_stopping:
         monitored = auto_validation
-    run = MetaFitRun(est, monitored, group, early_stopping=bool(early_stopping))
+    _check_validation(hooks, monitored, early_stopping)
+    run = TrainingRun(settings, hooks.fingerprint, monitored, group)
     source = TaskSource(sampler, int(task_seed))
-    run.attach(source, seed)
+    run.attach(source, seed, hooks.warm_start())
     if run.theta is None:  # a fresh start
-        scaling = _statistics(est, source, family)
+        scaling = _statistics(hooks, source, family)
         run.start(scaling, source.signature, family.state())
     family.restore(run.family_state)
     n_features, n_outputs = run.signature
-    net, theta = est._build_net(n_features, n_outputs, int(init_seed), family.input_shape)
+    net, theta = hooks.build_net(n_features, n_outputs, int(init_seed), family.input_shape)
     run.check_weights(net.n_params)
-    inner_lr, steps_record = _step_sizes(est, backoffs)
-    run.adaptation = _monitor_adaptation(est, inner_lr)
+    inner_lr, steps_record = _step_sizes(settings, backoffs)
+    adaptation = _monitor_adaptation(settings, hooks, inner_lr)
     if run.theta is not None:
         theta = torch.as_tensor(np.asarray(run.theta, dtype=np.float32))
     theta = theta.to(device)
-    loss = LOSSES[est._loss]
-    n_slots, slots, optimizer_state = est.meta_batch_size, None, run.optimizer_state
+    loss = LOSSES[hooks.loss_name]
+    n_slots, slots, optimizer_state = settings.meta_batch_size, None, run.optimizer_state
     if group is not None:
-        slots = group.share(est.meta_batch_size)
+        slots = group.share(settings.meta_batch_size)
         n_slots = slots[1] - slots[0]
         # Adam's state is saved one row per slot of the whole meta-batch: take ours.
         optimizer_state = group.local_rows(optimizer_state)
     ws = net.workspace(n_slots, theta)
-    optimizer = _engine.InnerOptimizer(est.inner_optimizer, inner_lr, net, ws, optimizer_state)
-    run.bind(net, loss, theta, optimizer, device)
+    optimizer = _engine.InnerOptimizer(settings.inner_optimizer, inner_lr, net, ws, optimizer_state)
+    run.bind(net, theta, optimizer, device)
+    callbacks = [_callbacks.History(), _callbacks.ProgressBar(settings.verbose)]
+    if monitored is not None:
+        tasks = hooks.prepare_tasks(monitored, with_query_y=True, signature=run.signature)
+        validation = _callbacks.Validation(hooks, tasks, adaptation, early_stopping)
+        callbacks.insert(0, validation)  # its loss completes the entry the others see
+    callbacks.append(_callbacks.UserCallbacks(settings.callbacks))
+    if run.path is not None:
+        callbacks.append(_callbacks.Checkpoint())
     chunks = _chunks(
-        est, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
+        settings, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
     )
     reducer = None
     if group is not None:
-        params = _fingerprints.fingerprint_params(est)
         group.handshake(
-            params, net.n_params, run.start_iter, run.n_meta_iter, n_features, n_outputs
+            hooks.fingerprint, net.n_params, run.start_iter, run.n_meta_iter, n_features, n_outputs
         )
         reducer = group.reducer(net, run.loss_sums)
+
+    def on_iteration(iteration):
+        run.completed(iteration)
+        if iteration % settings.monitor_interval == 0 or iteration == run.n_meta_iter:
+            entry = run.take_losses(iteration)
+            for callback in callbacks:
+                callback.on_monitor(run, entry)
+        if run.stop:
+            raise EarlyStop
+        for callback in callbacks:
+            callback.on_iteration(run, iteration)
+
     # To pick the calling thread's CPU thread count (full-task batches are
     # sized as the demo's 50 points).
-    work = calling_thread_work(net, optimizer, n_slots, est.inner_batch_size or 50, device)
+    work = calling_thread_work(net, optimizer, n_slots, settings.inner_batch_size or 50, device)
     try:
-        with fast_cpu_math(device, work, est.n_threads), run:
+        for callback in callbacks:
+            callback.on_train_begin(run)
+        with fast_cpu_math(device, work, settings.n_threads):
             _engine.meta_train(
                 net,
                 loss,
@@ -188,14 +242,14 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
                 optimizer,
                 ws,
                 n_meta_iter=run.n_meta_iter,
-                meta_lr=est.meta_lr,
-                meta_lr_schedule=est.meta_lr_schedule,
-                inner_steps=est.inner_steps,
+                meta_lr=settings.meta_lr,
+                meta_lr_schedule=settings.meta_lr_schedule,
+                inner_steps=settings.inner_steps,
                 start_iter=run.start_iter,
-                on_iteration=run.on_iteration,
+                on_iteration=on_iteration,
                 loss_sums=run.loss_sums,
                 dropout_seed=int(init_seed),
-                n_threads=est.n_threads,
+                n_threads=settings.n_threads,
                 reducer=reducer,
             )
     except EarlyStop:
@@ -203,47 +257,72 @@ def _run(est, task_sampler, validation_tasks, device, group, backoffs):
     except _engine.MetaDiverged as exc:
         if run.start_iter == 0 and backoffs < _stepsize.MAX_BACKOFFS:
             raise _Restart from None
+        unscaled = not settings.standardize
         raise FloatingPointError(
             f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
             f"{exc.args[0]}. The step sizes are likely too large for this data "
-            f"(inner_lr={est.inner_lr}, halved {backoffs} times to {inner_lr:.3g}; meta_lr={est.meta_lr}"
-            + (", standardize=False" if not est.standardize else "")
+            f"(inner_lr={settings.inner_lr}, halved {backoffs} times to {inner_lr:.3g}; "
+            f"meta_lr={settings.meta_lr}"
+            + (", standardize=False" if unscaled else "")
             + "); try smaller values"
-            + (" or standardize=True" if not est.standardize else "")
+            + (" or standardize=True" if unscaled else "")
             + ". The estimator was left unchanged."
         ) from None
     except KeyboardInterrupt:
-        run.interrupted()
+        for callback in callbacks:
+            callback.on_interrupt(run)
+        _callbacks.warn_interrupted(run)
         raise
-    theta = run.final_theta(theta)
+    finally:
+        for callback in callbacks:
+            callback.close(run)
+    theta = run.final_theta(theta, early_stopping)
     # The mean of the optimiser's rows (a collective in a data-parallel run: on every rank).
     mean_state = run.optimizer_rows(per_slot=False)
     if validation_tasks is not None:
         by_size = {None: validation_tasks}
-    choice = _choose_adaptation(est, run, net, theta, device, inner_lr, by_size, mean_state)
-    _set_meta_state(est, net, theta, run, family, source, run.optimizer_rows(), device)
-    est.inner_lr_, est.step_size_info_ = inner_lr, steps_record
-    (est.adapt_steps_, est.adapt_lr_, est.adaptation_scores_), by_support = choice
-    if by_support is None:
-        est.__dict__.pop("adaptation_by_support_", None)
-    else:
-        est.adaptation_by_support_ = by_support
+    init = Initialisation(net, theta, run.scaling, device, mean_state)
+    choice, by_support = _choose_adaptation(hooks, run, init, inner_lr, by_size, adaptation)
+    optimizer_rows = run.optimizer_rows()
+    for callback in callbacks:
+        callback.on_train_end(run)
+    names = source.feature_names if run.feature_names is None else run.feature_names
+    result = MetaFitResult(
+        meta_params=theta.detach().cpu().numpy().copy(),
+        scaling=run.scaling,
+        signature=run.signature,
+        feature_names=names,
+        input_shape=family.input_shape,
+        optimizer_state=optimizer_rows,
+        history={k: list(v) for k, v in run.history.items()},
+        n_meta_iter=run.iteration,
+        best=run.best,
+        inner_lr=inner_lr,
+        step_size_info=steps_record,
+        adapt_steps=choice[0],
+        adapt_lr=choice[1],
+        adaptation_scores=choice[2],
+        adaptation_by_support=by_support,
+        net=net,
+        device=device,
+    )
     if group is not None:
         group.finish()  # every rank got here: none can fail any more
-    return est
+    return result
 
 
-def _monitor_adaptation(est, inner_lr):
+def _monitor_adaptation(settings, hooks, inner_lr):
     """``(steps, lr)`` of the validation during meta-training."""
-    steps = _selftune.STEP_CANDIDATES if _selftune.is_auto(est.adapt_steps) else (est.adapt_steps,)
-    if _selftune.is_auto(est.adapt_lr):
+    auto_steps = _selftune.is_auto(settings.adapt_steps)
+    steps = _selftune.STEP_CANDIDATES if auto_steps else (settings.adapt_steps,)
+    if _selftune.is_auto(settings.adapt_lr):
         lr = _selftune.MONITOR_LR_FACTOR * inner_lr
     else:
-        lr = inner_lr if est.adapt_lr is None else est.adapt_lr
+        lr = hooks.fixed_adapt_lr(inner_lr)
     return tuple(int(s) for s in steps), float(lr)
 
 
-def _choose_adaptation(est, run, net, theta, device, inner_lr, by_size, optimizer_state):
+def _choose_adaptation(hooks, run, init, inner_lr, by_size, adaptation):
     """``((adapt_steps_, adapt_lr_, adaptation_scores_), adaptation_by_support_)``.
 
     ``by_size`` maps support sizes to held-out splits (None: the user's
@@ -254,49 +333,18 @@ def _choose_adaptation(est, run, net, theta, device, inner_lr, by_size, optimize
     scores the same tasks from the same weights, so every rank makes the same
     choice.
     """
-    steps, lr = run.adaptation
-    auto = _selftune.is_auto(est.adapt_steps) or _selftune.is_auto(est.adapt_lr)
+    settings = hooks.settings
+    steps, lr = adaptation
+    auto = _selftune.is_auto(settings.adapt_steps) or _selftune.is_auto(settings.adapt_lr)
     if not auto or by_size is None:
         fallback = _selftune.DEFAULT_ADAPT_STEPS if len(steps) > 1 else steps[0]
         return (fallback, lr, None), None
-    init = Initialisation(net, theta, run.scaling, device, optimizer_state)
-    est_view = _AdaptView(est, inner_lr)
     choices = {}
     for size, validation in by_size.items():
-        tasks = est._prepare_tasks(validation, with_query_y=True, signature=run.signature)
-        choices[size] = _selftune.choose_adaptation(est_view, tasks, init, inner_lr)
+        tasks = hooks.prepare_tasks(validation, with_query_y=True, signature=run.signature)
+        choices[size] = _selftune.choose_adaptation(hooks, tasks, init, inner_lr)
     first = next(iter(choices.values()))
     if len(choices) == 1:
         return first, None
     rows = [(size, steps, lr) for size, (steps, lr, _) in sorted(choices.items())]
     return first, np.array(rows, dtype=np.float64)
-
-
-class _AdaptView:
-    """The estimator as the choice of adaptation sees it: its step size is ``inner_lr_``."""
-
-    def __init__(self, est, inner_lr):
-        self._est, self._inner_lr = est, inner_lr
-
-    def __getattr__(self, name):
-        return getattr(self._est, name)
-
-    def _adapt_lr_param(self):
-        return self._inner_lr if self._est.adapt_lr is None else self._est.adapt_lr
-
-
-def _set_meta_state(est, net, theta, run, family, source, optimizer_state, device):
-    """Only now, after meta-training succeeded, does the estimator change."""
-    for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
-        est.__dict__.pop(attr, None)
-    est.meta_params_ = theta.detach().cpu().numpy().copy()
-    est.x_mean_, est.x_scale_, est.y_mean_, est.y_scale_ = run.scaling.as_tuple()
-    est.n_features_in_, est.n_outputs_ = run.signature
-    names = source.feature_names if run.feature_names is None else run.feature_names
-    if names is not None:
-        est.feature_names_in_ = np.asarray(names, dtype=object)
-    est.inner_optimizer_state_ = optimizer_state
-    family.set_state(est)
-    est.meta_config_ = est._meta_config()
-    run.finish(est)
-    est._cache = {"net": net, "device": device, "device_param": str(est.device)}

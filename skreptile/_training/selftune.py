@@ -69,12 +69,12 @@ def _split(tasks, n_support, rng, n_splits):
     return out
 
 
-def monitored_size(est):
+def monitored_size(settings):
     """The support size of the held-out splits that monitor meta-training."""
-    return est.n_support or DEFAULT_N_SUPPORT
+    return settings.n_support or DEFAULT_N_SUPPORT
 
 
-def hold_out(est, sampler, seed):
+def hold_out(settings, sampler, seed):
     """``(sampler to meta-train on, held-out splits by support size or None, finite)``.
 
     The splits are ``{n_support: [(Xs, ys, Xq, yq), ...]}``: one size, or each
@@ -82,10 +82,10 @@ def hold_out(est, sampler, seed):
     ``finite`` tells whether the held-out tasks were removed from a finite set
     (the case where early stopping pays).
     """
-    fraction = getattr(est, "validation_fraction", None)
+    fraction = settings.validation_fraction
     if not fraction:
         return sampler, None, False
-    n_support = monitored_size(est)
+    n_support = monitored_size(settings)
     split_rng = keyed_generator(seed, _SPLIT_KEY)
     kind = sampler_kind(sampler)
     if kind == "sequence" or hasattr(sampler, "_split_groups"):
@@ -103,7 +103,7 @@ def hold_out(est, sampler, seed):
         else:
             train, tasks = sampler._split_groups(held)
         splits = max(1, min(SPLITS_PER_TASK, MAX_SPLITS // n_val))
-        sizes = SUPPORT_SIZES if est.n_support is None else (n_support,)
+        sizes = SUPPORT_SIZES if settings.n_support is None else (n_support,)
         # The monitored size first: its splits are the same whatever the other sizes.
         sizes = (n_support,) + tuple(s for s in sizes if s != n_support)
         return train, {k: _split(tasks, k, split_rng, splits) for k in sizes}, True
@@ -118,22 +118,23 @@ def is_auto(value):
     return isinstance(value, str) and value == "auto"
 
 
-def choose_adaptation(est, tasks, init, inner_lr):
+def choose_adaptation(hooks, tasks, init, inner_lr):
     """``(adapt_steps, adapt_lr, scores)`` with the smallest mean query error on ``tasks``.
 
     ``scores`` maps each candidate step size to the mean errors after
     ``STEP_CANDIDATES`` steps.  Explicit (non-``'auto'``) values are kept and
     only the other one is chosen.
     """
-    steps = STEP_CANDIDATES if is_auto(est.adapt_steps) else (int(est.adapt_steps),)
-    if is_auto(est.adapt_lr):
+    settings = hooks.settings
+    steps = STEP_CANDIDATES if is_auto(settings.adapt_steps) else (int(settings.adapt_steps),)
+    if is_auto(settings.adapt_lr):
         lrs = [inner_lr * f for f in LR_FACTORS]
     else:
-        lrs = [est._adapt_lr_param()]
+        lrs = [hooks.fixed_adapt_lr(inner_lr)]
     scores = {}
     best = (math.inf, steps[-1] if len(steps) == 1 else DEFAULT_ADAPT_STEPS, lrs[-1])
     for lr in lrs:
-        errors = curve_errors(est, tasks, init, steps, lr)
+        errors = curve_errors(hooks, tasks, init, steps, lr)
         scores[float(lr)] = [float(e) for e in errors]
         for s, e in zip(steps, errors):
             if e < best[0]:
@@ -141,13 +142,13 @@ def choose_adaptation(est, tasks, init, inner_lr):
     return int(best[1]), float(best[2]), scores
 
 
-def curve_errors(est, tasks, init, steps, lr):
+def curve_errors(hooks, tasks, init, steps, lr):
     """Mean query error of ``tasks`` after each number of ``steps`` (inf where it diverged)."""
-    curve = est._adaptation_curve(tasks, steps, init, lr=lr)
+    curve = hooks.adaptation_curve(tasks, steps, init, lr)
     errors = []
     for s in steps:
         with np.errstate(all="ignore"):
-            loss = float(np.mean(est._query_losses(tasks, curve[int(s)], init.scaling)))
+            loss = float(np.mean(hooks.query_losses(tasks, curve[int(s)], init.scaling)))
         errors.append(loss if math.isfinite(loss) else math.inf)
     return errors
 

@@ -35,26 +35,14 @@ def _baseline_items(baselines):
 
 def _model_predictions(model, tasks, steps):
     """Query predictions of a meta-fitted model after each number of steps, per task."""
-    classifier = is_classifier(model)
-    prepared = model._prepare_tasks([t[:3] for t in tasks], with_query_y=False)
-    curve = model._adaptation_curve(prepared, steps)
-    preds = {}
-    for s, scaled in curve.items():
-        if classifier:
-            preds[s] = [
-                _ClassPrediction(c, _softmax(model._decode(out, c, "logits")))
-                for out, c in zip(scaled, prepared.info)
-            ]
-        else:
-            preds[s] = [
-                model._decode(out, y_1d, "predict") for out, y_1d in zip(scaled, prepared.info)
-            ]
-    return preds
-
-
-def _softmax(logits):
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+    support_X, support_y, query_X = ([t[i] for t in tasks] for i in range(3))
+    if not is_classifier(model):
+        return model.staged_few_shot_predict(support_X, support_y, query_X, steps)
+    staged = model.staged_few_shot_predict(
+        support_X, support_y, query_X, steps, method="predict_proba"
+    )
+    classes = [np.unique(np.asarray(y).reshape(len(y))) for y in support_y]
+    return {s: [_ClassPrediction(c, p) for c, p in zip(classes, ps)] for s, ps in staged.items()}
 
 
 def _predict(est, X, classifier):
@@ -280,8 +268,7 @@ def evaluate_few_shot(
         if asked.size == 0 or asked.dtype.kind not in "iu" or (asked < 0).any():
             raise ValueError(f"adapt_steps must be non-negative integers, got {adapt_steps!r}.")
         steps = [int(s) for s in asked]
-        if reptile._is_meta_fitted():
-            reptile._check_meta_config()
+        if hasattr(reptile, "meta_params_"):
             preds = _model_predictions(reptile, model_tasks, steps)
         else:
             preds = {
