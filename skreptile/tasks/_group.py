@@ -11,52 +11,11 @@ from sklearn.utils.validation import check_array
 
 from .._typing import RandomStateLike, Task, TaskBatch
 from ._base import TaskSampler
+from ._columns import check_columns, column, is_missing
 from ._targets import FrozenTargetTransformer, fit_target_transformer
 
 # Bound on the random keys drawn at once when choosing points without replacement.
 _KEY_BUDGET = 1 << 22
-
-
-def _is_missing(value):
-    return value is None or (isinstance(value, float) and value != value)
-
-
-def _column(frame, name, what):
-    if not hasattr(frame, "columns"):
-        raise TypeError(
-            f"{what}={name!r} names a column, which needs X to be a pandas DataFrame; "
-            f"got {type(frame).__name__}. Pass the {what} as an array instead."
-        )
-    if name not in frame.columns:
-        raise KeyError(
-            f"{what}={name!r} is not a column of X; its columns are {list(frame.columns)}."
-        )
-    return frame[name]
-
-
-def _check_columns(X):
-    """A ``ValueError`` naming the first DataFrame column that is not numeric or has missing values."""
-    if not hasattr(X, "columns") or not hasattr(X, "dtypes"):
-        return
-    import pandas as pd
-
-    for name in X.columns:
-        col = X[name]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
-            example = col.dropna().iloc[0] if col.notna().any() else None
-            raise ValueError(
-                f"Column {name!r} of X is not numeric (dtype {col.dtype}, e.g. {example!r}). "
-                "Pass preprocessor= to GroupTaskSampler, e.g. a ColumnTransformer with a "
-                f"OneHotEncoder for {name!r}, fitted once on the meta-training rows; or drop "
-                "the column."
-            )
-        n_missing = int(col.isna().sum())
-        if n_missing:
-            raise ValueError(
-                f"Column {name!r} of X has {n_missing} missing value(s). Pass preprocessor= "
-                "to GroupTaskSampler, e.g. a ColumnTransformer with a SimpleImputer for "
-                f"{name!r}, fitted once on the meta-training rows; or drop those rows."
-            )
 
 
 class GroupTaskSampler(TaskSampler):
@@ -267,7 +226,7 @@ class GroupTaskSampler(TaskSampler):
     def _preprocess(self, X, y):
         """``X`` as a float array: through ``preprocessor`` when given, else checked per column."""
         if self.preprocessor is None:
-            _check_columns(X)
+            check_columns(X)
             return X
         from sklearn.base import clone
 
@@ -299,10 +258,10 @@ class GroupTaskSampler(TaskSampler):
         drop = []
         if isinstance(y, str):
             drop.append(y)
-            y = _column(X, y, "y")
+            y = column(X, y, "y")
         if isinstance(groups, str):
             drop.append(groups)
-            groups = _column(X, groups, "groups")
+            groups = column(X, groups, "groups")
         if drop:
             X = X.drop(columns=drop)
         columns = getattr(X, "columns", None)
@@ -327,7 +286,7 @@ class GroupTaskSampler(TaskSampler):
         missing = (
             np.isnan(groups)
             if groups.dtype.kind == "f"
-            else np.array([_is_missing(g) for g in groups.tolist()], dtype=bool)
+            else np.array([is_missing(g) for g in groups.tolist()], dtype=bool)
             if groups.dtype.kind == "O"
             else np.zeros(len(groups), dtype=bool)
         )

@@ -1,0 +1,43 @@
+"""The columns of a user's table: named columns, missing values, numeric checks."""
+
+
+def is_missing(value):
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def column(frame, name, what):
+    if not hasattr(frame, "columns"):
+        raise TypeError(
+            f"{what}={name!r} names a column, which needs X to be a pandas DataFrame; "
+            f"got {type(frame).__name__}. Pass the {what} as an array instead."
+        )
+    if name not in frame.columns:
+        raise KeyError(
+            f"{what}={name!r} is not a column of X; its columns are {list(frame.columns)}."
+        )
+    return frame[name]
+
+
+def check_columns(X):
+    """A ``ValueError`` naming the first DataFrame column that is not numeric or has missing values."""
+    if not hasattr(X, "columns") or not hasattr(X, "dtypes"):
+        return
+    import pandas as pd
+
+    for name in X.columns:
+        col = X[name]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            example = col.dropna().iloc[0] if col.notna().any() else None
+            raise ValueError(
+                f"Column {name!r} of X is not numeric (dtype {col.dtype}, e.g. {example!r}). "
+                "Pass preprocessor= to GroupTaskSampler, e.g. a ColumnTransformer with a "
+                f"OneHotEncoder for {name!r}, fitted once on the meta-training rows; or drop "
+                "the column."
+            )
+        n_missing = int(col.isna().sum())
+        if n_missing:
+            raise ValueError(
+                f"Column {name!r} of X has {n_missing} missing value(s). Pass preprocessor= "
+                "to GroupTaskSampler, e.g. a ColumnTransformer with a SimpleImputer for "
+                f"{name!r}, fitted once on the meta-training rows; or drop those rows."
+            )
