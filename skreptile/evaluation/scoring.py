@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.base import clone, is_classifier
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.pipeline import Pipeline
@@ -42,7 +43,7 @@ def _model_predictions(model, tasks, steps):
     for s, scaled in curve.items():
         if classifier:
             preds[s] = [
-                _ClassPrediction(c, _softmax(model._decode(out, c, "logits")))
+                _ClassPrediction(c, softmax(model._decode(out, c, "logits"), axis=-1))
                 for out, c in zip(scaled, prepared.info)
             ]
         else:
@@ -50,11 +51,6 @@ def _model_predictions(model, tasks, steps):
                 model._decode(out, y_1d, "predict") for out, y_1d in zip(scaled, prepared.info)
             ]
     return preds
-
-
-def _softmax(logits):
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _predict(est, X, classifier):
