@@ -307,7 +307,7 @@ def _is_best(v):
     )
 
 
-#: The keys of a format-2 header and a test of the type of each value.
+#: The keys of a format-3 header and a test of the type of each value.
 HEADER_SCHEMA = {
     "format": _is_int,
     "params": _is_str_dict,

@@ -12,7 +12,8 @@ A *task sampler* is any of:
   for tasks of different sizes, as a list of ``(X, y)`` pairs).
 
 A sampler must draw its tasks from ``rng`` only, keeping no state of its own
-between calls: a checkpointed ``meta_fit`` then resumes by restoring ``rng``.
+between calls: ``meta_fit`` hands it generators keyed by the run's seed and the
+meta-iteration, so a resumed run draws the same tasks with no generator state saved.
 """
 
 from __future__ import annotations
