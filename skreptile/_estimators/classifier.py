@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -18,16 +19,6 @@ from .labels import ClassTasks, ImageTasks, encode_labels
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-
-def _softmax(logits):
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def _log_softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 @fill
@@ -272,14 +263,14 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         if kind == "predict":
             return classes[np.argmax(logits, axis=1)]
         if kind == "proba":
-            return _softmax(logits)
+            return softmax(logits, axis=-1)
         return logits
 
     def _query_losses(self, tasks, scaled, scaling):
         """Log loss of every task's query points."""
         return np.array(
             [
-                -np.mean(_log_softmax(s[:, : len(c)])[np.arange(len(i)), i])
+                -np.mean(log_softmax(s[:, : len(c)], axis=-1)[np.arange(len(i)), i])
                 for s, c, i in zip(scaled, tasks.info, tasks.Y_query)
             ]
         )
@@ -361,7 +352,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         proba : ndarray of shape (n_samples, n_classes)
             Probabilities of the classes ``classes_``.
         """
-        return _softmax(self._logits(X))
+        return softmax(self._logits(X), axis=-1)
 
     def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Return the logarithms of :meth:`predict_proba`, computed stably.
@@ -376,7 +367,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         log_proba : ndarray of shape (n_samples, n_classes)
             Log-probabilities of the classes ``classes_``.
         """
-        return _log_softmax(self._logits(X))
+        return log_softmax(self._logits(X), axis=-1)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Classify with the adapted network.

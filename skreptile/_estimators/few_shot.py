@@ -1,7 +1,7 @@
 """Adaptation of many new tasks at once: ``few_shot_predict``, evaluation and validation.
 
 Held-out tasks are validated and encoded by the estimator (:class:`FewShotTasks`),
-packed into :class:`~skreptile._engine.packing.PackedTasks` a block at a time, and
+packed into :class:`~skreptile._engine.packing.PackedTasks` a pack at a time, and
 adapted by :func:`~skreptile._engine.loops.adapt_tasks`, predicting along the way at
 every number of steps asked for.
 """
@@ -24,8 +24,9 @@ from .._engine.threads import calling_thread_work
 from .._training import selftune as _selftune
 from ..tasks._split import check_split
 
-# Tasks adapted together, to bound memory on large evaluations.
-BLOCK_TASKS = 1024
+# Tasks in one pack (one PackedTasks, one call of adapt_tasks), to bound memory on large
+# evaluations.
+MAX_TASKS_PER_PACK = 1024
 # Rows of one forward pass when query points are predicted one by one with
 # their task's support set (non-transductive batch normalisation).
 PREDICT_ROWS = 1024
@@ -187,33 +188,33 @@ class FewShotMixin:
             rate = self._adapt_lr(len(tasks.X_support[i])) if lr is None else lr
             by_lr.setdefault(rate, []).append(i)
         for first_rate, group in by_lr.items():
-            pending = self._blocks(tasks, self._support_context(init.net), group)
+            pending = self._packs(tasks, self._support_context(init.net), group)
             for rate in _selftune.backoff_rates(self, first_rate):
                 if not pending:
                     break
-                pending = self._adapt_blocks(tasks, pending, wanted, out, init, rate)
+                pending = self._adapt_packs(tasks, pending, wanted, out, init, rate)
         return out
 
-    def _adapt_blocks(self, tasks, blocks, wanted, out, init, lr):
-        """Adapt ``blocks`` of tasks with step size ``lr``, writing ``out``.
+    def _adapt_packs(self, tasks, packs, wanted, out, init, lr):
+        """Adapt the tasks of ``packs``, a pack at a time, with step size ``lr``, writing ``out``.
 
-        Returns the blocks (lists of task numbers) of the tasks whose adaptation
+        Returns the packs (lists of task numbers) of the tasks whose adaptation
         failed (see :func:`skreptile._training.selftune.adaptation_failed`).
         """
         net, theta, scaling, device, state = init
         loss = LOSSES[self._loss]
         context = self._support_context(net)
         failed = []
-        for block in blocks:
+        for ids in packs:
             packed = PackedTasks(
-                [tasks.X_support[i] for i in block],
-                [tasks.Y_support[i] for i in block],
-                [tasks.X_query[i] for i in block],
+                [tasks.X_support[i] for i in ids],
+                [tasks.Y_support[i] for i in ids],
+                [tasks.X_query[i] for i in ids],
                 scaling,
                 device,
             )
 
-            def predict_when_wanted(step, ws, tasks, packed=packed, block=block):
+            def predict_when_wanted(step, ws, tasks, packed=packed, ids=ids):
                 if step not in wanted:
                     return
                 xq = packed.xq[tasks]
@@ -225,10 +226,10 @@ class FewShotMixin:
                         pred = net.forward_tasks(ws, xq)
                 pred = pred.cpu().numpy().astype(np.float64)
                 for j in range(tasks.start, tasks.stop):
-                    out[step][block[j]] = pred[j - tasks.start, : packed.query_sizes[j]]
+                    out[step][ids[j]] = pred[j - tasks.start, : packed.query_sizes[j]]
 
             work = calling_thread_work(
-                net, self.inner_optimizer, len(block), packed.xs.shape[1], device
+                net, self.inner_optimizer, len(ids), packed.xs.shape[1], device
             )
             with fast_cpu_math(device, work, self.n_threads):
                 _, before, after = _engine.adapt_tasks(
@@ -245,26 +246,26 @@ class FewShotMixin:
                 )
             bad = _selftune.adaptation_failed(before, after).cpu().numpy()
             if bad.any():
-                failed.append([i for i, b in zip(block, bad) if b])
+                failed.append([i for i, b in zip(ids, bad) if b])
         return failed
 
     @staticmethod
-    def _blocks(tasks, context, indices):
-        """Task numbers adapted together: blocks of equal support size when batch norm needs it."""
+    def _packs(tasks, context, indices):
+        """Task numbers adapted together: packs of equal support size when batch norm needs it."""
         indices = list(indices)
         n = len(indices)
         if not context:
-            return [indices[s : s + BLOCK_TASKS] for s in range(0, n, BLOCK_TASKS)]
+            return [indices[s : s + MAX_TASKS_PER_PACK] for s in range(0, n, MAX_TASKS_PER_PACK)]
         # Padding rows would enter the batch statistics: group tasks by support size.
         by_size = {}
         for i in indices:
             by_size.setdefault(len(tasks.X_support[i]), []).append(i)
         rows = max(len(tasks.X_support[i]) for i in indices) + 1
-        per_block = max(1, PREDICT_ROWS // rows)
+        per_pack = max(1, PREDICT_ROWS // rows)
         return [
-            group[s : s + per_block]
+            group[s : s + per_pack]
             for group in by_size.values()
-            for s in range(0, len(group), per_block)
+            for s in range(0, len(group), per_pack)
         ]
 
     def staged_few_shot_predict(

@@ -2,7 +2,7 @@
 
 Batched Reptile is data-parallel by nature: every task of a meta-batch adapts
 independently from the same weights, and the outer step needs only the mean of
-the adapted weights.  So each rank draws the whole block of tasks itself (the
+the adapted weights.  So each rank draws all the tasks of every draw itself (the
 tasks of meta-iteration ``t`` depend only on the seed and ``t``, never on the
 rank), adapts the tasks of its own slots ``[lo, hi)`` of the meta-batch, and one
 all-reduce per meta-iteration of a single flat buffer

@@ -40,7 +40,7 @@ def _array_description(a):
 def _describe(value):
     """A description of ``value`` that is equal across processes iff the value is."""
     if isinstance(value, (np.random.Generator, np.random.RandomState)):
-        return type(value).__name__  # its state is restored from the checkpoint
+        return type(value).__name__  # only its type: no generator state is saved or compared
     if isinstance(value, np.ndarray) or hasattr(value, "__array__") and not callable(value):
         return _array_description(value)
     if isinstance(value, (list, tuple)):
@@ -89,7 +89,7 @@ def _describe_object(obj):
     seen = set()
     for name, value in sorted(vars(obj).items()):
         if name == "random_state" and not isinstance(value, numbers.Integral):
-            continue  # as for the estimator: the generator's state is in the checkpoint
+            continue  # a generator only gives a seed when the run starts; no state is saved
         if isinstance(value, np.ndarray):
             # A sampler may keep an array and views of it: hash each object once.
             if id(value) in seen:

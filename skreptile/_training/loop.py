@@ -22,7 +22,7 @@ from .._engine.minibatches import assemble_chunk, chunk_iterations, task_minibat
 from .._engine.packing import Initialisation
 from .._engine.scaling import Scaling
 from .._engine.threads import calling_thread_work
-from ..tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
+from ..tasks._base import ITERATIONS_PER_DRAW, TaskSource, seed_from_random_state
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
 from . import distributed as _distributed
@@ -54,7 +54,7 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
     """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
 
     ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
-    in a data-parallel run).  Every rank draws the whole block, so that task
+    in a data-parallel run).  Every rank draws all the tasks of a draw, so that task
     ``j`` of an iteration is the same whatever the number of ranks, and moves
     only its own tasks to the device.
     """
@@ -63,18 +63,18 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     iteration = start
     while iteration < n_meta_iter:
-        block = iteration // ITERATIONS_PER_BLOCK
-        block_end = min(n_meta_iter, (block + 1) * ITERATIONS_PER_BLOCK)
-        n_used = (block_end - block * ITERATIONS_PER_BLOCK) * T
-        tasks, rng = source.block(block, T, block_end - block * ITERATIONS_PER_BLOCK)
-        # A batched sampler draws the whole block; only the tasks this run uses
+        draw = iteration // ITERATIONS_PER_DRAW
+        draw_end = min(n_meta_iter, (draw + 1) * ITERATIONS_PER_DRAW)
+        n_used = (draw_end - draw * ITERATIONS_PER_DRAW) * T
+        tasks, rng = source.draw_for(draw, T, draw_end - draw * ITERATIONS_PER_DRAW)
+        # A batched sampler draws all the draw's tasks; only the tasks this run uses
         # are cut into minibatches (the generator fills its draws in order, so
-        # their minibatches are those of the whole block's).
+        # their minibatches are those of the whole draw's).
         tasks = tuple(a[:n_used] for a in tasks) if isinstance(tasks, tuple) else tasks[:n_used]
         minibatches = task_minibatches(rng, tasks, S, B)
-        while iteration < block_end:
-            n = min(per_chunk, block_end - iteration)
-            first = (iteration - block * ITERATIONS_PER_BLOCK) * T
+        while iteration < draw_end:
+            n = min(per_chunk, draw_end - iteration)
+            first = (iteration - draw * ITERATIONS_PER_DRAW) * T
             part = (
                 tuple(a[first : first + n * T] for a in minibatches)
                 if isinstance(minibatches, tuple)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import sklearn.datasets
 from sklearn.utils import Bunch
 
 from .._typing import PathLike
@@ -85,9 +86,7 @@ def get_data_home(data_home: PathLike | None = None) -> Path:
     """
     if data_home is None:
         data_home = os.environ.get("SKREPTILE_DATA", os.path.join("~", "skreptile_data"))
-    path = Path(data_home).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(sklearn.datasets.get_data_home(data_home))
 
 
 def _sha256(path):

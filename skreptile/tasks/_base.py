@@ -12,7 +12,8 @@ A *task sampler* is any of:
   for tasks of different sizes, as a list of ``(X, y)`` pairs).
 
 A sampler must draw its tasks from ``rng`` only, keeping no state of its own
-between calls: a checkpointed ``meta_fit`` then resumes by restoring ``rng``.
+between calls: ``meta_fit`` hands it generators keyed by the run's seed and the
+meta-iteration, so a resumed run draws the same tasks with no generator state saved.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def _listed(names):
 
 # Meta-iterations whose tasks are drawn together (a constant: results must not
 # depend on how a run is cut into chunks, calls or processes).
-ITERATIONS_PER_BLOCK = 64
+ITERATIONS_PER_DRAW = 64
 
 # Keys of the independent random streams of a meta-training run (SeedSequence spawn keys).
 _ITERATION, _STATS, _PASS, _ORDER = 0, 1, 2, 3
@@ -251,9 +252,9 @@ def keyed_generator(seed, *key):
 class TaskSource:
     """Validated tasks of any task sampler, keyed by meta-iteration.
 
-    The tasks of a block of ``ITERATIONS_PER_BLOCK`` meta-iterations and the
+    The tasks of a draw of ``ITERATIONS_PER_DRAW`` meta-iterations and the
     order in which their points are visited come from a generator keyed by
-    ``(seed, block)``, whatever was drawn before.  So a run resumed at any
+    ``(seed, draw)``, whatever was drawn before.  So a run resumed at any
     iteration (from a checkpoint, a warm start, or on another number of
     processes) sees exactly the tasks an uninterrupted run would have seen,
     with no generator state to save.
@@ -316,14 +317,14 @@ class TaskSource:
         return self._validate_list((self.sampler(rng) for _ in range(n_tasks)), first)
 
     # -- the tasks of a run --------------------------------------------------
-    def block(self, index, n_tasks, n_iterations=ITERATIONS_PER_BLOCK):
-        """The tasks of block ``index`` and the generator to order their points with.
+    def draw_for(self, index, n_tasks, n_iterations=ITERATIONS_PER_DRAW):
+        """The tasks of draw ``index`` and the generator to order their points with.
 
-        Block ``b`` holds the ``n_tasks`` tasks of every meta-iteration from
-        ``b * ITERATIONS_PER_BLOCK`` on.  A skreptile sampler draws the whole
-        block in one call; a callable or a sequence, drawn one task at a time,
+        Draw ``d`` holds the ``n_tasks`` tasks of every meta-iteration from
+        ``d * ITERATIONS_PER_DRAW`` on.  A skreptile sampler draws them all
+        in one call; a callable or a sequence, drawn one task at a time,
         only the first ``n_iterations`` meta-iterations' tasks, which are the
-        same as in the whole block.
+        same as in the whole draw.
 
         Returns
         -------
@@ -334,11 +335,11 @@ class TaskSource:
             gives the same order to the tasks a shorter draw has in common.
         """
         order_rng = keyed_generator(self.seed, _ORDER, index)
-        first = index * ITERATIONS_PER_BLOCK * n_tasks
+        first = index * ITERATIONS_PER_DRAW * n_tasks
         if self.kind == "batched":
-            count = ITERATIONS_PER_BLOCK * n_tasks
+            count = ITERATIONS_PER_DRAW * n_tasks
         else:
-            count = min(n_iterations, ITERATIONS_PER_BLOCK) * n_tasks
+            count = min(n_iterations, ITERATIONS_PER_DRAW) * n_tasks
         if self.kind != "sequence":
             rng = keyed_generator(self.seed, _ITERATION, index)
             return stack_if_equal(self._draw(rng, count, first)), order_rng
