@@ -3,7 +3,7 @@
 Where a run starts (afresh, from a warm start or from a checkpoint), what it
 records and when it stops is :class:`~skreptile._training.monitor.MetaFitRun`'s job;
 this module draws the tasks, builds the network and runs
-:func:`~skreptile._engine.loops.meta_train`.  The estimator is changed only at the
+:func:`~skreptile._engine.outer.meta_train`.  The estimator is changed only at the
 very end, in :func:`_set_meta_state`; until then everything lives in locals,
 so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 """
@@ -11,13 +11,18 @@ so a failed or interrupted ``meta_fit`` leaves the estimator as it was.
 import numpy as np
 import torch
 
-from .._engine import loops as _engine
-from .._engine.device import fast_cpu_math, resolve_device
-from .._engine.losses import LOSSES
-from .._engine.minibatches import assemble_chunk, chunk_iterations, task_minibatches
-from .._engine.packing import Initialisation
-from .._engine.scaling import Scaling
-from .._engine.threads import calling_thread_work
+from .. import _engine
+from .._engine import (
+    LOSSES,
+    Initialisation,
+    Scaling,
+    assemble_chunk,
+    calling_thread_work,
+    chunk_iterations,
+    fast_cpu_math,
+    resolve_device,
+    task_minibatches,
+)
 from ..tasks._base import ITERATIONS_PER_BLOCK, TaskSource, seed_from_random_state
 from . import distributed as _distributed
 from . import fingerprints as _fingerprints
