@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import skreptile
-import skreptile._engine.loops as engine_module
+import skreptile._engine.outer as engine_module
 from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
 
 FAST = dict(meta_batch_size=4, device="cpu", random_state=0, n_meta_iter=20, monitor_interval=5)

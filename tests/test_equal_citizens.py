@@ -22,7 +22,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-import skreptile._engine.loops as engine_module
+import skreptile._engine.outer as engine_module
 from skreptile import ClassTaskSampler, ReptileClassifier, ReptileRegressor
 from skreptile.evaluation import evaluate_few_shot, split_support_query
 from skreptile.nn import ConvNet

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import skreptile._engine.loops as engine_module
+import skreptile._engine.outer as engine_module
 from skreptile import ReptileRegressor, SineTaskSampler, TaskError
 
 FAST = dict(n_meta_iter=20, meta_batch_size=2, device="cpu", random_state=0)

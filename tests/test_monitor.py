@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import skreptile._engine.loops as engine_module
+import skreptile._engine.outer as engine_module
 import skreptile._training.checkpoint as checkpoint_module
 from skreptile import ReptileRegressor, SineTaskSampler
 from skreptile.evaluation import split_support_query

@@ -14,7 +14,7 @@ from torch import nn
 
 import skreptile._engine.minibatches as batches_module
 from skreptile import ReptileRegressor
-from skreptile._engine.loops import InnerOptimizer, adapt
+from skreptile._engine import InnerOptimizer, adapt
 from skreptile._engine.losses import SquaredError
 from skreptile._engine.torch_mlp import BatchedMLP
 
@@ -171,7 +171,7 @@ def test_batched_adaptation_equals_a_per_task_autograd_loop(optimizer, activatio
 
 
 def test_batched_meta_update_moves_towards_the_mean_of_adapted_weights():
-    from skreptile._engine.loops import meta_train
+    from skreptile._engine import meta_train
 
     torch.manual_seed(0)
     net = BatchedMLP((2, 8, 1), "tanh")
@@ -247,7 +247,7 @@ def test_serial_adam_matches_the_papers_code_with_its_state_kept_across_tasks():
     )
     slots = net.workspace(1, theta)
     optimizer = InnerOptimizer("adam", 0.001, net, slots)
-    from skreptile._engine.loops import meta_train
+    from skreptile._engine import meta_train
 
     meta_train(
         net,

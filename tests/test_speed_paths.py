@@ -18,9 +18,11 @@ import torch
 from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
+import skreptile._engine.choice as choice_module
 import skreptile._engine.device as device_module
-import skreptile._engine.loops as engine
-import skreptile._engine.numpy_mlp as lean_engine
+import skreptile._engine.inner as engine
+import skreptile._engine.numpy_tasks as lean_engine
+import skreptile._engine.outer as outer
 import skreptile._engine.threads as parallel
 import skreptile._engine.torch_mlp as networks
 import skreptile._estimators.base as base
@@ -43,7 +45,7 @@ def _task(seed, n=10):
 
 def _general_path(monkeypatch):
     monkeypatch.setattr(base.BaseReptile, "_lean_fit_possible", lambda *args: False)
-    monkeypatch.setattr(base, "SINGLE_THREAD_WORK", 0)  # predict through torch too
+    monkeypatch.setattr(choice_module, "SINGLE_THREAD_WORK", 0)  # predict through torch too
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "logistic", "identity"])
@@ -108,17 +110,17 @@ def _classification_tasks():
 )
 def test_lean_meta_training_equals_the_torch_path(make, monkeypatch):
     used = []
-    real_inner_loop = lean_engine.LeanTasks.inner_loop
+    real_stepper = lean_engine.NumpyTasks.stepper  # once an inner loop
 
     def counted(self, *args, **kwargs):
         used.append(1)
-        return real_inner_loop(self, *args, **kwargs)
+        return real_stepper(self, *args, **kwargs)
 
-    monkeypatch.setattr(lean_engine.LeanTasks, "inner_loop", counted)
+    monkeypatch.setattr(lean_engine.NumpyTasks, "stepper", counted)
     model, tasks = make()
     lean = model.set_params(device="cpu").meta_fit(tasks)
     assert len(used) == 60  # every meta-iteration took the lean inner loop
-    monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
+    monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
     model, tasks = make()
     general = model.set_params(device="cpu").meta_fit(tasks)
     assert len(used) == 60
@@ -233,7 +235,7 @@ def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, m
 def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_threads(monkeypatch):
     # Networks too wide for the lean engine: blocks of the torch engine, each
     # adapted in a thread's own workspace and added to the total in block order.
-    monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
+    monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
     params = dict(
         n_meta_iter=12,
         meta_batch_size=7,
@@ -263,7 +265,7 @@ def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_thre
 def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads(monkeypatch):
     # Its operations between blocks would otherwise leave OpenMP workers
     # spinning on the cores the block threads need.
-    monkeypatch.setattr(engine, "_lean_inner_loop", lambda *args: None)
+    monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
     monkeypatch.setattr(device_module, "SINGLE_THREAD_WORK", 1)  # any product: all threads
     params = dict(
         n_meta_iter=3,
@@ -275,13 +277,13 @@ def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads
         random_state=0,
     )
     seen = []
-    real = engine.adapt_from
+    real = outer.adapt_from
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "adapt_from", spy)
+    monkeypatch.setattr(outer, "adapt_from", spy)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -19,52 +19,23 @@ as possible:
 
 Only plain SGD on the CPU takes this path (see
 :meth:`~skreptile._estimators.base.BaseReptile._lean_fit_possible`); everything else goes
-through :func:`skreptile._engine.loops.adapt_tasks`.  Results agree with that path
+through :func:`skreptile._engine.inner.adapt_tasks`.  Results agree with that path
 to float32 rounding.
 
 The inner loop of meta-training has the same problem with a meta-batch of a
 few tasks: :class:`LeanTasks` runs it on stacked 3-D numpy arrays, one
 ``matmul`` per product for all tasks, about twice as fast as torch for the
-default recipe (see :func:`skreptile._engine.loops.meta_train`).
+default recipe (see :func:`skreptile._engine.outer.meta_train`).
 """
 
 import threading
 
 import numpy as np
+import torch
 from scipy.linalg.blas import sgemm
-from scipy.special import expit
 
-
-def _activate(z, out, activation):
-    if activation == "tanh":
-        np.tanh(z, out=out)
-    elif activation == "relu":
-        np.maximum(z, 0.0, out=out)
-    elif activation == "logistic":
-        expit(z, out=out)
-    elif out is not z:
-        out[...] = z
-
-
-def _derivative(h, out, activation):
-    """``f'(z)`` into ``out``, from the activation's output ``h``; False for the identity."""
-    if activation == "tanh":
-        np.multiply(h, h, out=out)
-        np.subtract(1.0, out, out=out)
-    elif activation == "relu":
-        np.greater(h, 0.0, out=out)
-    elif activation == "logistic":
-        np.subtract(1.0, h, out=out)
-        np.multiply(out, h, out=out)
-    else:
-        return False
-    return True
-
-
-def _activation_backward(back, h, scratch, activation):
-    """``back *= f'(z)`` in place, from the activation's output ``h``."""
-    if _derivative(h, scratch, activation):
-        np.multiply(back, scratch, out=back)
+from .activations import ACTIVATIONS
+from .backend import Backend
 
 
 class LeanMLP:
@@ -126,54 +97,60 @@ class LeanMLP:
             start = end
         return views
 
-    def adapt(self, params, x, y, n_steps, alpha, loss_name):
-        """Run ``n_steps`` steps on the flat C-ordered float32 ``params``, in place.
+    def stepper(self, params, x, y, alpha, loss_name):
+        """``(step, loss)`` closures: one SGD step on the flat ``params`` in place, and the loss.
 
-        ``x`` ``(n_points, n_in)``, ``y`` ``(n_out, n_points)`` (transposed),
-        ``alpha`` the negative step size times the loss gradient's scale.
-        Returns the loss before and after, means over the points.
+        ``params`` are C-ordered float32, ``x`` ``(n_points, n_in)``, ``y``
+        ``(n_out, n_points)`` (transposed), ``alpha`` the negative step size
+        times the loss gradient's scale.  ``step(x, y, weight, measure)``
+        (whose data are those given here) returns the loss
+        of the step's outputs (the weights before it), a mean over the
+        points, when ``measure``; ``loss()`` that of the current weights.
+        Everything a step touches is looked up here, once: a step is about 15
+        numpy calls of a microsecond or two, and Python's own lookups would
+        add a third.
         """
         layers = self.layers(params)
         # sgemm writes into c only when c is Fortran-ordered float32, else into
-        # a copy it returns: the transposes of the C-ordered views always are.
+        # a copy it returns, and the update would be lost: the transposes of
+        # the C-ordered views always are, which is checked here.
         layers_t = [w.T for w in layers]
-        assert all(w.flags.f_contiguous for w in layers_t)
+        if not all(w.flags.f_contiguous and w.dtype == np.float32 for w in layers_t):
+            raise ValueError(
+                "LeanMLP needs C-ordered float32 weights: sgemm would update a copy of "
+                "Fortran-ordered or float64 ones, leaving the weights unchanged."
+            )
         self.inputs[:-1] = x.T
         last = len(layers) - 1
-        # Everything a step touches, looked up once: a step is about 15 numpy
-        # calls of a microsecond or two, and Python's own lookups would add a third.
         forward = [(layers_t[i], self.a[i], self.a[i + 1][:-1]) for i in range(last)]
         backward = [
             (layers[i][:-1], layers_t[i], self.a[i].T, self.back[i], self.d[i])
             for i in range(last, 0, -1)
         ]
-        last_t, last_inputs, out = layers_t[last], self.a[last], self.out
+        last_t, last_inputs, out, diff = layers_t[last], self.a[last], self.out, self.diff
         first_t, inputs_t = layers_t[0], self.inputs.T
+        hidden, derivatives = self.hidden, self.derivative
         n, weight = x.shape[0], 1.0 / x.shape[0]
         squared, activation = loss_name == "squared_error", self.activation
-        tanh = activation == "tanh"
+        activate = ACTIVATIONS[activation].numpy_forward
+        derive = ACTIVATIONS[activation].numpy_derivative
         dot, subtract, multiply = np.dot, np.subtract, np.multiply
-        before = after = None
-        for step in range(n_steps + 1):
+
+        def outputs_grad(measure):
             for w_t, a, z in forward:
                 dot(w_t, a, out=z)
-                if tanh:
-                    np.tanh(z, out=z)
-                else:
-                    _activate(z, z, activation)
+                activate(z, z)
             dot(last_t, last_inputs, out=out)
-            measure = step == 0 or step == n_steps
             if squared:
-                g = subtract(out, y, out=self.diff)
-                value = float(np.vdot(g, g)) / (n * len(g)) if measure else None
-            else:
-                value, g = _cross_entropy_grad(out, y, weight, self.diff)
-            if step == 0:
-                before = value
-            if step == n_steps:
-                after = value
-                break
-            scaled = _derivative(self.hidden, self.derivative, activation)
+                g = subtract(out, y, out=diff)
+                return (float(np.vdot(g, g)) / (n * len(g)) if measure else None), g
+            return _cross_entropy_grad(out, y, weight, diff)
+
+        def step(x, y, weight, measure):  # the data are those bound above
+            value, g = outputs_grad(measure)
+            scaled = derive is not None
+            if scaled:
+                derive(hidden, derivatives)
             for w, w_t, a_t, back, derivative in backward:
                 dot(w, g, out=back)  # before w changes
                 sgemm(alpha, g.T, a_t, 1.0, w_t, 1, 0, 1)  # w_t += alpha g a^T, in place
@@ -181,27 +158,9 @@ class LeanMLP:
                     multiply(back, derivative, out=back)
                 g = back
             sgemm(alpha, g.T, inputs_t, 1.0, first_t, 1, 0, 1)
-        return before, after
+            return value
 
-
-def adapt_one(layer_sizes, activation, loss_name, theta, x, y, n_steps, lr):
-    """Adapt the flat float32 weights ``theta`` to one task by ``n_steps`` SGD steps.
-
-    ``x`` ``(n, n_in)`` and ``y`` ``(n, n_out)`` are scaled float32 arrays, and
-    the loss is the mean over the points (squared error or cross-entropy), as
-    in :mod:`skreptile._engine.losses`.  Returns the adapted weights (a new array)
-    and the support loss before and after adaptation.
-    """
-    net = _lean_mlp(layer_sizes, activation, len(x))
-    params = np.array(theta, dtype=np.float32, copy=True)
-    # d(loss)/d(outputs) = scale * (outputs - y) for both losses.
-    weight = 1.0 / len(x)
-    scale = 2.0 * weight / y.shape[1] if loss_name == "squared_error" else weight
-    with np.errstate(all="ignore"):  # a diverging adaptation is reported by the caller
-        before, after = net.adapt(
-            params, x, np.ascontiguousarray(y.T), n_steps, -lr * scale, loss_name
-        )
-    return params, before, after
+        return step, lambda: outputs_grad(True)[0]
 
 
 # Buffers of the last networks each thread adapted: fit is called over and over
@@ -236,124 +195,6 @@ def _cross_entropy_grad(out, y, weight, diff):
     return value, diff
 
 
-# Largest product (multiply-adds of one task's layer on one minibatch) for the
-# stacked engine.  Below 2**18, OpenBLAS (numpy's BLAS) runs a product on the
-# calling thread (interface/gemm.c: m*n*k < SMP_THRESHOLD_MIN *
-# GEMM_MULTITHREAD_THRESHOLD = 65536 * 4); above, it starts threads of its own,
-# which skreptile cannot pin without changing a process-wide setting, and
-# torch's engine, whose thread count is per calling thread, takes over.
-MAX_PRODUCT = 1 << 18
-
-
-def stacked_possible(layer_sizes, n_points):
-    """Whether :class:`LeanTasks` runs a network of ``layer_sizes`` on ``n_points`` a task."""
-    return n_points * max(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:])) <= MAX_PRODUCT
-
-
-class LeanTasks:
-    """The Reptile inner loop of a few stacked tasks with plain SGD, in numpy.
-
-    As :class:`LeanMLP`, with a leading task axis: every task's weights are a
-    row of ``params`` ``(n_tasks, n_params)``, whose ``[W; b]`` blocks are
-    viewed as ``(n_tasks, fan_in + 1, fan_out)``, and activations are kept
-    transposed, ``(n_tasks, fan_in + 1, n_points)`` with a last row of ones.
-
-    Parameters
-    ----------
-    layer_sizes : tuple of int
-    activation : str
-    loss_name : {"squared_error", "cross_entropy"}
-    n_tasks, n_points : int
-        The meta-batch size and the points of each inner minibatch.
-    """
-
-    def __init__(self, layer_sizes, activation, loss_name, n_tasks, n_points):
-        dtype = np.float32
-        pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
-        n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in pairs)
-        self.activation, self.loss_name = activation, loss_name
-        self.n_tasks, self.n_out = n_tasks, layer_sizes[-1]
-        self.params = np.empty((n_tasks, n_params), dtype)
-        self.grad = np.empty_like(self.params)
-        self.layers = self._stacked_layers(pairs, self.params)
-        self.layers_t = [w.transpose(0, 2, 1) for w in self.layers]
-        self.wgrad = self._stacked_layers(pairs, self.grad)
-        self.a = [np.ones((n_tasks, fan_in + 1, n_points), dtype) for fan_in, _ in pairs]
-        self.out = np.empty((n_tasks, self.n_out, n_points), dtype)
-        self.diff = np.empty_like(self.out)
-        self.back = [np.empty((n_tasks, fan_in, n_points), dtype) for fan_in, _ in pairs]
-        self.scratch = [np.empty((n_tasks, fan_in, n_points), dtype) for fan_in, _ in pairs]
-        self.total = np.empty(n_params, dtype)
-
-    @staticmethod
-    def _stacked_layers(pairs, flat):
-        views, start = [], 0
-        for fan_in, fan_out in pairs:
-            end = start + (fan_in + 1) * fan_out
-            views.append(flat[:, start:end].reshape(len(flat), fan_in + 1, fan_out))
-            start = end
-        return views
-
-    def _loss_grad(self, y, weight, measure):
-        """The summed loss of the tasks (when ``measure``) and d(loss)/d(outputs) in ``diff``."""
-        if self.loss_name == "squared_error":
-            g = np.subtract(self.out, y, out=self.diff)
-            value = float(np.vdot(g, g)) * weight / self.n_out if measure else None
-            g *= 2.0 * weight / self.n_out
-            return value, g
-        value, g = _cross_entropy_grad(self.out, y, weight, self.diff)
-        g *= weight
-        return value, g
-
-    def _step(self, lr, g):
-        """Every task's ``[W; b] -= lr A g^T``, ``g`` the output gradient (overwritten)."""
-        a, layers, wgrad, matmul = self.a, self.layers, self.wgrad, np.matmul
-        g *= lr
-        for i in range(len(layers) - 1, 0, -1):
-            back = matmul(layers[i][:, :-1], g, out=self.back[i])
-            matmul(a[i], g.transpose(0, 2, 1), out=wgrad[i])
-            _activation_backward(back, a[i][:, :-1], self.scratch[i], self.activation)
-            g = back
-        matmul(a[0], g.transpose(0, 2, 1), out=wgrad[0])
-        np.subtract(self.params, self.grad, out=self.params)
-
-    def _forward(self):
-        a, layers_t, matmul = self.a, self.layers_t, np.matmul
-        last = len(layers_t) - 1
-        for i in range(last):
-            z = matmul(layers_t[i], a[i], out=a[i + 1][:, :-1])
-            _activate(z, z, self.activation)
-        return matmul(layers_t[last], a[last], out=self.out)
-
-    def inner_loop(self, theta, x, y, weight, lr, loss_sums=None, n_total=None):
-        """Adapt a copy of ``theta`` to every task, one minibatch a step; the sum of their weights.
-
-        ``x`` ``(n_steps, n_tasks, batch, n_in)`` and ``y`` ``(n_steps,
-        n_tasks, batch, n_out)`` are the scaled minibatches, ``weight`` the
-        weight of every point in its task's loss (``1 / batch``).
-        ``loss_sums`` (an array of two) accumulates the task losses at the
-        first and at the last step divided by ``n_total`` (the tasks of the
-        whole meta-batch, of which these may be a block; by default these),
-        as :func:`skreptile._engine.loops.adapt` does.  Returns a buffer overwritten
-        by the next call.
-        """
-        self.params[:] = theta
-        n_steps = len(x)
-        for step in range(n_steps):
-            self.a[0][:, :-1] = x[step].transpose(0, 2, 1)
-            self._forward()
-            measure = loss_sums is not None and step in (0, n_steps - 1)
-            value, g = self._loss_grad(y[step].transpose(0, 2, 1), weight, measure)
-            if measure:
-                mean_loss = value / (n_total or self.n_tasks)
-                if step == 0:
-                    loss_sums[0] += mean_loss
-                if step == n_steps - 1:
-                    loss_sums[1] += mean_loss
-            self._step(lr, g)
-        return self.params.sum(axis=0, out=self.total)
-
-
 def predict_one(activation, layers, x):
     """Outputs of the network ``layers`` (float64 ``[W; b]`` blocks) on ``x`` ``(n, n_in)``."""
     with np.errstate(all="ignore"):
@@ -370,7 +211,89 @@ def _predict_one(activation, layers, x):
             return np.dot(wb.T, a).T
         nxt = np.empty((wb.shape[1] + 1, len(x)))
         z = np.dot(wb.T, a, out=nxt[:-1])
-        _activate(z, z, activation)
+        ACTIVATIONS[activation].numpy_forward(z, z)
         nxt[-1] = 1.0
         a = nxt
     return a
+
+
+class NumpyMLP(Backend):
+    """The perceptron's backend for one task on the CPU, in numpy: ``fit`` and ``predict``.
+
+    Its workspace is one task's flat float32 weights with the buffers of a
+    :class:`LeanMLP`; plain SGD only.  :meth:`predict` takes the float64
+    ``[W; b]`` blocks of :meth:`LeanMLP.layers_of`.
+    """
+
+    kind = "numpy"
+    blockable = False
+
+    def __init__(self, net):
+        self.layer_sizes, self.activation = net.layer_sizes, net.activation
+        self.n_params = net.n_params
+
+    def workspace(self, n_tasks, theta, n_points=None):
+        """One task's weights, a float32 copy of ``theta``, and buffers for ``n_points`` points."""
+        if n_tasks != 1:
+            raise ValueError(f"NumpyMLP adapts one task at a time, not {n_tasks}.")
+        ws = _OneTask()
+        ws.params = np.array(theta, dtype=np.float32, copy=True)
+        ws.engine = _lean_mlp(self.layer_sizes, self.activation, n_points)
+        return ws
+
+    def broadcast(self, theta, ws):
+        ws.params[...] = theta
+
+    def view(self, ws, start, stop, scratch=None):
+        raise ValueError("NumpyMLP's workspace holds one task: it has no slices.")
+
+    def stepper(self, ws, loss, optimizer, x=None, y=None):
+        """Plain SGD on the full batch ``x`` ``(n, n_in)``, ``y`` ``(n, n_out)``, bound here."""
+        if optimizer.kind != "sgd" or x is None or x.ndim != 2:
+            raise ValueError("NumpyMLP runs plain SGD on one task's full batch only.")
+        # d(loss)/d(outputs) = scale * (outputs - y) for both losses.
+        weight = 1.0 / len(x)
+        scale = 2.0 * weight / y.shape[1] if loss.name == "squared_error" else weight
+        step, ws.loss = ws.engine.stepper(
+            ws.params, x, np.ascontiguousarray(y.T), -optimizer.lr * scale, loss.name
+        )
+        return step
+
+    def fuses(self, optimizer):
+        return True
+
+    def task_losses(self, ws, x, y, weight, loss):
+        """The loss (a mean over the points) at the current weights, of the data bound by :meth:`stepper`."""
+        return ws.loss()
+
+    def forward_tasks(self, ws, x):
+        layers = LeanMLP.layers_of(self.layer_sizes, ws.params.astype(np.float64))
+        return predict_one(self.activation, layers, x)[None]
+
+    def predict(self, theta, x):
+        """Outputs of the float64 ``[W; b]`` blocks ``theta`` on ``x`` ``(n, n_in)``, in float64."""
+        return predict_one(self.activation, theta, x)
+
+    def task_mean(self, ws):
+        return torch.from_numpy(ws.params)
+
+    def task_sum(self, ws, out):
+        out[...] = ws.params
+        return out
+
+    def add_task_sum(self, ws, total):
+        np.add(total, ws.params, out=total)
+
+    def block_size(self, n_points, device):
+        return None
+
+    def work(self, n_tasks, n_points):
+        """0: numpy runs on the calling thread, whose torch threads are then set to one."""
+        return 0
+
+
+class _OneTask:
+    """NumpyMLP's workspace: ``params`` (flat float32), ``engine`` (a LeanMLP), ``loss``."""
+
+    n_tasks = 1
+    scratch: dict = {}

@@ -19,12 +19,14 @@ the calling thread keeps meanwhile (:func:`calling_thread_work`) are decided
 here too.
 """
 
+import contextlib
 import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
 
 from .device import fast_cpu_math
 
@@ -149,24 +151,15 @@ def run_blocks(blocks, run_block, workers, scratches=None, combine=None, keep=No
     return None if combine is not None else results
 
 
-def _in_blocks(net, optimizer):
-    """Whether tasks can be adapted in cache-sized blocks: plain SGD, a network that allows it.
-
-    ``optimizer``: an :class:`~skreptile._engine.loops.InnerOptimizer` or its kind (``"sgd"``, ``"adam"``).
-    Adam's state is one flat buffer over all slots, and a custom module with
-    random layers draws its dropout masks from one stream per workspace.
-    """
-    return getattr(optimizer, "kind", optimizer) == "sgd" and net.blockable
-
-
 def task_blocks(net, optimizer, n_tasks, n_points, device):
     """``(start, stop)`` of the tasks adapted together: cache-sized blocks on the CPU.
 
-    Blocks need plain SGD (see :func:`_in_blocks`): otherwise one block of
-    every task.
+    Blocks need plain SGD and a backend that allows them
+    (:meth:`~skreptile._engine.backend.Backend.can_slice`): otherwise one block
+    of every task.
     """
     size = None
-    if _in_blocks(net, optimizer):
+    if net.can_slice(optimizer):
         size = net.block_size(n_points, device)
     if size is None or size >= n_tasks:
         return [(0, n_tasks)]
@@ -198,3 +191,38 @@ def calling_thread_work(net, optimizer, n_tasks, n_points, device):
 def net_block_workers(net, n_threads, device, n_blocks):
     """:func:`block_workers` for ``net``: one (the caller) for networks that keep the GIL busy."""
     return block_workers(n_threads, device, n_blocks) if net.block_threads else 1
+
+
+_blas_lock = threading.Lock()
+_blas_state = {"controller": None, "users": 0, "limit": None}
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Hold numpy's and scipy's BLAS to one thread while the enclosed code runs.
+
+    The numpy engines' products run inside blocks that are already one per
+    core; a BLAS that threads a product of its own would put several threads
+    on each core.  OpenBLAS does so only above 2**18 multiply-adds a product
+    (``numpy_tasks.MAX_PRODUCT``), but MKL and Accelerate have thresholds of
+    their own, so the limit is set explicitly (``threadpoolctl``).  BLAS
+    thread counts are process-wide: the limit is counted, set by the first
+    of concurrent users and restored by the last, so that runs in several
+    threads never restore each other's settings.  Entering and leaving costs
+    about 14 us (two OpenBLAS libraries here): once a ``meta_fit``, not a step.
+    """
+    with _blas_lock:
+        state = _blas_state
+        if state["users"] == 0:
+            if state["controller"] is None:
+                state["controller"] = ThreadpoolController()
+            state["limit"] = state["controller"].limit(limits=1, user_api="blas")
+        state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            state["users"] -= 1
+            if state["users"] == 0:
+                state["limit"].restore_original_limits()
+                state["limit"] = None

@@ -20,69 +20,16 @@ weight so that ``bmm`` reads and writes them without copies.
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
-ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+from .activations import ACTIVATIONS
+from .backend import Backend, Workspace
 
-_aten = torch.ops.aten
-
-
-def _activate_(z, activation):
-    """Apply ``activation`` in place to the pre-activation ``z``.
-
-    On the CPU, tanh goes through numpy on the tensor's own memory: torch's
-    CPU tanh runs at about 3.6 ns an element here (AMD EPYC, torch 2.13), numpy's
-    at 0.4, and tanh was the costliest operation of an adaptation step.
-    """
-    if activation == "tanh":
-        if z.device.type == "cpu" and z.dtype == torch.float32 and not z.requires_grad:
-            array = z.numpy()
-            np.tanh(array, out=array)
-            return z
-        return z.tanh_()
-    if activation == "relu":
-        return z.relu_()
-    if activation == "logistic":
-        return z.sigmoid_()
-    return z
+__all__ = ["CACHE_BLOCK_BYTES", "BatchedMLP", "Workspace"]
 
 
-def _activation_backward_(grad, h, activation):
-    """In place: ``grad`` times the activation's derivative at output ``h``."""
-    if activation == "tanh":
-        return _aten.tanh_backward.grad_input(grad, h, grad_input=grad)
-    if activation == "relu":
-        return grad.masked_fill_(h <= 0, 0.0)
-    if activation == "logistic":
-        return _aten.sigmoid_backward.grad_input(grad, h, grad_input=grad)
-    return grad
-
-
-class Workspace:
-    """Per-task parameters and gradients for ``n_tasks`` tasks, and their views.
-
-    Attributes
-    ----------
-    params, grad : Tensor
-        Flat buffers, updated in place by the optimiser.
-    n_tasks : int
-    rng : torch.Generator or None
-        Seeds of the dropout masks of each step, for modules with random layers.
-    """
-
-    def __init__(self, n_tasks, params, grad, param_views=None, grad_views=None):
-        self.n_tasks = n_tasks
-        self.rng = None  # the generator of dropout seeds, for modules with random layers
-        self.params = params
-        self.grad = grad
-        self.param_views = param_views
-        self.grad_views = grad_views
-        self.scratch = {}
-
-
-class BatchedMLP:
+class BatchedMLP(Backend):
     """A fully connected network computed for many tasks at once.
 
     Parameters
@@ -129,7 +76,6 @@ class BatchedMLP:
 
     def to_torch_module(self, theta):
         """An equivalent ``torch.nn.Sequential`` holding the flat weights ``theta``."""
-        acts = {"identity": nn.Identity, "logistic": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
         tensors = self._split(theta.detach().cpu())
         layers = []
         n_layers = len(self.layer_sizes) - 1
@@ -141,7 +87,7 @@ class BatchedMLP:
                 linear.bias.copy_(bias[0])
             layers.append(linear)
             if i < n_layers - 1:
-                layers.append(acts[self.activation]())
+                layers.append(ACTIVATIONS[self.activation].layer())
         return nn.Sequential(*layers)
 
     def work(self, n_tasks, n_points):
@@ -166,7 +112,7 @@ class BatchedMLP:
             n_tasks, params, grad, self._views(params, n_tasks), self._views(grad, n_tasks)
         )
 
-    def block(self, ws, start, stop, scratch=None):
+    def view(self, ws, start, stop, scratch=None):
         """The tasks ``start:stop`` of ``ws`` as a workspace sharing its memory (no flat buffers).
 
         ``scratch``: the dict of reusable buffers to use, one per thread when
@@ -240,10 +186,11 @@ class BatchedMLP:
         hidden = [x]
         h = x
         last = len(views) // 2 - 1
+        activate_ = ACTIVATIONS[self.activation].torch_forward_
         for i in range(last + 1):
             h = torch.baddbmm(views[2 * i + 1], h, views[2 * i])
             if i < last:
-                h = _activate_(h, self.activation)
+                h = activate_(h)
             hidden.append(h)
         return hidden if keep_hidden else h
 
@@ -283,11 +230,12 @@ class BatchedMLP:
         views = ws.param_views
         outs, grads = self._scratch(ws, x)
         last = len(outs) - 1
+        activate_ = ACTIVATIONS[self.activation].torch_forward_
         h = x
         for i in range(last + 1):
             h = torch.baddbmm(views[2 * i + 1], h, views[2 * i], out=outs[i])
             if i < last:
-                _activate_(h, self.activation)
+                activate_(h)
         return outs, grads, loss.output_grad(outs[last], y, weight, out=grads[last])
 
     def gradient(self, ws, x, y, weight, loss):
@@ -300,13 +248,14 @@ class BatchedMLP:
         views = ws.param_views
         outs, grads, grad = self._forward_into_scratch(ws, x, y, weight, loss)
         last = len(outs) - 1
+        backward_ = ACTIVATIONS[self.activation].torch_backward_
         for i in range(last, -1, -1):
             inputs = outs[i - 1] if i > 0 else x
             torch.bmm(inputs.transpose(1, 2), grad, out=ws.grad_views[2 * i])
             torch.sum(grad, dim=1, keepdim=True, out=ws.grad_views[2 * i + 1])
             if i > 0:
                 back = torch.bmm(grad, views[2 * i].transpose(1, 2), out=grads[i - 1])
-                grad = _activation_backward_(back, outs[i - 1], self.activation)
+                grad = backward_(back, outs[i - 1])
         return outs[last]
 
     def _ones(self, ws, n_tasks, n_points, like):
@@ -327,6 +276,7 @@ class BatchedMLP:
         views = ws.param_views
         outs, grads, grad = self._forward_into_scratch(ws, x, y, weight, loss)
         last = len(outs) - 1
+        backward_ = ACTIVATIONS[self.activation].torch_backward_
         ones = self._ones(ws, x.shape[0], x.shape[1], x)
         for i in range(last, -1, -1):
             inputs = outs[i - 1] if i > 0 else x
@@ -336,7 +286,7 @@ class BatchedMLP:
             views[2 * i].baddbmm_(inputs.transpose(1, 2), grad, alpha=-lr)
             views[2 * i + 1].baddbmm_(ones, grad, alpha=-lr)
             if i > 0:
-                grad = _activation_backward_(back, outs[i - 1], self.activation)
+                grad = backward_(back, outs[i - 1])
         return outs[last]
 
 

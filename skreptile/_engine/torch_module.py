@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from . import torch_mlp as _networks
+from .backend import Backend, Workspace
 from .device import seeded_global_rng
-from .torch_mlp import Workspace
 
 # Layers that draw random numbers in training mode, from torch's global
 # generator (no torch layer accepts a generator of its own).
@@ -28,7 +28,7 @@ def _seed_of(theta):
     return zlib.crc32(theta.detach().cpu().numpy().tobytes())
 
 
-class BatchedModule:
+class BatchedModule(Backend):
     """Any ``torch.nn.Module`` evaluated per task with ``torch.func``.
 
     Parameters
@@ -148,7 +148,7 @@ class BatchedModule:
             return None
         return max(1, 4 * _networks.CACHE_BLOCK_BYTES // (4 * 3 * self.n_params))
 
-    def block(self, ws, start, stop, scratch=None):
+    def view(self, ws, start, stop, scratch=None):
         """The tasks ``start:stop`` of ``ws`` as a workspace sharing its memory."""
         sub = Workspace(stop - start, ws.params[start:stop], ws.grad[start:stop])
         sub.scratch = ws.scratch if scratch is None else scratch

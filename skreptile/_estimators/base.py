@@ -8,7 +8,7 @@ cache rebuilt on demand.
 Every adaptation, whether :meth:`fit` on one task, :meth:`few_shot_predict`
 on many, :func:`~skreptile.evaluation.evaluate_few_shot` or the validation of
 ``meta_fit``, packs its tasks into :class:`~skreptile._engine.packing.PackedTasks` and
-runs :func:`~skreptile._engine.loops.adapt_tasks`.  The two estimators differ only
+runs :func:`~skreptile._engine.inner.adapt_tasks`.  The two estimators differ only
 by their loss, how they encode targets and how they read predictions
 (``_encode_targets`` and ``_decode``).
 """
@@ -29,14 +29,21 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._engine import loops as _engine
-from .._engine import numpy_mlp as _lean
-from .._engine.device import SINGLE_THREAD_WORK, fast_cpu_math, resolve_device, seeded_global_rng
-from .._engine.losses import LOSSES
-from .._engine.packing import PackedTasks
-from .._engine.scaling import Scaling
-from .._engine.torch_mlp import ACTIVATIONS, BatchedMLP
-from .._engine.torch_module import BatchedModule
+from .._engine import (
+    ACTIVATIONS,
+    LOSSES,
+    BatchedMLP,
+    BatchedModule,
+    LeanMLP,
+    PackedTasks,
+    Scaling,
+    adapt_one,
+    adapt_tasks,
+    choose_backend,
+    fast_cpu_math,
+    resolve_device,
+    seeded_global_rng,
+)
 from .._training import selftune as _selftune
 from .._training.interface import TaskFamily
 from .._training.loop import run_meta_fit
@@ -414,45 +421,49 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         # 'auto': the step size is halved on a task whose support loss diverged
         # or grew, as few_shot_predict and the choice on validation tasks do.
         rates = _selftune.backoff_rates(self, self._adapt_lr(len(X)))
-        if self._lean_fit_possible(net, device, len(X)):
-            for lr in rates:
-                with fast_cpu_math(device, 0, self.n_threads):
-                    params, before, after = _lean.adapt_one(
-                        net.layer_sizes,
-                        net.activation,
-                        self._loss,
-                        self._lean_theta(),
-                        scaling.x(X).astype(np.float32),
-                        scaling.y(Y).astype(np.float32),
-                        self._adapt_steps(len(X)),
-                        lr,
-                    )
-                if not _selftune.adaptation_failed(before, after).any():
-                    break
-            if len(rates) == 1:
-                _selftune.check_adaptation(before, after, lr, stacklevel=4)
-            self.params_ = params
-            self.__dict__.pop("support_X_", None)
-            self._set_fit_info(info)
-            return self
-        packed = PackedTasks(X[None], Y[None], None, scaling, device)
-        theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
+        backend = choose_backend(
+            net,
+            "fit",
+            device,
+            optimizer=self.inner_optimizer,
+            n_points=len(X),
+            numpy_allowed=self._lean_fit_possible(net, device, len(X)),
+        )
+        if backend.kind == "numpy":
+            args = (
+                self._lean_theta(),
+                scaling.x(X).astype(np.float32),
+                scaling.y(Y).astype(np.float32),
+                self._adapt_steps(len(X)),
+            )
+        else:
+            packed = PackedTasks(X[None], Y[None], None, scaling, device)
+            theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
+        loss = LOSSES[self._loss]
         for lr in rates:
-            with fast_cpu_math(device, net.work(1, len(X)), self.n_threads):
-                ws, before, after = _engine.adapt_tasks(
-                    net,
-                    LOSSES[self._loss],
-                    theta,
-                    packed,
-                    self._adapt_steps(len(X)),
-                    self.inner_optimizer,
-                    lr,
-                    state,
-                )
+            with fast_cpu_math(device, backend.work(1, len(X)), self.n_threads):
+                if backend.kind == "numpy":
+                    params, before, after = adapt_one(backend, loss, *args, lr)
+                else:
+                    ws, before, after = adapt_tasks(
+                        net,
+                        loss,
+                        theta,
+                        packed,
+                        self._adapt_steps(len(X)),
+                        self.inner_optimizer,
+                        lr,
+                        state,
+                    )
             if not bool(_selftune.adaptation_failed(before, after).any()):
                 break
         if len(rates) == 1:
             _selftune.check_adaptation(before, after, lr, stacklevel=4)
+        if backend.kind == "numpy":
+            self.params_ = params
+            self.__dict__.pop("support_X_", None)
+            self._set_fit_info(info)
+            return self
         self.params_ = net.task_params(ws, 0).detach().cpu().numpy().copy()
         if self._support_context(net):
             # Non-transductive batch norm predicts every point with the support set.
@@ -463,18 +474,20 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         return self
 
     def _lean_fit_possible(self, net, device, n_points):
-        """Whether ``fit`` can take the lean numpy engine (:mod:`skreptile._engine.numpy_mlp`).
+        """Whether ``fit`` takes the numpy engine (:func:`~skreptile._engine.choose_backend`).
 
-        For the meta-fitted perceptron with plain SGD on the CPU, when the
-        products are small enough to run on one thread anyway.
+        Only a meta-fitted model may: an unfitted one adapts a fresh torch
+        initialisation.
         """
-        return (
-            device.type == "cpu"
-            and isinstance(net, BatchedMLP)
-            and self.inner_optimizer == "sgd"
-            and "meta_params_" in self.__dict__
-            and net.work(1, n_points) < SINGLE_THREAD_WORK
+        backend = choose_backend(
+            net,
+            "fit",
+            device,
+            optimizer=self.inner_optimizer,
+            n_points=n_points,
+            numpy_allowed="meta_params_" in self.__dict__,
         )
+        return backend.kind == "numpy"
 
     def _lean_theta(self):
         """``meta_params_`` as float32, converted once."""
@@ -487,7 +500,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         return self._converted(
             "params_",
             "lean_layers",
-            lambda a: _lean.LeanMLP.layers_of(net.layer_sizes, np.asarray(a, dtype=np.float64)),
+            lambda a: LeanMLP.layers_of(net.layer_sizes, np.asarray(a, dtype=np.float64)),
         )
 
     def _fit_optimizer_state(self):
@@ -507,17 +520,13 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         self._check_meta_config()
         device, net = self._device(), self._net()
         scaling = self._scaling()
-        if (
-            device.type == "cpu"
-            and isinstance(net, BatchedMLP)
-            and not hasattr(self, "support_X_")
-            and net.work(1, len(X)) < SINGLE_THREAD_WORK
-        ):
+        backend = choose_backend(
+            net, "predict", device, n_points=len(X), numpy_allowed=not hasattr(self, "support_X_")
+        )
+        if backend.kind == "numpy":
             # The perceptron predicts in float64 on the CPU (see below), here in numpy.
             with fast_cpu_math(device, 0, self.n_threads):
-                return _lean.predict_one(
-                    net.activation, self._lean_layers(net), scaling.x(X).astype(np.float64)
-                )
+                return backend.predict(self._lean_layers(net), scaling.x(X).astype(np.float64))
         params = self._cached_tensor("params_", device)
         x = torch.as_tensor(scaling.x(X), dtype=torch.float32, device=device)
         with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1)), self.n_threads):

@@ -2,7 +2,7 @@
 
 Held-out tasks are validated and encoded by the estimator (:class:`FewShotTasks`),
 packed into :class:`~skreptile._engine.packing.PackedTasks` a pack at a time, and
-adapted by :func:`~skreptile._engine.loops.adapt_tasks`, predicting along the way at
+adapted by :func:`~skreptile._engine.inner.adapt_tasks`, predicting along the way at
 every number of steps asked for.
 """
 
@@ -16,11 +16,14 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_is_fitted
 
-from .._engine import loops as _engine
-from .._engine.device import fast_cpu_math
-from .._engine.losses import LOSSES
-from .._engine.packing import Initialisation, PackedTasks
-from .._engine.threads import calling_thread_work
+from .._engine import (
+    LOSSES,
+    Initialisation,
+    PackedTasks,
+    adapt_tasks,
+    calling_thread_work,
+    fast_cpu_math,
+)
 from .._training import selftune as _selftune
 from ..tasks._split import check_split
 
@@ -232,7 +235,7 @@ class FewShotMixin:
                 net, self.inner_optimizer, len(ids), packed.xs.shape[1], device
             )
             with fast_cpu_math(device, work, self.n_threads):
-                _, before, after = _engine.adapt_tasks(
+                _, before, after = adapt_tasks(
                     net,
                     loss,
                     theta,

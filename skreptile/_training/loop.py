@@ -5,7 +5,7 @@
 callbacks, never the estimator itself (see :mod:`skreptile._training.interface`).
 It decides where the run starts (:class:`~skreptile._training.run.TrainingRun`),
 holds tasks out (:mod:`skreptile._training.selftune`), draws the tasks a chunk
-of meta-iterations at a time, runs :func:`skreptile._engine.loops.meta_train`
+of meta-iterations at a time, runs :func:`skreptile._engine.outer.meta_train`
 with the callbacks of :mod:`skreptile._training.callbacks` at every
 meta-iteration, backs off diverging step sizes
 (:mod:`skreptile._training.stepsize`), chooses the adaptation on the held-out
@@ -15,13 +15,19 @@ tasks, and returns a :class:`~skreptile._training.interface.MetaFitResult`.
 import numpy as np
 import torch
 
-from .._engine import loops as _engine
-from .._engine.device import fast_cpu_math, resolve_device
-from .._engine.losses import LOSSES
-from .._engine.minibatches import assemble_chunk, chunk_iterations, task_minibatches
-from .._engine.packing import Initialisation
-from .._engine.scaling import Scaling
-from .._engine.threads import calling_thread_work
+from .. import _engine
+from .._engine import outer
+from .._engine import (
+    LOSSES,
+    Initialisation,
+    Scaling,
+    assemble_chunk,
+    calling_thread_work,
+    chunk_iterations,
+    fast_cpu_math,
+    resolve_device,
+    task_minibatches,
+)
 from ..tasks._base import ITERATIONS_PER_DRAW, TaskSource, seed_from_random_state
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
@@ -234,7 +240,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         for callback in callbacks:
             callback.on_train_begin(run)
         with fast_cpu_math(device, work, settings.n_threads):
-            _engine.meta_train(
+            outer.meta_train(
                 net,
                 loss,
                 theta,

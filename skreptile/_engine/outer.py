@@ -1,0 +1,117 @@
+"""The one Reptile outer loop: meta-training on any backend.
+
+Every loop runs without host synchronisation (no ``.item()``) except for an
+occasional finiteness check.
+"""
+
+import contextlib
+
+import torch
+
+from .choice import choose_backend
+from .inner import adapt_from
+from .threads import one_blas_thread
+
+
+class MetaDiverged(FloatingPointError):
+    """Raised when the meta-learned weights stop being finite."""
+
+
+def meta_lr_at(meta_lr, schedule, iteration, n_meta_iter):
+    """Outer step size at ``iteration``: linear anneal to 0, as in the paper, or constant."""
+    if schedule == "linear":
+        return meta_lr * (1.0 - iteration / n_meta_iter)
+    return meta_lr
+
+
+def meta_train(
+    net,
+    loss,
+    theta,
+    chunks,
+    optimizer,
+    ws,
+    *,
+    n_meta_iter,
+    meta_lr,
+    meta_lr_schedule,
+    inner_steps,
+    start_iter=0,
+    check_every=100,
+    on_iteration=None,
+    loss_sums=None,
+    dropout_seed=0,
+    reducer=None,
+    n_threads=None,
+):
+    """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
+
+    ``chunks`` yields ``(x, y, weight)`` with ``x`` of shape
+    ``(n_iters_in_chunk, inner_steps, meta_batch_size, batch, n_in)``: the inner
+    minibatches of several meta-iterations, moved to the device in one copy.
+    ``ws`` holds the task slots and ``optimizer`` their inner optimiser.  The
+    step size of iteration ``i`` is that of a run of ``n_meta_iter`` iterations,
+    whatever ``start_iter``, so a resumed or warm-started run follows the
+    schedule of one uninterrupted run.  ``theta`` always holds the weights after
+    the last completed meta-iteration, so an interruption leaves it usable.
+    ``reducer``, in a data-parallel run (:mod:`skreptile._training.distributed`), holds
+    this rank's share of the meta-batch in ``ws`` and replaces the task mean
+    by the mean over every rank's tasks (one all-reduce); the losses of each
+    iteration then go through it into ``loss_sums``.  The dropout masks of
+    iteration ``i`` (for modules with random layers) are seeded by
+    ``dropout_seed + i``, so that they too are those of one uninterrupted run.
+    ``n_threads`` is the estimator's parameter: the cache-sized blocks of a
+    large meta-batch run on that many threads (see
+    :func:`~skreptile._engine.inner.adapt_from`).  The backend of each chunk's
+    inner loops is :func:`~skreptile._engine.choice.choose_backend`'s choice.
+    Returns the number of meta-iterations completed.
+    """
+    iteration = start_iter
+    inner_losses = loss_sums if reducer is None else reducer.loss_step
+    # The numpy engines run BLAS products inside blocks: one BLAS thread each.
+    with one_blas_thread() if theta.device.type == "cpu" else contextlib.nullcontext():
+        for x, y, weight in chunks:
+            backend = choose_backend(
+                net,
+                "meta_train",
+                theta.device,
+                optimizer=optimizer,
+                n_points=x.shape[-2],
+                dtype=theta.dtype,
+                equal_sizes=isinstance(weight, float),
+                data_parallel=reducer is not None,
+                loss_name=loss.name,
+            )
+            for k in range(x.shape[0]):
+                w = weight if isinstance(weight, float) else weight[k]
+                if ws.rng is not None:
+                    ws.rng.manual_seed(dropout_seed + iteration)
+                mean = adapt_from(
+                    backend,
+                    loss,
+                    ws,
+                    theta,
+                    x[k],
+                    y[k],
+                    w,
+                    inner_steps,
+                    optimizer,
+                    inner_losses,
+                    n_threads,
+                    keep_slots=reducer is not None,
+                )
+                if reducer is not None:  # every rank's tasks: ws holds this rank's adapted slots
+                    mean = reducer.mean(ws)
+                step = meta_lr_at(meta_lr, meta_lr_schedule, iteration, n_meta_iter)
+                # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
+                # towards the mean of the adapted weights.  lerp_ does either in one op.
+                theta.lerp_(mean, step)
+                iteration += 1
+                if on_iteration is not None:
+                    on_iteration(iteration)
+                if iteration % check_every == 0 or iteration == n_meta_iter:
+                    if not bool(torch.isfinite(theta).all()):
+                        raise MetaDiverged(iteration)
+                if iteration >= n_meta_iter:
+                    return iteration
+    return iteration
