@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from .. import _engine
-from .._engine import outer
 from .._engine import (
     LOSSES,
     Initialisation,
@@ -25,6 +24,7 @@ from .._engine import (
     calling_thread_work,
     chunk_iterations,
     fast_cpu_math,
+    outer,
     resolve_device,
     task_minibatches,
 )
