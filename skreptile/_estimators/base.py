@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn import get_config
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._engine import (
-    ACTIVATIONS,
     LOSSES,
     BatchedMLP,
-    BatchedModule,
     LeanMLP,
     PackedTasks,
     Scaling,
@@ -42,30 +37,21 @@ from .._engine import (
     choose_backend,
     fast_cpu_math,
     resolve_device,
-    seeded_global_rng,
 )
 from .._training import selftune as _selftune
 from .._training.interface import TaskFamily
 from .._training.loop import run_meta_fit
 from ..tasks._base import seed_from_random_state
+from .constraints import PARAMETER_CONSTRAINTS
 from .doc_link import url_params
 from .few_shot import FewShotMixin
-from .learned_state import LearnedStateMixin
+from .learned_state import LearnedStateMixin, store_meta_fit
 from .meta_fit_hooks import EstimatorHooks
-
-# Parameter names of every estimator class (``_get_param_names`` inspects the signature).
-_PARAM_NAMES: dict[type, list[str]] = {}
+from .networks import build_network, has_batch_norm
+from .validation import quick_X, validate_params_once
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-
-def has_batch_norm(net):
-    """Whether the network normalises over the batch (so predictions depend on the batch)."""
-    module = getattr(net, "module", None)
-    return module is not None and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
-    )
 
 
 class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.ABCMeta):
@@ -83,34 +69,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
     _doc_link_template = "{url}"
     _doc_link_url_param_generator = url_params  # called as a method: the estimator
 
-    _parameter_constraints = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "module": [callable, None],
-        "n_meta_iter": [Interval(Integral, 0, None, closed="left")],
-        "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "meta_lr": [Interval(Real, 0, None, closed="neither")],
-        "meta_lr_schedule": [StrOptions({"linear", "constant"})],
-        "inner_steps": [Interval(Integral, 1, None, closed="left")],
-        "inner_batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "inner_lr": [Interval(Real, 0, None, closed="neither")],
-        "inner_optimizer": [StrOptions({"sgd", "adam"})],
-        "adapt_steps": [Interval(Integral, 0, None, closed="left")],
-        "adapt_lr": [Interval(Real, 0, None, closed="neither"), None],
-        "standardize": ["boolean"],
-        "transductive": ["boolean"],
-        "device": [str, torch.device],
-        "n_threads": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "early_stopping": ["boolean"],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "monitor_interval": [Interval(Integral, 1, None, closed="left")],
-        "warm_start": ["boolean"],
-        "checkpoint_path": [str, os.PathLike, None],
-        "checkpoint_interval": [Interval(Integral, 1, None, closed="left")],
-        "callbacks": [list, None],
-    }
+    _parameter_constraints = dict(PARAMETER_CONSTRAINTS)
 
     # ------------------------------------------------------------ the network
     def _hidden_sizes(self):
@@ -130,47 +89,17 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         it): it must have parameters, and map a batch of inputs
         ``(batch, n_features)`` to outputs ``(batch, n_outputs)``.
         """
-        if self.module is None:
-            net = BatchedMLP((n_features, *self._hidden_sizes(), n_outputs), self.activation)
-            generator = torch.Generator().manual_seed(seed)
-            return net, net.init_params(generator)
-        # A user's module initialises itself from torch's global CPU generator:
-        # seed that one alone for reproducibility, and restore it afterwards.
-        # (torch.manual_seed would also reseed every CUDA device, for good.)
-        with seeded_global_rng(seed):
-            module = self._make_module(n_features, n_outputs, input_shape)
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError(
-                f"module must build a torch.nn.Module from (n_features, n_outputs); "
-                f"{self.module!r} returned {type(module).__name__}."
-            )
-        if not any(p.numel() for p in module.parameters()):
-            raise ValueError(
-                f"module={self.module!r} built a {type(module).__name__} without parameters: "
-                "Reptile meta-learns the initial values of a network's parameters, so the "
-                "module needs at least one."
-            )
-        net = BatchedModule(module.float())
-        theta = net.init_params()
-        # One forward pass on two dummy inputs (two: batch normalisation needs
-        # more than one value per channel), as fit and predict will call it.
-        try:
-            with torch.no_grad():
-                shape = tuple(net.predict(theta, torch.zeros(2, n_features)).shape)
-        except Exception as exc:
-            raise ValueError(
-                f"module={self.module!r}, called as module(n_features={n_features}, "
-                f"n_outputs={n_outputs}), failed on a batch of inputs of shape "
-                f"(2, {n_features}): {exc}"
-            ) from exc
-        if shape != (2, n_outputs):
-            raise ValueError(
-                f"module={self.module!r}, called as module(n_features={n_features}, "
-                f"n_outputs={n_outputs}), maps inputs of shape (2, {n_features}) to outputs "
-                f"of shape {shape}; expected (2, {n_outputs}): one output per target "
-                "(or per class) for each input."
-            )
-        return net, theta
+        hidden = None if self.module is not None else self._hidden_sizes()
+        return build_network(
+            self.module,
+            self._make_module,
+            hidden,
+            self.activation,
+            n_features,
+            n_outputs,
+            seed,
+            input_shape,
+        )
 
     def _make_module(self, n_features, n_outputs, input_shape=None):
         """The user's ``torch.nn.Module`` (a hook: the classifier adapts it to images)."""
@@ -310,38 +239,8 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         self._validate_params()
         with self._unchanged_on_error():
             result = run_meta_fit(EstimatorHooks(self), task_sampler, validation_tasks)
-            self._store_meta_fit(result)
+            store_meta_fit(self, result)
         return self
-
-    def _store_meta_fit(self, result):
-        """Only now, after meta-training succeeded, does the estimator change."""
-        state = self.__dict__
-        for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
-            state.pop(attr, None)
-        self.meta_params_ = result.meta_params
-        self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = result.scaling.as_tuple()
-        self.n_features_in_, self.n_outputs_ = result.signature
-        if result.feature_names is not None:
-            self.feature_names_in_ = np.asarray(result.feature_names, dtype=object)
-        self.inner_optimizer_state_ = result.optimizer_state
-        state.update(self._family_attributes(result.input_shape))
-        self.meta_config_ = self._meta_config()
-        self.history_ = result.history
-        self.n_meta_iter_ = result.n_meta_iter
-        if result.best is not None:
-            self.best_iteration_ = int(result.best["iteration"])
-            self.best_validation_loss_ = float(result.best["loss"])
-        else:
-            state.pop("best_iteration_", None)
-            state.pop("best_validation_loss_", None)
-        self._cache = {"net": result.net, "device": result.device, "device_param": str(self.device)}
-        self.inner_lr_, self.step_size_info_ = result.inner_lr, result.step_size_info
-        self.adapt_steps_, self.adapt_lr_ = result.adapt_steps, result.adapt_lr
-        self.adaptation_scores_ = result.adaptation_scores
-        if result.adaptation_by_support is None:
-            state.pop("adaptation_by_support_", None)
-        else:
-            self.adaptation_by_support_ = result.adaptation_by_support
 
     # ------------------------------------------------------------------ fit
     def _check_fit_preconditions(self):
@@ -351,51 +250,12 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         self._check_meta_config()
 
     def _validate_params_once(self):
-        """``_validate_params``, skipped while the parameters are those last validated.
-
-        scikit-learn validates the parameters at every ``fit`` (about 1 ms);
-        adaptation is called over and over with the same ones.  The values
-        validated last are remembered (the objects themselves: the constraints
-        check types and ranges, which an object keeps for its life, or values
-        that are immutable), and validation runs again when any of them is
-        another object.  ``sklearn.set_config(skip_parameter_validation=True)``
-        skips it altogether, as for scikit-learn's own estimators.
-        """
-        if get_config()["skip_parameter_validation"]:
-            return
-        cls = type(self)
-        names = _PARAM_NAMES.get(cls)
-        if names is None:
-            names = _PARAM_NAMES[cls] = tuple(cls._get_param_names())
-        state = self.__dict__
-        values = tuple(state.get(name) for name in names)
-        cache = state.setdefault("_cache", {})
-        validated = cache.get("validated_params")
-        if validated is not None and all(a is b for a, b in zip(validated, values)):
-            return
-        self._validate_params()
-        cache["validated_params"] = values
+        """``_validate_params``, skipped while the parameters are those last validated."""
+        validate_params_once(self)
 
     def _quick_X(self, X):
-        """``X`` when it is plainly valid for a fitted model (what ``validate_data`` returns), else None.
-
-        ``validate_data`` costs some 100 microseconds, most of it asking
-        whether ``X`` is a data frame.  A float64 ndarray of finite values with
-        the learned number of features, given to a model that learned no
-        feature names, needs none of it; anything else goes through
-        ``validate_data``, which checks and raises as before.
-        """
-        if (
-            type(X) is np.ndarray
-            and X.dtype == np.float64
-            and X.ndim == 2
-            and X.shape[0] >= 1
-            and X.shape[1] == self.__dict__.get("n_features_in_", -1)
-            and "feature_names_in_" not in self.__dict__
-            and np.isfinite(X).all()
-        ):
-            return X
-        return None
+        """``X`` when it is plainly valid for a fitted model, else None (see :func:`quick_X`)."""
+        return quick_X(self, X)
 
     def _fit(self, X, Y, info):
         """Adapt to validated flat ``X`` and encoded 2-D ``Y``; store ``params_``."""

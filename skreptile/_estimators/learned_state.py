@@ -24,6 +24,7 @@ import copy
 import warnings
 
 import joblib
+import numpy as np
 import torch
 
 from .._engine.device import resolve_device
@@ -223,3 +224,34 @@ class LearnedStateMixin:
         if self.__dict__.get("_device_fallback") == str(self.device):
             return torch.device("cpu")
         return None
+
+
+def store_meta_fit(est, result):
+    """Only now, after meta-training succeeded, does the estimator change."""
+    state = est.__dict__
+    for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
+        state.pop(attr, None)
+    est.meta_params_ = result.meta_params
+    est.x_mean_, est.x_scale_, est.y_mean_, est.y_scale_ = result.scaling.as_tuple()
+    est.n_features_in_, est.n_outputs_ = result.signature
+    if result.feature_names is not None:
+        est.feature_names_in_ = np.asarray(result.feature_names, dtype=object)
+    est.inner_optimizer_state_ = result.optimizer_state
+    state.update(est._family_attributes(result.input_shape))
+    est.meta_config_ = est._meta_config()
+    est.history_ = result.history
+    est.n_meta_iter_ = result.n_meta_iter
+    if result.best is not None:
+        est.best_iteration_ = int(result.best["iteration"])
+        est.best_validation_loss_ = float(result.best["loss"])
+    else:
+        state.pop("best_iteration_", None)
+        state.pop("best_validation_loss_", None)
+    est._cache = {"net": result.net, "device": result.device, "device_param": str(est.device)}
+    est.inner_lr_, est.step_size_info_ = result.inner_lr, result.step_size_info
+    est.adapt_steps_, est.adapt_lr_ = result.adapt_steps, result.adapt_lr
+    est.adaptation_scores_ = result.adaptation_scores
+    if result.adaptation_by_support is None:
+        state.pop("adaptation_by_support_", None)
+    else:
+        est.adaptation_by_support_ = result.adaptation_by_support

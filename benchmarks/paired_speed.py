@@ -1,0 +1,112 @@
+"""The speed of this checkout against another commit, taking turns: ``--against COMMIT``.
+
+Each round runs the same four measurements in a fresh process of each checkout
+(a git worktree of ``--against``, made for the run and removed after), old and
+new in turn, so that a slow spell of a shared machine falls on both:
+
+* ``meta_fit``: the default regressor recipe on sine waves, 3,000 meta-iterations
+  (no held-out tasks), tasks per second;
+* ``fit+predict``: 10 support points, 50 query points, the median of 1,000 calls (ms);
+* ``few_shot_predict``: 2,000 ten-point tasks adapted together, tasks per second;
+* ``wide meta-batch``: a 1-256-256-1 perceptron, 64 tasks a meta-iteration
+  (cache-sized blocks on every core), tasks per second.
+
+Prints every round's figures and the median ratio new / old of each (above 1:
+faster, for rates; below 1: faster, for the latency).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def measure():
+    """The four figures of this process's skreptile, as a dict."""
+    from skreptile import ReptileRegressor, SineTaskSampler
+
+    out = {}
+    n_iter = 3000
+    model = ReptileRegressor(n_meta_iter=n_iter, validation_fraction=None, random_state=0)
+    start = time.perf_counter()
+    model.meta_fit(SineTaskSampler(random_state=0))
+    out["meta_fit tasks/s"] = n_iter * model.meta_batch_size / (time.perf_counter() - start)
+
+    rng = np.random.default_rng(0)
+    X, y = SineTaskSampler().sample_batch(rng, 2000)
+    Xs, ys = X[:, :10].copy(), y[:, :10].copy()
+    times = []
+    for i in range(1000):
+        t = time.perf_counter()
+        model.fit(Xs[i], ys[i]).predict(X[i])
+        times.append(time.perf_counter() - t)
+    out["fit+predict ms"] = 1000 * float(np.median(times))
+
+    start = time.perf_counter()
+    model.few_shot_predict(Xs, ys, X)
+    out["few_shot_predict tasks/s"] = len(Xs) / (time.perf_counter() - start)
+
+    wide = ReptileRegressor(
+        hidden_layer_sizes=(256, 256),
+        meta_batch_size=64,
+        n_meta_iter=40,
+        validation_fraction=None,
+        random_state=0,
+    )
+    start = time.perf_counter()
+    wide.meta_fit(SineTaskSampler(random_state=0))
+    out["wide meta-batch tasks/s"] = 40 * 64 / (time.perf_counter() - start)
+    return out
+
+
+def _run_in(root):
+    env = dict(os.environ, PYTHONPATH=root)
+    code = (
+        f"import sys, json; sys.path.insert(0, {HERE!r}); import paired_speed as p; "
+        "import skreptile; "
+        f"assert skreptile.__file__.startswith({root!r}), skreptile.__file__; "
+        "print(json.dumps(p.measure()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=root, env=env, capture_output=True, text=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", required=True, help="git commit to compare with")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        other = os.path.join(tmp, "other")
+        subprocess.run(
+            ["git", "-C", ROOT, "worktree", "add", "--detach", "-q", other, args.against],
+            check=True,
+        )
+        try:
+            ratios = {}
+            for r in range(args.rounds):
+                old, new = _run_in(other), _run_in(ROOT)
+                for key in old:
+                    ratios.setdefault(key, []).append(new[key] / old[key])
+                    print(f"round {r + 1}  {key:26s} old {old[key]:10.3f}  new {new[key]:10.3f}")
+        finally:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", other], check=True)
+    print(f"median ratio new / old over {args.rounds} rounds (against {args.against}):")
+    for key, values in ratios.items():
+        print(
+            f"  {key:26s} {float(np.median(values)):.3f}  (min {min(values):.3f}, max {max(values):.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
