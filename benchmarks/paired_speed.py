@@ -13,6 +13,12 @@ new in turn, so that a slow spell of a shared machine falls on both:
 
 Prints every round's figures and the median ratio new / old of each (above 1:
 faster, for rates; below 1: faster, for the latency).
+
+``--full``: instead, ``benchmarks/run_benchmarks.py`` (``--quick`` with
+``--quick``) runs in each checkout in turn, old first, and every timing of its
+``results.json`` (seconds, tasks per second, latencies) is printed with the
+ratio new / old.  The new checkout's ``docs/benchmarks.md`` and
+``benchmarks/results.json`` are then those of this run.
 """
 
 import argparse
@@ -81,11 +87,68 @@ def _run_in(root):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+TIMINGS = ("seconds", "tasks_per_s", "_ms", "ms_", "latency")
+
+
+def _leaves(value, path=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}/{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, float(value)
+
+
+def _full_run(root, quick):
+    command = [sys.executable, os.path.join(root, "benchmarks", "run_benchmarks.py")]
+    env = dict(os.environ, PYTHONPATH=root)
+    subprocess.run(command + (["--quick"] if quick else []), check=True, cwd=root, env=env)
+    with open(os.path.join(root, "benchmarks", "results.json")) as f:
+        return json.load(f)
+
+
+def compare_full(other, quick, against):
+    old, new = _full_run(other, quick), _full_run(ROOT, quick)
+    new_leaves = dict(_leaves(new))
+    ratios = []
+    print(f"run_benchmarks.py{' --quick' if quick else ''}: old ({against}) then new")
+    for path, value in _leaves(old):
+        if not any(word in path for word in TIMINGS) or path not in new_leaves or not value:
+            continue
+        ratio = new_leaves[path] / value
+        print(f"  {path:60s} old {value:12.4g}  new {new_leaves[path]:12.4g}  new/old {ratio:.3f}")
+        if "tasks_per_s" in path:
+            ratios.append(ratio)
+    if ratios:
+        print(
+            f"tasks/s figures: median new/old {float(np.median(ratios)):.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} figures)"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", required=True, help="git commit to compare with")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="pair run_benchmarks.py instead")
+    parser.add_argument("--quick", action="store_true", help="with --full: its --quick mode")
     args = parser.parse_args()
+    if args.full:
+        with tempfile.TemporaryDirectory() as tmp:
+            other = os.path.join(tmp, "other")
+            subprocess.run(
+                ["git", "-C", ROOT, "worktree", "add", "--detach", "-q", other, args.against],
+                check=True,
+            )
+            try:
+                compare_full(other, args.quick, args.against)
+            finally:
+                subprocess.run(
+                    ["git", "-C", ROOT, "worktree", "remove", "--force", other], check=True
+                )
+        return
     with tempfile.TemporaryDirectory() as tmp:
         other = os.path.join(tmp, "other")
         subprocess.run(
