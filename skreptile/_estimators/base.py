@@ -1,16 +1,17 @@
-"""What the Reptile estimators share: the network, one adaptation path, the learned state.
+"""``BaseReptile``: what the Reptile estimators share, and the hooks in which they differ.
 
 The learned state is kept in numpy arrays (``meta_params_``, ``params_`` and the
 scaling statistics) so that estimators pickle, clone and move between machines
 without torch objects; the torch network and the tensors on the device are a
 cache rebuilt on demand.
 
-Every adaptation, whether :meth:`fit` on one task, :meth:`few_shot_predict`
-on many, :func:`~skreptile.evaluation.evaluate_few_shot` or the validation of
-``meta_fit``, packs its tasks into :class:`~skreptile._engine.packing.PackedTasks` and
-runs :func:`~skreptile._engine.inner.adapt_tasks`.  The two estimators differ only
-by their loss, how they encode targets and how they read predictions
-(``_encode_targets`` and ``_decode``).
+``meta_fit`` hands the training loop (:mod:`skreptile._training`) the
+estimator's settings and :class:`~skreptile._estimators.meta_fit_hooks.EstimatorHooks`
+and stores the result.  ``fit`` adapts on the backend the engine chooses
+(:mod:`skreptile._estimators.single_task`); many tasks at once (``few_shot_predict``,
+evaluation, validation) go through :mod:`skreptile._estimators.batch_adaptation`.
+The two estimators differ only by the family hooks, the abstract methods of
+:class:`BaseReptile`.
 """
 
 from __future__ import annotations
@@ -28,33 +29,31 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._engine import (
     LOSSES,
-    BatchedMLP,
+    Initialisation,
     LeanMLP,
-    PackedTasks,
     Scaling,
-    adapt_one,
-    adapt_tasks,
     choose_backend,
-    fast_cpu_math,
     resolve_device,
 )
 from .._training import selftune as _selftune
 from .._training.interface import TaskFamily
 from .._training.loop import run_meta_fit
-from ..tasks._base import seed_from_random_state
+from .adaptation import adapt_lr_for, adapt_steps_for
+from .batch_adaptation import BatchAdaptation, prepare_tasks
 from .constraints import PARAMETER_CONSTRAINTS
 from .doc_link import url_params
 from .few_shot import FewShotMixin
 from .learned_state import LearnedStateMixin, store_meta_fit
 from .meta_fit_hooks import EstimatorHooks
 from .networks import build_network, has_batch_norm
+from .single_task import adapted_outputs, fit_one_task
 from .validation import quick_X, validate_params_once
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.ABCMeta):
+class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.ABCMeta):
     """Shared implementation of :class:`ReptileRegressor` and :class:`ReptileClassifier`.
 
     The two differ only by the family hooks, the abstract methods below: how
@@ -242,6 +241,70 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
             store_meta_fit(self, result)
         return self
 
+    # ------------------------------------------------------------ adaptation
+    def _adapt_lr(self, n_support=None):
+        """The adaptation step size for ``n_support`` rows (:func:`adapt_lr_for`)."""
+        return adapt_lr_for(self.adapt_lr, self.inner_lr, self.__dict__, n_support)
+
+    def _adapt_steps(self, n_support=None):
+        """The number of adaptation steps for ``n_support`` rows (:func:`adapt_steps_for`)."""
+        return adapt_steps_for(self.adapt_steps, self.__dict__, n_support)
+
+    def _initialisation(self):
+        """The meta-learned :class:`Initialisation` on the estimator's device."""
+        device = self._device()
+        return Initialisation(
+            self._net(),
+            self._cached_tensor("meta_params_", device),
+            self._scaling(),
+            device,
+            self._fit_optimizer_state(),
+        )
+
+    def _adaptation_curve(self, tasks, steps, init=None, lr=None, indices=None):
+        """Scaled query outputs of held-out tasks after each number of ``steps``.
+
+        From ``init`` (by default the meta-learned :class:`Initialisation`);
+        see :meth:`BatchAdaptation.curve`.
+        """
+        init = init or self._initialisation()
+        adaptation = BatchAdaptation(
+            init,
+            LOSSES[self._loss],
+            self.inner_optimizer,
+            self.n_threads,
+            self._support_context(init.net),
+            self._adapt_lr,
+            lambda rate: _selftune.backoff_rates(self, rate),
+        )
+        return adaptation.curve(tasks, steps, lr=lr, indices=indices)
+
+    def _prepare_tasks(self, tasks, with_query_y, signature=None):
+        """Held-out tasks validated and encoded; ``signature`` by default the learned one."""
+        n_features, n_outputs = signature or (self.n_features_in_, self.n_outputs_)
+        return prepare_tasks(
+            tasks,
+            with_query_y,
+            self._loss == "squared_error",
+            lambda X, where: self._task_inputs(X, n_features, where),
+            lambda y, where: self._encode_targets(y, n_outputs, where),
+            self._encode_query,
+        )
+
+    def _quick_tasks(self, X_support, y_support, X_query):
+        """Plainly valid stacked arrays as :class:`FewShotTasks`, or None to check each task."""
+        return None
+
+    def _task_inputs(self, X, n_features, where):
+        """Flat inputs of a held-out task, checked against the meta-learned shape."""
+        X = X.reshape(len(X), -1)
+        if X.shape[1] != n_features:
+            raise ValueError(
+                f"{where} has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{n_features} features as input (the tasks given to meta_fit)."
+            )
+        return X
+
     # ------------------------------------------------------------------ fit
     def _check_fit_preconditions(self):
         """Fail before ``fit`` changes anything: bad parameters, missing device, stale init."""
@@ -258,80 +321,8 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
         return quick_X(self, X)
 
     def _fit(self, X, Y, info):
-        """Adapt to validated flat ``X`` and encoded 2-D ``Y``; store ``params_``."""
-        if self._is_meta_fitted():
-            net, theta = self._net(), self.meta_params_
-            scaling, state = self._scaling(), self._fit_optimizer_state()
-        else:
-            # Not meta-fitted: a plain network trained from a fresh random
-            # initialisation, scaled by the data it is fitted on.
-            seed = seed_from_random_state(self.random_state)
-            init_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-            net, theta = self._build_net(
-                X.shape[1], Y.shape[1], init_seed, self.__dict__.get("input_shape_")
-            )
-            inputs, targets = self._scaling_modes(self.__dict__.get("input_shape_"))
-            scaling = Scaling.fit(X, Y, inputs=inputs, targets=targets)
-            self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling.as_tuple()
-            self.n_outputs_ = Y.shape[1]
-            self._cache = {}
-            self._cache["net"] = net
-            state = None
-        device = self._device()
-        # 'auto': the step size is halved on a task whose support loss diverged
-        # or grew, as few_shot_predict and the choice on validation tasks do.
-        rates = _selftune.backoff_rates(self, self._adapt_lr(len(X)))
-        backend = choose_backend(
-            net,
-            "fit",
-            device,
-            optimizer=self.inner_optimizer,
-            n_points=len(X),
-            numpy_allowed=self._lean_fit_possible(net, device, len(X)),
-        )
-        if backend.kind == "numpy":
-            args = (
-                self._lean_theta(),
-                scaling.x(X).astype(np.float32),
-                scaling.y(Y).astype(np.float32),
-                self._adapt_steps(len(X)),
-            )
-        else:
-            packed = PackedTasks(X[None], Y[None], None, scaling, device)
-            theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
-        loss = LOSSES[self._loss]
-        for lr in rates:
-            with fast_cpu_math(device, backend.work(1, len(X)), self.n_threads):
-                if backend.kind == "numpy":
-                    params, before, after = adapt_one(backend, loss, *args, lr)
-                else:
-                    ws, before, after = adapt_tasks(
-                        net,
-                        loss,
-                        theta,
-                        packed,
-                        self._adapt_steps(len(X)),
-                        self.inner_optimizer,
-                        lr,
-                        state,
-                    )
-            if not bool(_selftune.adaptation_failed(before, after).any()):
-                break
-        if len(rates) == 1:
-            _selftune.check_adaptation(before, after, lr, stacklevel=4)
-        if backend.kind == "numpy":
-            self.params_ = params
-            self.__dict__.pop("support_X_", None)
-            self._set_fit_info(info)
-            return self
-        self.params_ = net.task_params(ws, 0).detach().cpu().numpy().copy()
-        if self._support_context(net):
-            # Non-transductive batch norm predicts every point with the support set.
-            self.support_X_ = X.astype(np.float32)
-        else:
-            self.__dict__.pop("support_X_", None)
-        self._set_fit_info(info)
-        return self
+        """Adapt to validated flat ``X`` and encoded 2-D ``Y``; store ``params_`` (see :func:`fit_one_task`)."""
+        return fit_one_task(self, X, Y, info)
 
     def _lean_fit_possible(self, net, device, n_points):
         """Whether ``fit`` takes the numpy engine (:func:`~skreptile._engine.choose_backend`).
@@ -376,35 +367,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator, metaclass=abc.
     # -------------------------------------------------------------- predict
     def _outputs(self, X):
         """Network outputs, in scaled units, of the adapted model on flat ``X``."""
-        check_is_fitted(self)
-        self._check_meta_config()
-        device, net = self._device(), self._net()
-        scaling = self._scaling()
-        backend = choose_backend(
-            net, "predict", device, n_points=len(X), numpy_allowed=not hasattr(self, "support_X_")
-        )
-        if backend.kind == "numpy":
-            # The perceptron predicts in float64 on the CPU (see below), here in numpy.
-            with fast_cpu_math(device, 0, self.n_threads):
-                return backend.predict(self._lean_layers(net), scaling.x(X).astype(np.float64))
-        params = self._cached_tensor("params_", device)
-        x = torch.as_tensor(scaling.x(X), dtype=torch.float32, device=device)
-        with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1)), self.n_threads):
-            if self._support_context(net) and hasattr(self, "support_X_"):
-                support = torch.as_tensor(
-                    scaling.x(self.support_X_.astype(np.float64)),
-                    dtype=torch.float32,
-                    device=device,
-                )
-                out = self._with_support(net, params[None], support[None], x[None])[0]
-            else:
-                if device.type == "cpu" and isinstance(net, BatchedMLP):
-                    # On the CPU the perceptron predicts in float64: BLAS picks
-                    # kernels by matrix size, and in float32 a row's prediction
-                    # would then depend (at 1e-6) on how many rows come with it.
-                    params, x = params.double(), x.double()
-                out = net.predict(params, x)
-        return out.cpu().numpy().astype(np.float64)
+        return adapted_outputs(self, X)
 
     def torch_module(self) -> torch.nn.Module:
         """The adapted network as a plain ``torch.nn.Module`` on the CPU.

@@ -20,6 +20,7 @@ keeps both, as numpy arrays only: the torch network and the tensors on the
 device are a cache rebuilt after loading.
 """
 
+import abc
 import copy
 import warnings
 
@@ -121,8 +122,20 @@ def _same(a, b):
         return False
 
 
-class LearnedStateMixin:
-    """``clone``, pickling and parameter-change semantics of the Reptile estimators."""
+class LearnedStateMixin(abc.ABC):
+    """``clone``, pickling and parameter-change semantics of the Reptile estimators.
+
+    It uses only the estimator's parameters and the members declared below as
+    abstract, which :class:`~skreptile._estimators.base.BaseReptile` defines.
+    """
+
+    @abc.abstractmethod
+    def _is_meta_fitted(self):
+        """Whether ``meta_fit`` has learned an initialisation."""
+
+    @abc.abstractmethod
+    def _hidden_sizes(self):
+        """``hidden_layer_sizes`` as a tuple of ints."""
 
     # ------------------------------------------------------- meta-shaping params
     def _meta_config(self):

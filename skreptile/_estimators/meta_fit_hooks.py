@@ -9,6 +9,7 @@ the estimators calls an estimator's private method.
 
 from .._training.fingerprints import fingerprint_params
 from .._training.interface import MetaFitHooks, Settings, WarmStart
+from .adaptation import fixed_adapt_lr
 
 
 class EstimatorHooks(MetaFitHooks):
@@ -39,8 +40,8 @@ class EstimatorHooks(MetaFitHooks):
         return self._est._query_losses(tasks, scaled, scaling)
 
     def fixed_adapt_lr(self, inner_lr):
-        adapt_lr = self._est.adapt_lr
-        return inner_lr if adapt_lr is None else adapt_lr
+        # The run's own inner step size, not the estimator's inner_lr_ of a previous run.
+        return fixed_adapt_lr(self._est.adapt_lr, inner_lr, {})
 
     def warm_start(self):
         est = self._est

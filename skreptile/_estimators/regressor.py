@@ -12,8 +12,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .base import BaseReptile
+from .batch_adaptation import FewShotTasks
 from .docstrings import fill
-from .few_shot import FewShotTasks
 
 if TYPE_CHECKING:
     from typing_extensions import Self
