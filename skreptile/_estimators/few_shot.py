@@ -54,7 +54,7 @@ class FewShotMixin(abc.ABC):
         steps: Sequence[int],
         method: str = "predict",
     ) -> dict[int, list[np.ndarray]]:
-        """Predictions of many new tasks after each number of adaptation steps in ``steps``.
+        """Predict many new tasks after each number of adaptation steps in ``steps``.
 
         As :meth:`few_shot_predict`, but every task is adapted once, up to the
         largest number of ``steps``, and its query points are predicted along
