@@ -136,31 +136,39 @@ class LeanMLP:
         derive = ACTIVATIONS[activation].numpy_derivative
         dot, subtract, multiply = np.dot, np.subtract, np.multiply
 
-        def outputs_grad(measure):
+        def loss():
             for w_t, a, z in forward:
                 dot(w_t, a, out=z)
                 activate(z, z)
             dot(last_t, last_inputs, out=out)
             if squared:
                 g = subtract(out, y, out=diff)
-                return (float(np.vdot(g, g)) / (n * len(g)) if measure else None), g
-            return _cross_entropy_grad(out, y, weight, diff)
+                return float(np.vdot(g, g)) / (n * len(g))
+            return _cross_entropy_grad(out, y, weight, diff)[0]
 
-        def step(x, y, weight, measure):  # the data are those bound above
-            value, g = outputs_grad(measure)
-            scaled = derive is not None
-            if scaled:
+        def step(x, y_, weight_, measure):  # the data are those bound above
+            # The forward pass and the loss as in loss(), inline: one call a step fewer.
+            for w_t, a, z in forward:
+                dot(w_t, a, out=z)
+                activate(z, z)
+            dot(last_t, last_inputs, out=out)
+            if squared:
+                g = subtract(out, y, out=diff)
+                value = float(np.vdot(g, g)) / (n * len(g)) if measure else None
+            else:
+                value, g = _cross_entropy_grad(out, y, weight, diff)
+            if derive is not None:
                 derive(hidden, derivatives)
             for w, w_t, a_t, back, derivative in backward:
                 dot(w, g, out=back)  # before w changes
                 sgemm(alpha, g.T, a_t, 1.0, w_t, 1, 0, 1)  # w_t += alpha g a^T, in place
-                if scaled:
+                if derive is not None:
                     multiply(back, derivative, out=back)
                 g = back
             sgemm(alpha, g.T, inputs_t, 1.0, first_t, 1, 0, 1)
             return value
 
-        return step, lambda: outputs_grad(True)[0]
+        return step, loss
 
 
 # Buffers of the last networks each thread adapted: fit is called over and over

@@ -97,7 +97,11 @@ class BatchedMLP(Backend):
         product covers at most one block of them.
         """
         n_tasks = min(n_tasks, self.block_size(n_points, "cpu"))
-        return n_tasks * n_points * max(a * b for a, b in self._shapes[::2])
+        return n_tasks * n_points * self.largest_product()
+
+    def largest_product(self):
+        """``fan_in * fan_out`` of the widest layer: multiply-adds a point of its product."""
+        return max(a * b for a, b in self._shapes[::2])
 
     # -- per-task copies ----------------------------------------------------
     def _views(self, flat, n_tasks):

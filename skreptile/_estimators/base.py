@@ -371,7 +371,7 @@ class BaseReptile(FewShotMixin, LearnedStateMixin, BaseEstimator):
             device,
             optimizer=self.inner_optimizer,
             n_points=len(X),
-            numpy_allowed=self._lean_fit_possible(net, device, len(X)),
+            numpy_allowed=self._lean_fit_possible(net, device, len(X)),  # the tests' switch too
         )
         if backend.kind == "numpy":
             args = (
