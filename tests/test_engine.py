@@ -157,3 +157,21 @@ def test_one_blas_thread_is_counted_and_restored():
             assert all(n == 1 for n in blas_threads())
         assert all(n == 1 for n in blas_threads())  # the outer user still holds the limit
     assert blas_threads() == previous
+
+
+def test_meta_training_on_numpy_holds_blas_to_one_thread(monkeypatch):
+    from skreptile import ReptileRegressor, SineTaskSampler
+
+    seen = []
+    real = NumpyTasks.stepper
+
+    def spy(self, *args, **kwargs):
+        controller = threads.ThreadpoolController()
+        seen.append({i["num_threads"] for i in controller.info() if i["user_api"] == "blas"})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(NumpyTasks, "stepper", spy)
+    ReptileRegressor(n_meta_iter=3, validation_fraction=None, random_state=0).meta_fit(
+        SineTaskSampler(random_state=0)
+    )
+    assert seen and all(s <= {1} for s in seen)

@@ -17,15 +17,14 @@ as possible:
 * The loss at the start, for :func:`~skreptile._training.selftune.check_adaptation`, comes
   from the first step's outputs; only the loss at the end costs a forward pass.
 
-Only plain SGD on the CPU takes this path (see
-:meth:`~skreptile._estimators.base.BaseReptile._lean_fit_possible`); everything else goes
-through :func:`skreptile._engine.loops.adapt_tasks`.  Results agree with that path
-to float32 rounding.
+Only plain SGD on the CPU takes this path (:class:`NumpyMLP`, chosen by
+:func:`skreptile._engine.choice.choose_backend`); its steps run in the one
+inner-step loop, :func:`skreptile._engine.inner.run_steps`, as every backend's
+do.  Results agree with the torch path to float32 rounding.
 
 The inner loop of meta-training has the same problem with a meta-batch of a
-few tasks: :class:`LeanTasks` runs it on stacked 3-D numpy arrays, one
-``matmul`` per product for all tasks, about twice as fast as torch for the
-default recipe (see :func:`skreptile._engine.loops.meta_train`).
+few tasks: :mod:`skreptile._engine.numpy_tasks` runs it on stacked 3-D numpy
+arrays.
 """
 
 import threading
@@ -304,4 +303,3 @@ class _OneTask:
     """NumpyMLP's workspace: ``params`` (flat float32), ``engine`` (a LeanMLP), ``loss``."""
 
     n_tasks = 1
-    scratch: dict = {}

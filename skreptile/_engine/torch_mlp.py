@@ -12,7 +12,8 @@ every task together.  Two networks implement the same small interface:
   ``torch.func.grad``.
 
 The meta-parameters ``theta`` are one flat vector (layer by layer, each weight
-as ``(fan_in, fan_out)``).  The per-task copies live in a :class:`Workspace`:
+as ``(fan_in, fan_out)``).  The per-task copies live in a
+:class:`~skreptile._engine.backend.Workspace`:
 flat buffers for parameters and gradients, so that optimiser steps are single
 tensor operations, laid out as one contiguous ``(n_tasks, ...)`` block per
 weight so that ``bmm`` reads and writes them without copies.
@@ -40,7 +41,7 @@ class BatchedMLP(Backend):
         Non-linearity after every hidden layer; the output layer is linear.
     """
 
-    # Tasks may be adapted in cache-sized blocks (see _parallel.task_blocks), and
+    # Tasks may be adapted in cache-sized blocks (see threads.task_blocks), and
     # blocks on several threads at once: a step is a few large torch calls,
     # which release the GIL.
     blockable = True
