@@ -299,6 +299,14 @@ class NumpyMLP(Backend):
         return 0
 
 
+def numpy_mlp(net):
+    """The :class:`NumpyMLP` of the perceptron ``net``, made once (it holds no state)."""
+    backend = net.__dict__.get("_numpy_mlp")
+    if backend is None:
+        backend = net._numpy_mlp = NumpyMLP(net)
+    return backend
+
+
 class _OneTask:
     """NumpyMLP's workspace: ``params`` (flat float32), ``engine`` (a LeanMLP), ``loss``."""
 

@@ -56,6 +56,7 @@ class BatchedMLP(Backend):
             self._shapes += [(fan_in, fan_out), (1, fan_out)]
         self._numels = [a * b for a, b in self._shapes]
         self.n_params = sum(self._numels)
+        self._largest = max(a * b for a, b in self._shapes[::2])
 
     # -- the meta-parameters ------------------------------------------------
     def init_params(self, generator, dtype=torch.float32):
@@ -102,7 +103,7 @@ class BatchedMLP(Backend):
 
     def largest_product(self):
         """``fan_in * fan_out`` of the widest layer: multiply-adds a point of its product."""
-        return max(a * b for a, b in self._shapes[::2])
+        return self._largest
 
     # -- per-task copies ----------------------------------------------------
     def _views(self, flat, n_tasks):
