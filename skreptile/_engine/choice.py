@@ -8,7 +8,7 @@ import torch
 
 from . import numpy_tasks
 from .device import SINGLE_THREAD_WORK
-from .numpy_mlp import NumpyMLP
+from .numpy_mlp import numpy_mlp
 from .torch_mlp import BatchedMLP
 
 JOBS = ("meta_train", "fit", "predict")
@@ -69,8 +69,10 @@ def choose_backend(
     sgd = getattr(optimizer, "kind", optimizer) == "sgd"
     if job == "predict" or (job == "fit" and sgd):
         # numpy's calls cost about 1 us against torch's 3 to 5: while products
-        # are small enough to run on one thread anyway.
-        return NumpyMLP(net) if net.work(1, n_points) < SINGLE_THREAD_WORK else net
+        # are small enough to run on one thread anyway (net.work of one task,
+        # without its look at the block size, a microsecond of fit's hot path).
+        one_task = n_points * net.largest_product()
+        return numpy_mlp(net) if one_task < SINGLE_THREAD_WORK else net
     if (
         job == "meta_train"
         and sgd

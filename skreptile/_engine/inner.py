@@ -33,6 +33,14 @@ def run_steps(step, x, y, weight, n_steps, per_step, measured=(), on_step=None, 
     of the last step (None where not measured).
     """
     first = last = None
+    if on_step is None and not per_step:  # fit's case: the loop at its leanest
+        for k in range(n_steps):
+            value = step(x, y, weight, k in measured)
+            if k == 0:
+                first = value
+        if n_steps:
+            last = value
+        return first, last
     for k in range(n_steps):
         if on_step is not None:
             on_step(k, ws)

@@ -17,15 +17,14 @@ as possible:
 * The loss at the start, for :func:`~skreptile._training.selftune.check_adaptation`, comes
   from the first step's outputs; only the loss at the end costs a forward pass.
 
-Only plain SGD on the CPU takes this path (see
-:meth:`~skreptile._estimators.base.BaseReptile._lean_fit_possible`); everything else goes
-through :func:`skreptile._engine.inner.adapt_tasks`.  Results agree with that path
-to float32 rounding.
+Only plain SGD on the CPU takes this path (:class:`NumpyMLP`, chosen by
+:func:`skreptile._engine.choice.choose_backend`); its steps run in the one
+inner-step loop, :func:`skreptile._engine.inner.run_steps`, as every backend's
+do.  Results agree with the torch path to float32 rounding.
 
 The inner loop of meta-training has the same problem with a meta-batch of a
-few tasks: :class:`LeanTasks` runs it on stacked 3-D numpy arrays, one
-``matmul`` per product for all tasks, about twice as fast as torch for the
-default recipe (see :func:`skreptile._engine.outer.meta_train`).
+few tasks: :mod:`skreptile._engine.numpy_tasks` runs it on stacked 3-D numpy
+arrays.
 """
 
 import threading
@@ -136,31 +135,39 @@ class LeanMLP:
         derive = ACTIVATIONS[activation].numpy_derivative
         dot, subtract, multiply = np.dot, np.subtract, np.multiply
 
-        def outputs_grad(measure):
+        def loss():
             for w_t, a, z in forward:
                 dot(w_t, a, out=z)
                 activate(z, z)
             dot(last_t, last_inputs, out=out)
             if squared:
                 g = subtract(out, y, out=diff)
-                return (float(np.vdot(g, g)) / (n * len(g)) if measure else None), g
-            return _cross_entropy_grad(out, y, weight, diff)
+                return float(np.vdot(g, g)) / (n * len(g))
+            return _cross_entropy_grad(out, y, weight, diff)[0]
 
-        def step(x, y, weight, measure):  # the data are those bound above
-            value, g = outputs_grad(measure)
-            scaled = derive is not None
-            if scaled:
+        def step(x, y_, weight_, measure):  # the data are those bound above
+            # The forward pass and the loss as in loss(), inline: one call a step fewer.
+            for w_t, a, z in forward:
+                dot(w_t, a, out=z)
+                activate(z, z)
+            dot(last_t, last_inputs, out=out)
+            if squared:
+                g = subtract(out, y, out=diff)
+                value = float(np.vdot(g, g)) / (n * len(g)) if measure else None
+            else:
+                value, g = _cross_entropy_grad(out, y, weight, diff)
+            if derive is not None:
                 derive(hidden, derivatives)
             for w, w_t, a_t, back, derivative in backward:
                 dot(w, g, out=back)  # before w changes
                 sgemm(alpha, g.T, a_t, 1.0, w_t, 1, 0, 1)  # w_t += alpha g a^T, in place
-                if scaled:
+                if derive is not None:
                     multiply(back, derivative, out=back)
                 g = back
             sgemm(alpha, g.T, inputs_t, 1.0, first_t, 1, 0, 1)
             return value
 
-        return step, lambda: outputs_grad(True)[0]
+        return step, loss
 
 
 # Buffers of the last networks each thread adapted: fit is called over and over
@@ -292,8 +299,15 @@ class NumpyMLP(Backend):
         return 0
 
 
+def numpy_mlp(net):
+    """The :class:`NumpyMLP` of the perceptron ``net``, made once (it holds no state)."""
+    backend = net.__dict__.get("_numpy_mlp")
+    if backend is None:
+        backend = net._numpy_mlp = NumpyMLP(net)
+    return backend
+
+
 class _OneTask:
     """NumpyMLP's workspace: ``params`` (flat float32), ``engine`` (a LeanMLP), ``loss``."""
 
     n_tasks = 1
-    scratch: dict = {}

@@ -17,9 +17,11 @@ from .numpy_mlp import _cross_entropy_grad
 # Largest product (multiply-adds of one task's layer on one minibatch) for the
 # stacked engine.  Below 2**18, OpenBLAS (numpy's BLAS) runs a product on the
 # calling thread (interface/gemm.c: m*n*k < SMP_THRESHOLD_MIN *
-# GEMM_MULTITHREAD_THRESHOLD = 65536 * 4); above, it starts threads of its own,
-# which skreptile cannot pin without changing a process-wide setting, and
-# torch's engine, whose thread count is per calling thread, takes over.
+# GEMM_MULTITHREAD_THRESHOLD = 65536 * 4); above, it would start threads of its
+# own, and torch's engine, whose thread count is per calling thread, takes
+# over.  BLAS is also held to one thread while meta-training runs
+# (threads.one_blas_thread, threadpoolctl), so that MKL and Accelerate, whose
+# thresholds differ, keep the numpy engine on its block's thread too.
 MAX_PRODUCT = 1 << 18
 
 

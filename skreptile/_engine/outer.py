@@ -68,8 +68,8 @@ def meta_train(
     """
     iteration = start_iter
     inner_losses = loss_sums if reducer is None else reducer.loss_step
-    # The numpy engines run BLAS products inside blocks: one BLAS thread each.
-    with one_blas_thread() if theta.device.type == "cpu" else contextlib.nullcontext():
+    blas_held = False
+    with contextlib.ExitStack() as held:
         for x, y, weight in chunks:
             backend = choose_backend(
                 net,
@@ -82,6 +82,11 @@ def meta_train(
                 data_parallel=reducer is not None,
                 loss_name=loss.name,
             )
+            if backend.kind == "numpy" and not blas_held:
+                # The numpy engine runs BLAS products inside blocks: one BLAS
+                # thread each, held once for the rest of the run.
+                held.enter_context(one_blas_thread())
+                blas_held = True
             for k in range(x.shape[0]):
                 w = weight if isinstance(weight, float) else weight[k]
                 if ws.rng is not None:

@@ -12,7 +12,8 @@ every task together.  Two networks implement the same small interface:
   ``torch.func.grad``.
 
 The meta-parameters ``theta`` are one flat vector (layer by layer, each weight
-as ``(fan_in, fan_out)``).  The per-task copies live in a :class:`Workspace`:
+as ``(fan_in, fan_out)``).  The per-task copies live in a
+:class:`~skreptile._engine.backend.Workspace`:
 flat buffers for parameters and gradients, so that optimiser steps are single
 tensor operations, laid out as one contiguous ``(n_tasks, ...)`` block per
 weight so that ``bmm`` reads and writes them without copies.
@@ -40,7 +41,7 @@ class BatchedMLP(Backend):
         Non-linearity after every hidden layer; the output layer is linear.
     """
 
-    # Tasks may be adapted in cache-sized blocks (see _parallel.task_blocks), and
+    # Tasks may be adapted in cache-sized blocks (see threads.task_blocks), and
     # blocks on several threads at once: a step is a few large torch calls,
     # which release the GIL.
     blockable = True
@@ -55,6 +56,7 @@ class BatchedMLP(Backend):
             self._shapes += [(fan_in, fan_out), (1, fan_out)]
         self._numels = [a * b for a, b in self._shapes]
         self.n_params = sum(self._numels)
+        self._largest = max(a * b for a, b in self._shapes[::2])
 
     # -- the meta-parameters ------------------------------------------------
     def init_params(self, generator, dtype=torch.float32):
@@ -97,7 +99,11 @@ class BatchedMLP(Backend):
         product covers at most one block of them.
         """
         n_tasks = min(n_tasks, self.block_size(n_points, "cpu"))
-        return n_tasks * n_points * max(a * b for a, b in self._shapes[::2])
+        return n_tasks * n_points * self.largest_product()
+
+    def largest_product(self):
+        """``fan_in * fan_out`` of the widest layer: multiply-adds a point of its product."""
+        return self._largest
 
     # -- per-task copies ----------------------------------------------------
     def _views(self, flat, n_tasks):
@@ -245,25 +251,7 @@ class BatchedMLP(Backend):
         backward pass of the summed loss gives every task's own gradient.  The
         returned outputs live in a scratch buffer overwritten by the next call.
         """
-        views = ws.param_views
-        outs, grads, grad = self._forward_into_scratch(ws, x, y, weight, loss)
-        last = len(outs) - 1
-        backward_ = ACTIVATIONS[self.activation].torch_backward_
-        for i in range(last, -1, -1):
-            inputs = outs[i - 1] if i > 0 else x
-            torch.bmm(inputs.transpose(1, 2), grad, out=ws.grad_views[2 * i])
-            torch.sum(grad, dim=1, keepdim=True, out=ws.grad_views[2 * i + 1])
-            if i > 0:
-                back = torch.bmm(grad, views[2 * i].transpose(1, 2), out=grads[i - 1])
-                grad = backward_(back, outs[i - 1])
-        return outs[last]
-
-    def _ones(self, ws, n_tasks, n_points, like):
-        key = ("ones", n_tasks, n_points, like.dtype, like.device)
-        ones = ws.scratch.get(key)
-        if ones is None:
-            ones = ws.scratch[key] = like.new_ones(n_tasks, 1, n_points)
-        return ones
+        return self._backward(ws, x, y, weight, loss, None)
 
     def sgd_step(self, ws, x, y, weight, loss, lr):
         """One plain SGD step on every task's weights, fused with the gradient; the outputs.
@@ -273,18 +261,40 @@ class BatchedMLP(Backend):
         as the gradient flowing to the layer below has been computed from its
         old weights: no gradient buffer is written or read back.
         """
+        return self._backward(ws, x, y, weight, loss, lr)
+
+    def _ones(self, ws, n_tasks, n_points, like):
+        key = ("ones", n_tasks, n_points, like.dtype, like.device)
+        ones = ws.scratch.get(key)
+        if ones is None:
+            ones = ws.scratch[key] = like.new_ones(n_tasks, 1, n_points)
+        return ones
+
+    def _backward(self, ws, x, y, weight, loss, lr):
+        """The forward and backward passes: gradients into ``ws.grad`` (``lr`` None) or SGD in place.
+
+        The one backward pass of the perceptron on torch.  Each layer's
+        gradient flowing to the layer below is computed from its weights
+        before they change; then either its weight gradient is written
+        (``bmm``, and the bias's by a sum), or, with a step size, the weights
+        are updated in place by ``baddbmm_``.
+        """
         views = ws.param_views
         outs, grads, grad = self._forward_into_scratch(ws, x, y, weight, loss)
         last = len(outs) - 1
         backward_ = ACTIVATIONS[self.activation].torch_backward_
-        ones = self._ones(ws, x.shape[0], x.shape[1], x)
+        ones = None if lr is None else self._ones(ws, x.shape[0], x.shape[1], x)
         for i in range(last, -1, -1):
             inputs = outs[i - 1] if i > 0 else x
             back = None
             if i > 0:
                 back = torch.bmm(grad, views[2 * i].transpose(1, 2), out=grads[i - 1])
-            views[2 * i].baddbmm_(inputs.transpose(1, 2), grad, alpha=-lr)
-            views[2 * i + 1].baddbmm_(ones, grad, alpha=-lr)
+            if lr is None:
+                torch.bmm(inputs.transpose(1, 2), grad, out=ws.grad_views[2 * i])
+                torch.sum(grad, dim=1, keepdim=True, out=ws.grad_views[2 * i + 1])
+            else:
+                views[2 * i].baddbmm_(inputs.transpose(1, 2), grad, alpha=-lr)
+                views[2 * i + 1].baddbmm_(ones, grad, alpha=-lr)
             if i > 0:
                 grad = backward_(back, outs[i - 1])
         return outs[last]

@@ -1,8 +1,8 @@
 """Any ``torch.nn.Module`` evaluated for many tasks at once, with ``torch.func``.
 
 The counterpart of :class:`~skreptile._engine.torch_mlp.BatchedMLP` for custom
-modules: the same small interface (workspaces of per-task weights, gradients,
-blocks of tasks), with ``torch.func.vmap`` over ``functional_call`` and
+modules: the same :class:`~skreptile._engine.backend.Backend` interface
+(workspaces of per-task weights, gradients, blocks of tasks), with ``torch.func.vmap`` over ``functional_call`` and
 ``torch.func.grad`` in place of the perceptron's hand-written passes.
 """
 
