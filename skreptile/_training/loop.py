@@ -102,7 +102,7 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
 def run_meta_fit(hooks, task_sampler, validation_tasks):
     """Meta-train on ``task_sampler``; the :class:`MetaFitResult` (see ``BaseReptile.meta_fit``).
 
-    A fresh run that diverges restarts with both step sizes halved, at most
+    A fresh run that diverges restarts with the inner step size halved, at most
     ``stepsize.MAX_BACKOFFS`` times (see :mod:`skreptile._training.stepsize`).
 
     When the default process group of ``torch.distributed`` holds several
