@@ -148,7 +148,7 @@ def _grouped_table(seed=0, n_groups=24, n_rows=20):
     return X, y, groups
 
 
-def test_the_training_loop_calls_no_private_method_of_an_estimator(tmp_path):
+def test_the_training_loop_calls_no_private_method_of_an_estimator(tmp_path, digits_tasks):
     X, y, groups = _grouped_table()
     tasks = [(X[groups == g], y[groups == g]) for g in range(20, 24)]
     model = ReptileRegressor(
@@ -167,7 +167,13 @@ def test_the_training_loop_calls_no_private_method_of_an_estimator(tmp_path):
         model.set_params(n_meta_iter=80).meta_fit(tasks)  # a warm start
         model.set_params(warm_start=False, validation_fraction=None, early_stopping=True)
         model.meta_fit(tasks, validation_tasks=split_support_query(tasks, 5, random_state=0))
+        classifier, sampler, class_tasks = digits_tasks
+        classifier.set_params(early_stopping=True, monitor_interval=10)
+        support = np.isin(np.arange(18), [0, 1, 6, 7, 12, 13])  # two of each class
+        held_out = [(X[support], y[support], X[~support], y[~support]) for X, y in class_tasks]
+        classifier.meta_fit(sampler, validation_tasks=held_out)
     assert model.n_meta_iter_ > 0 and "validation_loss" in model.history_
+    assert "validation_loss" in classifier.history_
     # The estimator's own adapter of the hooks does call them: the watch sees such calls.
     assert any(c.startswith("_estimators") for c in calls.seen)
     assert [c for c in calls.seen if not c.startswith("_estimators")] == []
