@@ -28,6 +28,7 @@ import sys
 import tempfile
 
 import numpy as np
+from checkouts import other_checkout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -149,17 +150,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", required=True, help="git commit to compare with")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        other = os.path.join(tmp, "other")
-        subprocess.run(
-            ["git", "-C", ROOT, "worktree", "add", "--detach", "-q", other, args.against],
-            check=True,
-        )
-        try:
-            _run_in(other, os.path.join(tmp, "other.npz"))
-            _run_in(ROOT, os.path.join(tmp, "this.npz"))
-        finally:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", other], check=True)
+    with tempfile.TemporaryDirectory() as tmp, other_checkout(args.against) as other:
+        _run_in(other, os.path.join(tmp, "other.npz"))
+        _run_in(ROOT, os.path.join(tmp, "this.npz"))
         then, now = np.load(os.path.join(tmp, "other.npz")), np.load(os.path.join(tmp, "this.npz"))
         ok = set(then.files) == set(now.files)
         for key in sorted(then.files):

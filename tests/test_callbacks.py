@@ -10,7 +10,9 @@ from sklearn.base import clone
 from skreptile import ReptileClassifier, ReptileRegressor, SineTaskSampler
 from skreptile.callbacks import Callback
 
-FAST = dict(hidden_layer_sizes=(16,), n_meta_iter=60, monitor_interval=20, random_state=0)
+FAST = dict(
+    hidden_layer_sizes=(16,), n_meta_iter=60, monitor_interval=20, device="cpu", random_state=0
+)
 
 
 class Recorder(Callback):

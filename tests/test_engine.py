@@ -171,7 +171,7 @@ def test_meta_training_on_numpy_holds_blas_to_one_thread(monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(NumpyTasks, "stepper", spy)
-    ReptileRegressor(n_meta_iter=3, validation_fraction=None, random_state=0).meta_fit(
-        SineTaskSampler(random_state=0)
-    )
+    ReptileRegressor(
+        n_meta_iter=3, validation_fraction=None, device="cpu", random_state=0
+    ).meta_fit(SineTaskSampler(random_state=0))
     assert seen and all(s <= {1} for s in seen)
