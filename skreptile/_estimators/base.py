@@ -324,13 +324,13 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         """Adapt to validated flat ``X`` and encoded 2-D ``Y``; store ``params_`` (see :func:`fit_one_task`)."""
         return fit_one_task(self, X, Y, info)
 
-    def _lean_fit_possible(self, net, device, n_points):
-        """Whether ``fit`` takes the numpy engine (:func:`~skreptile._engine.choose_backend`).
+    def _fit_backend(self, net, device, n_points):
+        """The backend ``fit`` adapts on (:func:`~skreptile._engine.choose_backend`).
 
-        Only a meta-fitted model may: an unfitted one adapts a fresh torch
-        initialisation.
+        Only a meta-fitted model may take the numpy one: an unfitted one adapts
+        a fresh torch initialisation.
         """
-        backend = choose_backend(
+        return choose_backend(
             net,
             "fit",
             device,
@@ -338,7 +338,10 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             n_points=n_points,
             numpy_allowed="meta_params_" in self.__dict__,
         )
-        return backend.kind == "numpy"
+
+    def _lean_fit_possible(self, net, device, n_points):
+        """Whether ``fit`` takes the numpy engine."""
+        return self._fit_backend(net, device, n_points).kind == "numpy"
 
     def _lean_theta(self):
         """``meta_params_`` as float32, converted once."""

@@ -48,14 +48,7 @@ def fit_one_task(est, X, Y, info):
     # 'auto': the step size is halved on a task whose support loss diverged
     # or grew, as few_shot_predict and the choice on validation tasks do.
     rates = _selftune.backoff_rates(est, est._adapt_lr(len(X)))
-    backend = choose_backend(
-        net,
-        "fit",
-        device,
-        optimizer=est.inner_optimizer,
-        n_points=len(X),
-        numpy_allowed=est._lean_fit_possible(net, device, len(X)),
-    )
+    backend = est._fit_backend(net, device, len(X))
     if backend.kind == "numpy":
         args = (
             est._lean_theta(),

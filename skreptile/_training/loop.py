@@ -181,7 +181,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     _check_validation(hooks, monitored, early_stopping)
     run = TrainingRun(settings, hooks.fingerprint, monitored, group)
     source = TaskSource(sampler, int(task_seed))
-    run.attach(source, seed, hooks.warm_start())
+    run.attach(source, seed, hooks.warm_start() if settings.warm_start else None)
     if run.theta is None:  # a fresh start
         scaling = _statistics(hooks, source, family)
         run.start(scaling, source.signature, family.state())
