@@ -48,7 +48,8 @@ def _run_with_scipy_array_api(estimator, check):
 
 
 @parametrize_with_checks(
-    [ReptileRegressor()], expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS
+    [ReptileRegressor(device="cpu")],
+    expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_common_checks(estimator, check):
     if _check_name(check) == "check_array_api_input" and not os.environ.get("SCIPY_ARRAY_API"):

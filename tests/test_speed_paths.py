@@ -101,10 +101,15 @@ def _classification_tasks():
     "make",
     [
         lambda: (
-            ReptileRegressor(n_meta_iter=60, validation_fraction=None, random_state=0),
+            ReptileRegressor(
+                n_meta_iter=60, validation_fraction=None, device="cpu", random_state=0
+            ),
             SineTaskSampler(random_state=0),
         ),
-        lambda: (ReptileClassifier(n_meta_iter=60, random_state=0), _classification_tasks()),
+        lambda: (
+            ReptileClassifier(n_meta_iter=60, device="cpu", random_state=0),
+            _classification_tasks(),
+        ),
     ],
     ids=["regressor", "classifier"],
 )
@@ -220,7 +225,9 @@ def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, m
     np.testing.assert_array_equal(predictions[2], predictions[1])
     np.testing.assert_array_equal(predictions["auto"], predictions[1])
 
-    params = dict(n_meta_iter=30, meta_batch_size=8, inner_batch_size=10, random_state=0)
+    params = dict(
+        n_meta_iter=30, meta_batch_size=8, inner_batch_size=10, device="cpu", random_state=0
+    )
     fitted = {}
     for n_threads in (1, 2):
         calls.clear()
@@ -237,6 +244,7 @@ def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_thre
     # adapted in a thread's own workspace and added to the total in block order.
     monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
     params = dict(
+        device="cpu",
         n_meta_iter=12,
         meta_batch_size=7,
         hidden_layer_sizes=(24, 24),
@@ -268,6 +276,7 @@ def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads
     monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
     monkeypatch.setattr(device_module, "SINGLE_THREAD_WORK", 1)  # any product: all threads
     params = dict(
+        device="cpu",
         n_meta_iter=3,
         meta_batch_size=6,
         hidden_layer_sizes=(16,),
@@ -310,6 +319,7 @@ def test_custom_modules_without_random_layers_run_in_blocks_with_the_same_result
     # on the calling thread, and give the weights one call of every task gives.
     calls, _ = _spy_on_workers(monkeypatch)
     params = dict(
+        device="cpu",
         n_meta_iter=8,
         meta_batch_size=6,
         module=_TanhModule,
