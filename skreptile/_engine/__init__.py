@@ -23,7 +23,9 @@ Modules
   loop; :mod:`.optimizers`: :class:`InnerOptimizer`.
 * :mod:`.choice`: :func:`choose_backend`, the one choice of backend.
 * :mod:`.threads`: cache-sized blocks of tasks and the threads that run them;
-  :mod:`.device`: devices, thread counts, denormals, global generators.
+  :mod:`.device`: devices, thread counts, denormals, global generators;
+  :mod:`.placement`: where each call runs under ``device="auto"`` (the CPU
+  for one task, the accelerator for batched work above a measured threshold).
 * :mod:`.losses`, :mod:`.scaling`, :mod:`.packing`, :mod:`.minibatches`: the
   losses, the standardisation, tasks packed into tensors, and meta-training's
   minibatches.

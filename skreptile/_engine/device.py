@@ -17,7 +17,9 @@ import torch
 def resolve_device(device):
     """Turn the ``device`` parameter into an available :class:`torch.device`.
 
-    ``"auto"`` picks CUDA, then Apple's MPS, then the CPU.  Anything else is
+    ``"auto"`` picks CUDA, then Apple's MPS, then the CPU: the accelerator, if
+    any (whether a call of the estimators uses it is decided per call by
+    :func:`skreptile._engine.placement.place`).  Anything else is
     passed to :class:`torch.device`; a device that is not available raises a
     ``ValueError`` that says so (at ``fit`` or ``meta_fit``, never earlier).
     """

@@ -33,6 +33,7 @@ from .._engine import (
     LeanMLP,
     Scaling,
     choose_backend,
+    placement,
     resolve_device,
 )
 from .._training import selftune as _selftune
@@ -113,14 +114,31 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             )
         return cache["net"]
 
-    def _device(self):
+    def _forced_device(self):
+        """The device every call is forced onto, or None under ``"auto"``.
+
+        Raises where an explicit device is not available.  Kept per value of
+        the ``device`` parameter, not per device a call ran on: under
+        ``"auto"`` each call chooses its own (:meth:`_place`).
+        """
         cache = self.__dict__.setdefault("_cache", {})
         if cache.get("device_param") != str(self.device):
-            # A model loaded where its device is missing runs on the CPU (see _state.py).
-            fallback = self._device_of_fallback()
-            cache["device"] = fallback if fallback is not None else resolve_device(self.device)
+            # A model loaded where its device is missing runs on the CPU (see learned_state.py).
+            forced = self._device_of_fallback()
+            if forced is None and not placement.is_auto(self.device):
+                forced = resolve_device(self.device)
+            cache["forced_device"] = forced
             cache["device_param"] = str(self.device)
-        return cache["device"]
+        return cache["forced_device"]
+
+    def _place(self, job, work=0):
+        """The device of one call: ``job`` and its ``work`` decide under ``"auto"``.
+
+        See :func:`skreptile._engine.placement.place`: ``fit`` and ``predict``
+        run on the CPU, batched jobs on the accelerator above a measured work.
+        """
+        forced = self._forced_device()
+        return placement.place("auto", job, work) if forced is None else forced
 
     def _converted(self, name, key, convert):
         """``convert(array)`` of the learned array ``name``, kept until ``name`` is replaced."""
@@ -250,9 +268,8 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         """The number of adaptation steps for ``n_support`` rows (:func:`adapt_steps_for`)."""
         return adapt_steps_for(self.adapt_steps, self.__dict__, n_support)
 
-    def _initialisation(self):
-        """The meta-learned :class:`Initialisation` on the estimator's device."""
-        device = self._device()
+    def _initialisation(self, device):
+        """The meta-learned :class:`Initialisation` on ``device``."""
         return Initialisation(
             self._net(),
             self._cached_tensor("meta_params_", device),
@@ -265,9 +282,16 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         """Scaled query outputs of held-out tasks after each number of ``steps``.
 
         From ``init`` (by default the meta-learned :class:`Initialisation`);
-        see :meth:`BatchAdaptation.curve`.
+        see :meth:`BatchAdaptation.curve`.  The device is chosen for this call
+        from its work (``"adapt"``: the tasks, the network's weights and the
+        largest support set); an ``init`` elsewhere (meta-training's) is copied
+        there, a vector of weights.
         """
-        init = init or self._initialisation()
+        ids = range(len(tasks)) if indices is None else indices
+        n_points = max((len(tasks.X_support[i]) for i in ids), default=1)
+        net = self._net() if init is None else init.net
+        device = self._place("adapt", placement.step_work(len(ids), net.n_params, n_points))
+        init = self._initialisation(device) if init is None else placement.moved(init, device)
         adaptation = BatchAdaptation(
             init,
             LOSSES[self._loss],
@@ -309,7 +333,7 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
     def _check_fit_preconditions(self):
         """Fail before ``fit`` changes anything: bad parameters, missing device, stale init."""
         self._validate_params_once()
-        self._device()
+        self._forced_device()
         self._check_meta_config()
 
     def _validate_params_once(self):

@@ -35,10 +35,16 @@ BLOCKS = {
         the other query points.  True normalises over the query batch itself,
         as the paper's transductive results do.
     device : str or torch.device, default="auto"
-        Where the computation runs: "cpu", "cuda", "cuda:N", "mps", a
-        ``torch.device``, or "auto", which picks CUDA, then MPS, then the CPU.
-        A device that is not available is reported by :meth:`meta_fit` and
-        :meth:`fit`, not when the estimator is created.
+        Where the computation runs: "cpu", "cuda", "cuda:N", "mps" or a
+        ``torch.device`` runs every call there; "auto" decides per call from
+        its work: :meth:`fit` and :meth:`predict` (one task) run on the CPU,
+        and :meth:`meta_fit` and the batched calls (:meth:`few_shot_predict`,
+        evaluation, the choice of adaptation) run on the accelerator (CUDA,
+        then MPS) when there is one and a step is large enough to win there
+        (about 32 tasks of ten points for the default network), else on the
+        CPU (see :doc:`/user_guide/devices`).  A device that is not available
+        is reported by :meth:`meta_fit` and :meth:`fit`, not when the
+        estimator is created.
     n_threads : int, "auto" or None, default="auto"
         The CPU threads of every call (:meth:`meta_fit`, :meth:`fit`,
         :meth:`predict`, ...), restored when the call returns.  Many tasks at

@@ -260,7 +260,9 @@ def store_meta_fit(est, result):
     else:
         state.pop("best_iteration_", None)
         state.pop("best_validation_loss_", None)
-    est._cache = {"net": result.net, "device": result.device, "device_param": str(est.device)}
+    # The network holds no tensors: it serves every device.  The device of
+    # meta-training is not kept: under "auto" each later call chooses its own.
+    est._cache = {"net": result.net}
     est.inner_lr_, est.step_size_info_ = result.inner_lr, result.step_size_info
     est.adapt_steps_, est.adapt_lr_ = result.adapt_steps, result.adapt_lr
     est.adaptation_scores_ = result.adaptation_scores

@@ -44,7 +44,7 @@ def fit_one_task(est, X, Y, info):
         est._cache = {}
         est._cache["net"] = net
         state = None
-    device = est._device()
+    device = est._place("fit")
     # 'auto': the step size is halved on a task whose support loss diverged
     # or grew, as few_shot_predict and the choice on validation tasks do.
     rates = _selftune.backoff_rates(est, est._adapt_lr(len(X)))
@@ -98,7 +98,7 @@ def adapted_outputs(est, X):
     """Network outputs, in scaled units, of the adapted ``est`` on flat ``X``."""
     check_is_fitted(est)
     est._check_meta_config()
-    device, net = est._device(), est._net()
+    device, net = est._place("predict"), est._net()
     scaling = est._scaling()
     backend = choose_backend(
         net, "predict", device, n_points=len(X), numpy_allowed=not hasattr(est, "support_X_")

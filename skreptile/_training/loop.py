@@ -25,6 +25,7 @@ from .._engine import (
     chunk_iterations,
     fast_cpu_math,
     outer,
+    placement,
     resolve_device,
     task_minibatches,
 )
@@ -110,8 +111,15 @@ def run_meta_fit(hooks, task_sampler, validation_tasks):
     of each meta-batch (:mod:`skreptile._training.distributed`).  The weights
     are the same on every rank, so a divergence (and its restart) happens on all.
     """
-    device = resolve_device(hooks.settings.device)
-    group = _distributed.current_group(device)
+    settings = hooks.settings
+    # A forced device is checked before any work; "auto" is decided in _run,
+    # from the network's size (placement.place), except in a data-parallel
+    # run: its ranks must agree on a device before the network is known (and
+    # NCCL needs CUDA), so it takes the accelerator where there is one.
+    device = None if placement.is_auto(settings.device) else resolve_device(settings.device)
+    group = _distributed.current_group(device or resolve_device("auto"))
+    if group is not None:
+        device = group.device
     with _distributed.guard(group):
         backoffs = 0
         while True:
@@ -119,6 +127,21 @@ def run_meta_fit(hooks, task_sampler, validation_tasks):
                 return _run(hooks, task_sampler, validation_tasks, device, group, backoffs)
             except _Restart:
                 backoffs += 1
+
+
+# Points a task of an inner step when inner_batch_size is None (full tasks),
+# sized as the demo's 50 points: the tasks are drawn only once the device is chosen.
+FULL_TASK_POINTS = 50
+
+
+def _inner_points(settings):
+    """Points of one task in one inner step."""
+    return settings.inner_batch_size or FULL_TASK_POINTS
+
+
+def _step_work(settings, net):
+    """Multiply-adds of one inner step of a meta-iteration (:func:`placement.step_work`)."""
+    return placement.step_work(settings.meta_batch_size, net.n_params, _inner_points(settings))
 
 
 class _Restart(Exception):
@@ -189,6 +212,8 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     n_features, n_outputs = run.signature
     net, theta = hooks.build_net(n_features, n_outputs, int(init_seed), family.input_shape)
     run.check_weights(net.n_params)
+    if device is None:
+        device = placement.place(settings.device, "meta_train", _step_work(settings, net))
     inner_lr, steps_record = _step_sizes(settings, backoffs)
     adaptation = _monitor_adaptation(settings, hooks, inner_lr)
     if run.theta is not None:
@@ -233,9 +258,8 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         for callback in callbacks:
             callback.on_iteration(run, iteration)
 
-    # To pick the calling thread's CPU thread count (full-task batches are
-    # sized as the demo's 50 points).
-    work = calling_thread_work(net, optimizer, n_slots, settings.inner_batch_size or 50, device)
+    # To pick the calling thread's CPU thread count.
+    work = calling_thread_work(net, optimizer, n_slots, _inner_points(settings), device)
     try:
         for callback in callbacks:
             callback.on_train_begin(run)
