@@ -22,10 +22,12 @@ class BatchNormMLP(nn.Sequential):
         )
 
 
+# The default device, as for the regressor (tests/test_common.py): the checks
+# call fit and predict only, which device="auto" runs on the CPU on any host.
 @parametrize_with_checks(
     [
-        ReptileClassifier(device="cpu", random_state=0),
-        ReptileClassifier(module=BatchNormMLP, device="cpu", random_state=0),
+        ReptileClassifier(random_state=0),
+        ReptileClassifier(module=BatchNormMLP, random_state=0),
     ]
 )
 def test_sklearn_compatible_classifier(estimator, check):
