@@ -185,6 +185,21 @@ def test_meta_fit_in_blocks_equals_one_block(monkeypatch):
     np.testing.assert_allclose(blocks.meta_params_, whole.meta_params_, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture(params=["host", 16])
+def cores(request, monkeypatch):
+    """The host as it is, and a simulated 16-core one (torch's default there: 16 threads).
+
+    Block threads and their pool follow ``available_cores``.  These tests
+    failed on a 16-core H200 host (issue 21) because "auto" sent them to
+    CUDA, not because of the cores; run here on 16 simulated cores they
+    show that nothing they assert depends on the count.
+    """
+    if request.param != "host":
+        monkeypatch.setattr(parallel, "available_cores", lambda: request.param)
+        torch.set_num_threads(request.param)  # restored by conftest's fixture
+    return request.param
+
+
 def _spy_on_workers(monkeypatch):
     """Record the thread count each ``run_blocks`` call is given, and the threads that ran blocks."""
     calls, threads = [], set()
@@ -203,7 +218,7 @@ def _spy_on_workers(monkeypatch):
     return calls, threads
 
 
-def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, monkeypatch):
+def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, monkeypatch, cores):
     # Blocks of about 3 tasks: few_shot_predict on 12 tasks and meta_fit's
     # meta-batches of 8 run in several blocks.
     per_task = 4 * (sine_model._net().n_params + 2 * 10 * 128)
@@ -239,7 +254,9 @@ def test_blocks_on_two_threads_give_exactly_the_one_thread_results(sine_model, m
     assert fitted[2].history_ == fitted[1].history_
 
 
-def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_threads(monkeypatch):
+def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_threads(
+    monkeypatch, cores
+):
     # Networks too wide for the lean engine: blocks of the torch engine, each
     # adapted in a thread's own workspace and added to the total in block order.
     monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
@@ -270,7 +287,9 @@ def test_wide_meta_batches_in_blocks_give_the_same_weights_on_any_number_of_thre
     np.testing.assert_allclose(whole.meta_params_, fitted[1].meta_params_, rtol=1e-5, atol=1e-6)
 
 
-def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads(monkeypatch):
+def test_calling_thread_keeps_one_torch_thread_while_blocks_run_on_block_threads(
+    monkeypatch, cores
+):
     # Its operations between blocks would otherwise leave OpenMP workers
     # spinning on the cores the block threads need.
     monkeypatch.setattr(lean_engine, "stacked_possible", lambda *args: False)
@@ -314,7 +333,9 @@ class _TanhModule(torch.nn.Sequential):
         super().__init__(*layers, torch.nn.Linear(16, n_outputs))
 
 
-def test_custom_modules_without_random_layers_run_in_blocks_with_the_same_results(monkeypatch):
+def test_custom_modules_without_random_layers_run_in_blocks_with_the_same_results(
+    monkeypatch, cores
+):
     # vmap's Python work holds the GIL: a module's blocks run one after another
     # on the calling thread, and give the weights one call of every task gives.
     calls, _ = _spy_on_workers(monkeypatch)
