@@ -24,11 +24,18 @@ from .._engine import (
     calling_thread_work,
     chunk_iterations,
     fast_cpu_math,
+    keyed_chunk,
     outer,
     resolve_device,
     task_minibatches,
 )
-from ..tasks._base import ITERATIONS_PER_DRAW, TaskSource, seed_from_random_state
+from .._engine.keyed_random import KeyedRandom
+from ..tasks._base import (
+    ITERATIONS_PER_DRAW,
+    TaskSource,
+    draws_on_device,
+    seed_from_random_state,
+)
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
 from . import distributed as _distributed
@@ -66,6 +73,11 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
     """
     T, S, B = settings.meta_batch_size, settings.inner_steps, settings.inner_batch_size
     per_chunk = chunk_iterations(T, S, B, *signature)
+    if draws_on_device(source.sampler, device):
+        yield from _device_chunks(
+            settings, source, scaling, device, start, n_meta_iter, per_chunk, slots
+        )
+        return
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     iteration = start
     while iteration < n_meta_iter:
@@ -97,6 +109,29 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
                 as_tensor(scaling.y(y)),
                 weight if isinstance(weight, float) else as_tensor(weight),
             )
+
+
+def _device_chunks(settings, source, scaling, device, start, n_meta_iter, per_chunk, slots):
+    """The chunks of a sampler that draws on the device: nothing on the host grows with the
+    meta-batch, and a rank draws only the tasks of its ``slots``."""
+    T = settings.meta_batch_size
+    slots = (0, T) if slots is None else slots
+    random, sampler = KeyedRandom(source.seed), source.sampler
+    # The scaling's affine maps in float32 on the device.
+    x_mean, x_scale, y_mean, y_scale = (
+        torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
+        for a in scaling.as_tuple()
+    )
+    draw = lambda ids: sampler.draw_tasks(random, ids, device)  # noqa: E731
+    iteration = start
+    while iteration < n_meta_iter:
+        n = min(per_chunk, n_meta_iter - iteration)
+        x, y, weight = keyed_chunk(
+            draw, random, device, iteration, n, T, slots,
+            settings.inner_steps, settings.inner_batch_size,
+        )  # fmt: skip
+        iteration += n
+        yield (x - x_mean) / x_scale, (y - y_mean) / y_scale, weight
 
 
 def run_meta_fit(hooks, task_sampler, validation_tasks):
