@@ -1,6 +1,8 @@
 """Tasks drawn on the training device: keyed random numbers, the sine sampler's
 ``draw_on``, the loop's device-drawn chunks, resumption (issue 21, items 2 and 3)."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,37 @@ def test_device_drawn_runs_resume_and_warm_start_as_uninterrupted(tmp_path, monk
     resumed = ReptileRegressor(checkpoint_path=path, **params)
     resumed.meta_fit(SineTaskSampler(draw_on="device"))
     np.testing.assert_allclose(resumed.meta_params_, whole.meta_params_, atol=1e-6)
+
+
+def test_prefetch_keeps_the_order_raises_the_producers_error_and_stops_on_close():
+    from skreptile._training.prefetch import prefetch
+
+    assert list(prefetch(iter(range(20)))) == list(range(20))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("the store went away")
+
+    got = []
+    with pytest.raises(ValueError, match="went away"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    closed = []
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    before = threading.active_count()
+    items = prefetch(endless())
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()  # as an early stop or a KeyboardInterrupt in the consumer does
+    assert closed == [True] and threading.active_count() == before

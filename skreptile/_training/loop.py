@@ -42,6 +42,7 @@ from . import distributed as _distributed
 from . import selftune as _selftune
 from . import stepsize as _stepsize
 from .interface import MetaFitResult
+from .prefetch import prefetch
 from .run import TrainingRun, saved_seed
 
 # Tasks over which the scaling statistics are gathered (all of a finite list).
@@ -247,9 +248,18 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     callbacks.append(_callbacks.UserCallbacks(settings.callbacks))
     if run.path is not None:
         callbacks.append(_callbacks.Checkpoint())
+    # Host-drawn chunks for an accelerator: the next one is drawn on a thread while the device
+    # computes (on the CPU the thread would take cores from the computation).
+    ahead = torch.device(device).type != "cpu" and not draws_on_device(source.sampler, device)
+    chunk_device = torch.device(device)
+    if ahead and chunk_device.type == "cuda" and chunk_device.index is None:
+        # The current CUDA device is per thread: name this thread's for the other one.
+        chunk_device = torch.device("cuda", torch.cuda.current_device())
     chunks = _chunks(
-        settings, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
-    )
+        settings, source, run.scaling, chunk_device, run.start_iter, run.n_meta_iter,
+        run.signature, slots,
+    )  # fmt: skip
+    chunks = prefetch(chunks) if ahead else chunks
     reducer = None
     if group is not None:
         group.handshake(
@@ -315,6 +325,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         _callbacks.warn_interrupted(run)
         raise
     finally:
+        chunks.close()  # stops a prefetch thread on an early stop or an interrupt
         for callback in callbacks:
             callback.close(run)
     theta = run.final_theta(theta, early_stopping)
