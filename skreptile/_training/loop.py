@@ -68,9 +68,10 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
     """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
 
     ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
-    in a data-parallel run).  Every rank draws all the tasks of a draw, so that task
-    ``j`` of an iteration is the same whatever the number of ranks, and moves
-    only its own tasks to the device.
+    in a data-parallel run).  On the host path every rank draws all the tasks of a
+    draw, so that task ``j`` of an iteration is the same whatever the number of
+    ranks, and moves only its own tasks to the device; a sampler that draws on the
+    device draws each task from its global id, so a rank draws only its own.
     """
     T, S, B = settings.meta_batch_size, settings.inner_steps, settings.inner_batch_size
     per_chunk = chunk_iterations(T, S, B, *signature)
