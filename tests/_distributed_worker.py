@@ -76,6 +76,29 @@ class Line:
         return x, rng.uniform(0.5, 1.5) * x[:, 0] + 1.0
 
 
+# Task ids drawn on the device, kept outside the sampler (checkpoints fingerprint its attributes).
+DRAWN = []
+
+
+class CountingSine(SineTaskSampler):
+    """Sine tasks drawn on the device that records the task ids it draws."""
+
+    def draw_tasks(self, random, task_ids, device):
+        DRAWN.extend(int(i) for i in task_ids)
+        return super().draw_tasks(random, task_ids, device)
+
+
+# meta_batch_size=5: rank 0 holds 2 slots, rank 1 three.
+DEVICE_DRAWN = dict(REGRESSOR, n_meta_iter=40)
+
+
+def fit_device_drawn():
+    """The scenario "device": sine tasks drawn on the device; the ids each rank drew."""
+    DRAWN.clear()
+    model = ReptileRegressor(**DEVICE_DRAWN).meta_fit(CountingSine(draw_on="device"))
+    return {"regressor": model, "drawn": sorted(DRAWN)}
+
+
 def fit_all(checkpoint=None):
     """The estimators of the scenario "fit", each fitted (or its error)."""
     out = {}
@@ -95,6 +118,8 @@ def main(scenario, outdir, checkpoint=None):
     info = init_from_env(backend="gloo")
     if scenario == "fit":
         out = fit_all(checkpoint)
+    elif scenario == "device":
+        out = fit_device_drawn()
     else:  # "fail": rank 1's tasks give out in the second block
         LINE["fail_after"] = FAIL_AFTER_CALLS if info.rank == 1 else None
         model = ReptileRegressor(checkpoint_path=checkpoint, **FAILING)

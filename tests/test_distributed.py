@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _distributed_worker import FAIL_AFTER_CALLS, FAILING, LINE, Line, fit_all, validation_tasks
+from _distributed_worker import (
+    FAIL_AFTER_CALLS,
+    FAILING,
+    LINE,
+    Line,
+    fit_all,
+    fit_device_drawn,
+    validation_tasks,
+)
 
 from skreptile import ReptileRegressor
 from skreptile.distributed import ProcessInfo, RankFailedError, init_from_env, is_main_process
@@ -123,6 +131,21 @@ def test_two_processes_give_the_weights_of_one_and_resume_its_checkpoint(tmp_pat
     X, y, X_query, _ = validation_tasks()[0]
     predicted = ranks[1]["validated"].fit(X, y).predict(X_query)
     np.testing.assert_allclose(predicted, single["validated"].fit(X, y).predict(X_query), atol=1e-4)
+
+
+def test_ranks_drawing_on_the_device_draw_only_their_share(tmp_path):
+    ranks = _spawn("device", tmp_path)
+    single = fit_device_drawn()
+    # Task ids are iteration * 5 + slot; rank 0 holds slots [0, 2), rank 1 [2, 5)
+    # (group.share); each draws only those: together, once each, what one process draws.
+    assert sorted(ranks[0]["drawn"] + ranks[1]["drawn"]) == single["drawn"]
+    assert single["drawn"] == list(range(40 * 5))
+    assert {i % 5 for i in ranks[0]["drawn"]} == {0, 1}
+    assert {i % 5 for i in ranks[1]["drawn"]} == {2, 3, 4}
+    np.testing.assert_array_equal(
+        ranks[0]["regressor"].meta_params_, ranks[1]["regressor"].meta_params_
+    )
+    _same_fit(ranks[0]["regressor"], single["regressor"])
 
 
 def test_a_failing_rank_stops_the_other_and_two_processes_resume_on_one(tmp_path):

@@ -75,7 +75,7 @@ from .device import (
 )
 from .inner import adapt, adapt_from, adapt_one, adapt_tasks, run_steps
 from .losses import LOSSES
-from .minibatches import assemble_chunk, chunk_iterations, task_minibatches
+from .minibatches import assemble_chunk, chunk_iterations, keyed_chunk, task_minibatches
 from .numpy_mlp import LeanMLP, NumpyMLP, predict_one
 from .numpy_tasks import LeanTasks, NumpyTasks
 from .optimizers import InnerOptimizer
@@ -109,6 +109,7 @@ __all__ = [
     "adapt_one",
     "adapt_tasks",
     "assemble_chunk",
+    "keyed_chunk",
     "calling_thread_work",
     "choose_backend",
     "chunk_iterations",

@@ -111,3 +111,55 @@ def _to_layout(arr, n_iters, meta_batch_size):
     """(tasks, steps, batch, f) -> (iters, steps, meta_batch, batch, f), contiguous."""
     shaped = arr.reshape(n_iters, meta_batch_size, *arr.shape[1:])
     return np.ascontiguousarray(shaped.transpose(0, 2, 1, 3, 4))
+
+
+# Stream of the keyed generator that orders the points of device-drawn tasks
+# (the samplers' own streams are small integers).
+ORDER_STREAM = 0x4F524452
+
+
+def keyed_chunk(
+    draw, random, device, first_iter, n_iters, meta_batch_size, slots, n_steps, batch_size
+):
+    """A chunk drawn on the device: ``x, y`` of the loop's layout, and the point weight.
+
+    Parameters
+    ----------
+    draw : callable
+        ``draw(task_ids) -> (X, y)``, float32 tensors ``(n, n_points, f)`` on the device
+        of ``task_ids``.
+    random : KeyedRandom
+        Orders the points of every task (shuffled passes, as :func:`minibatch_indices`).
+    device : torch.device
+        Where the chunk is drawn.
+    first_iter, n_iters : int
+        The chunk's meta-iterations.
+    meta_batch_size : int
+    slots : (int, int)
+        The tasks ``[lo, hi)`` of every meta-batch to draw (a rank's share).
+    n_steps, batch_size : int
+
+    Returns
+    -------
+    x, y : tensor of shape (n_iters, n_steps, hi - lo, batch, n_features/n_outputs)
+    weight : float
+    """
+    import torch
+
+    lo, hi = slots
+    iters = torch.arange(first_iter, first_iter + n_iters, dtype=torch.int64, device=device)
+    slot = torch.arange(lo, hi, dtype=torch.int64, device=device)
+    # Global task ids: the same task whatever the chunks, the resumption or the ranks.
+    ids = (iters[:, None] * meta_batch_size + slot[None, :]).reshape(-1)
+    X, y = draw(ids)
+    n_points = X.shape[1]
+    batch = _effective_batch(batch_size, n_points)
+    epochs = math.ceil(n_steps * batch / n_points)
+    order = random.permutations(ORDER_STREAM, ids, epochs, n_points).reshape(len(ids), -1)
+    idx = order[:, : n_steps * batch].reshape(len(ids), n_steps * batch)
+    xb = torch.gather(X, 1, idx[:, :, None].expand(-1, -1, X.shape[2]))
+    yb = torch.gather(y, 1, idx[:, :, None].expand(-1, -1, y.shape[2]))
+    shape = (n_iters, hi - lo, n_steps, batch)
+    xb = xb.reshape(*shape, X.shape[2]).transpose(1, 2).contiguous()
+    yb = yb.reshape(*shape, y.shape[2]).transpose(1, 2).contiguous()
+    return xb, yb, 1.0 / float(batch)

@@ -24,18 +24,26 @@ from .._engine import (
     calling_thread_work,
     chunk_iterations,
     fast_cpu_math,
+    keyed_chunk,
     outer,
     placement,
     resolve_device,
     task_minibatches,
 )
-from ..tasks._base import ITERATIONS_PER_DRAW, TaskSource, seed_from_random_state
+from .._engine.keyed_random import KeyedRandom
+from ..tasks._base import (
+    ITERATIONS_PER_DRAW,
+    TaskSource,
+    draws_on_device,
+    seed_from_random_state,
+)
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
 from . import distributed as _distributed
 from . import selftune as _selftune
 from . import stepsize as _stepsize
 from .interface import MetaFitResult
+from .prefetch import prefetch
 from .run import TrainingRun, saved_seed
 
 # Tasks over which the scaling statistics are gathered (all of a finite list).
@@ -61,12 +69,18 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
     """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
 
     ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
-    in a data-parallel run).  Every rank draws all the tasks of a draw, so that task
-    ``j`` of an iteration is the same whatever the number of ranks, and moves
-    only its own tasks to the device.
+    in a data-parallel run).  On the host path every rank draws all the tasks of a
+    draw, so that task ``j`` of an iteration is the same whatever the number of
+    ranks, and moves only its own tasks to the device; a sampler that draws on the
+    device draws each task from its global id, so a rank draws only its own.
     """
     T, S, B = settings.meta_batch_size, settings.inner_steps, settings.inner_batch_size
     per_chunk = chunk_iterations(T, S, B, *signature)
+    if draws_on_device(source.sampler, device):
+        yield from _device_chunks(
+            settings, source, scaling, device, start, n_meta_iter, per_chunk, slots
+        )
+        return
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     iteration = start
     while iteration < n_meta_iter:
@@ -98,6 +112,29 @@ def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, sl
                 as_tensor(scaling.y(y)),
                 weight if isinstance(weight, float) else as_tensor(weight),
             )
+
+
+def _device_chunks(settings, source, scaling, device, start, n_meta_iter, per_chunk, slots):
+    """The chunks of a sampler that draws on the device: nothing on the host grows with the
+    meta-batch, and a rank draws only the tasks of its ``slots``."""
+    T = settings.meta_batch_size
+    slots = (0, T) if slots is None else slots
+    random, sampler = KeyedRandom(source.seed), source.sampler
+    # The scaling's affine maps in float32 on the device.
+    x_mean, x_scale, y_mean, y_scale = (
+        torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
+        for a in scaling.as_tuple()
+    )
+    draw = lambda ids: sampler.draw_tasks(random, ids, device)  # noqa: E731
+    iteration = start
+    while iteration < n_meta_iter:
+        n = min(per_chunk, n_meta_iter - iteration)
+        x, y, weight = keyed_chunk(
+            draw, random, device, iteration, n, T, slots,
+            settings.inner_steps, settings.inner_batch_size,
+        )  # fmt: skip
+        iteration += n
+        yield (x - x_mean) / x_scale, (y - y_mean) / y_scale, weight
 
 
 def run_meta_fit(hooks, task_sampler, validation_tasks):
@@ -237,9 +274,18 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     callbacks.append(_callbacks.UserCallbacks(settings.callbacks))
     if run.path is not None:
         callbacks.append(_callbacks.Checkpoint())
+    # Host-drawn chunks for an accelerator: the next one is drawn on a thread while the device
+    # computes (on the CPU the thread would take cores from the computation).
+    ahead = torch.device(device).type != "cpu" and not draws_on_device(source.sampler, device)
+    chunk_device = torch.device(device)
+    if ahead and chunk_device.type == "cuda" and chunk_device.index is None:
+        # The current CUDA device is per thread: name this thread's for the other one.
+        chunk_device = torch.device("cuda", torch.cuda.current_device())
     chunks = _chunks(
-        settings, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
-    )
+        settings, source, run.scaling, chunk_device, run.start_iter, run.n_meta_iter,
+        run.signature, slots,
+    )  # fmt: skip
+    chunks = prefetch(chunks) if ahead else chunks
     reducer = None
     if group is not None:
         group.handshake(
@@ -304,6 +350,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         _callbacks.warn_interrupted(run)
         raise
     finally:
+        chunks.close()  # stops a prefetch thread on an early stop or an interrupt
         for callback in callbacks:
             callback.close(run)
     theta = run.final_theta(theta, early_stopping)

@@ -378,3 +378,21 @@ def stack_if_equal(tasks):
     if len(sizes) == 1:
         return np.stack([X for X, _ in tasks]), np.stack([y for _, y in tasks])
     return tasks
+
+
+_DRAW_ON = ("auto", "host", "device")
+
+
+def draws_on_device(sampler, device):
+    """Whether ``meta_fit`` draws ``sampler``'s tasks on ``device`` with ``draw_tasks``.
+
+    Only a sampler with a ``draw_tasks`` method does (a user's ``TaskSampler``
+    without one keeps the host path); its ``draw_on`` says where
+    ("auto": on the device when it is not the CPU).
+    """
+    if not callable(getattr(sampler, "draw_tasks", None)):
+        return False
+    draw_on = getattr(sampler, "draw_on", "auto")
+    if draw_on not in _DRAW_ON:
+        raise ValueError(f"draw_on must be one of {_DRAW_ON}, got {draw_on!r}.")
+    return draw_on == "device" or (draw_on == "auto" and str(device) != "cpu")

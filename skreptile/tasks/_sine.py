@@ -33,6 +33,17 @@ class SineTaskSampler(TaskSampler):
         are drawn uniformly in ``x_range`` for every task.
     noise_std : float, default=0.0
         Standard deviation of Gaussian noise added to the targets.
+    draw_on : {"auto", "host", "device"}, default="auto"
+        Where ``meta_fit`` draws the tasks.  "host": with numpy on the CPU,
+        then copied to the training device (``sample_batch``).  "device": with
+        torch on the training device (:meth:`draw_tasks`), from a keyed
+        counter-based generator, so that no host work grows with the
+        meta-batch and each rank of a distributed run draws only its share.
+        "auto": "device" when the training device is not the CPU, else "host".
+        The two streams differ (numpy's PCG64 against a keyed hash): the same
+        seed gives other tasks on "host" and "device", from the same
+        distribution.  Device-drawn tasks are the same on every device up to
+        the float32 rounding of ``sin``.
 
     Examples
     --------
@@ -56,6 +67,7 @@ class SineTaskSampler(TaskSampler):
         n_points: int = 50,
         grid: bool = True,
         noise_std: float = 0.0,
+        draw_on: str = "auto",
     ) -> None:
         self.random_state = random_state
         self.amplitude_range = amplitude_range
@@ -64,6 +76,7 @@ class SineTaskSampler(TaskSampler):
         self.n_points = n_points
         self.grid = grid
         self.noise_std = noise_std
+        self.draw_on = draw_on
 
     def sample_parameters(
         self, rng: np.random.Generator, n_tasks: int
@@ -114,3 +127,38 @@ class SineTaskSampler(TaskSampler):
         if self.noise_std:
             y = y + rng.normal(scale=self.noise_std, size=y.shape)
         return np.ascontiguousarray(x)[:, :, None], y
+
+    def draw_tasks(self, random, task_ids, device):
+        """Draw the tasks ``task_ids`` on ``device`` with torch (``draw_on="device"``).
+
+        Parameters
+        ----------
+        random : skreptile._engine.keyed_random.KeyedRandom
+            The run's keyed generator: task ``i`` is the same whatever other
+            tasks are drawn with it.
+        task_ids : tensor of int64, shape (n_tasks,)
+            Global ids of the tasks, on ``device``.
+        device : torch.device
+            Where the tasks are drawn and returned.
+
+        Returns
+        -------
+        X : tensor of float32, shape (n_tasks, n_points, 1)
+        y : tensor of float32, shape (n_tasks, n_points, 1)
+        """
+        import torch
+
+        ids = torch.as_tensor(task_ids, dtype=torch.int64, device=device)
+        amplitude = random.uniform(0, ids, 1, *map(float, self.amplitude_range))
+        phase = random.uniform(1, ids, 1, *map(float, self.phase_range))
+        lo, hi = map(float, self.x_range)
+        if self.grid:
+            # The grid in float64 on the host (n_points values), as the host path has it.
+            grid = torch.as_tensor(np.linspace(lo, hi, self.n_points), dtype=torch.float32)
+            x = grid.to(device).expand(len(ids), self.n_points)
+        else:
+            x = random.uniform(2, ids, self.n_points, lo, hi)
+        y = amplitude * torch.sin(x + phase)
+        if self.noise_std:
+            y = y + float(self.noise_std) * random.normal(3, ids, self.n_points)
+        return x[:, :, None].contiguous(), y[:, :, None]
