@@ -168,15 +168,13 @@ def test_replayed_iterations_give_the_eager_results(name, monkeypatch):
     assert eager[0] == replayed[0] == 8
     assert [i for i, _, _ in eager[5]] == [i for i, _, _ in replayed[5]] == list(range(1, 9))
     for (_, theta_e, sums_e), (_, theta_r, sums_r) in zip(eager[5], replayed[5]):
-        # Every iteration's weights and loss sums, not only the last ones.
-        torch.testing.assert_close(theta_r, theta_e, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(sums_r, sums_e, rtol=1e-6, atol=1e-7)
+        # Every iteration's weights and loss sums, not only the last ones: on the
+        # CPU the replayed kernels are the eager ones, so the bits are too.
+        assert torch.equal(theta_r, theta_e) and torch.equal(sums_r, sums_e)
     assert not torch.equal(eager[5][0][1], eager[5][-1][1])  # the weights did move
     assert eager[3].t == replayed[3].t == (8 * 3 if kind == "adam" else 0)
     if kind == "adam":
-        torch.testing.assert_close(
-            replayed[3].state()["v"], eager[3].state()["v"], rtol=1e-6, atol=1e-12
-        )
+        assert (replayed[3].state()["v"] == eager[3].state()["v"]).all()
 
 
 @pytest.mark.parametrize("fail_at", ["warm-up", "capture"])
