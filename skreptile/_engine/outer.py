@@ -8,6 +8,7 @@ import contextlib
 
 import torch
 
+from . import captured
 from .choice import choose_backend
 from .inner import adapt_from
 from .threads import one_blas_thread
@@ -64,11 +65,15 @@ def meta_train(
     large meta-batch run on that many threads (see
     :func:`~skreptile._engine.inner.adapt_from`).  The backend of each chunk's
     inner loops is :func:`~skreptile._engine.choice.choose_backend`'s choice.
-    Returns the number of meta-iterations completed.
+    On CUDA, with tasks of equal sizes, one meta-iteration is captured in a
+    CUDA graph and replayed (:mod:`skreptile._engine.captured`), with the
+    same results; where capture does not apply or fails, every iteration
+    runs eagerly.  Returns the number of meta-iterations completed.
     """
     iteration = start_iter
     inner_losses = loss_sums if reducer is None else reducer.loss_step
     blas_held = False
+    capture = None  # the captured iteration; False once refused
     with contextlib.ExitStack() as held:
         for x, y, weight in chunks:
             backend = choose_backend(
@@ -87,7 +92,41 @@ def meta_train(
                 # thread each, held once for the rest of the run.
                 held.enter_context(one_blas_thread())
                 blas_held = True
+            if capture is None:
+                capture = (
+                    captured.prepare(
+                        backend,
+                        loss,
+                        ws,
+                        theta,
+                        optimizer,
+                        inner_steps,
+                        weight,
+                        x[0],
+                        y[0],
+                        inner_losses is not None,
+                        reducer is not None,
+                    )
+                    or False
+                )
+            table = None
+            if (
+                capture
+                and capture.state != "failed"
+                and capture.key == captured.key_of(x[0], y[0], weight)
+            ):
+                # The step sizes of the chunk's iterations, moved to the device in one copy.
+                steps = [
+                    meta_lr_at(meta_lr, meta_lr_schedule, iteration + k, n_meta_iter)
+                    for k in range(x.shape[0])
+                ]
+                table = captured.constants_table(optimizer, steps, inner_steps, theta)
             for k in range(x.shape[0]):
+                if table is not None and capture.run(x[k], y[k], table[k], inner_losses):
+                    iteration += 1
+                    if _after(iteration, theta, on_iteration, check_every, n_meta_iter):
+                        return iteration
+                    continue
                 w = weight if isinstance(weight, float) else weight[k]
                 if ws.rng is not None:
                     ws.rng.manual_seed(dropout_seed + iteration)
@@ -112,11 +151,16 @@ def meta_train(
                 # towards the mean of the adapted weights.  lerp_ does either in one op.
                 theta.lerp_(mean, step)
                 iteration += 1
-                if on_iteration is not None:
-                    on_iteration(iteration)
-                if iteration % check_every == 0 or iteration == n_meta_iter:
-                    if not bool(torch.isfinite(theta).all()):
-                        raise MetaDiverged(iteration)
-                if iteration >= n_meta_iter:
+                if _after(iteration, theta, on_iteration, check_every, n_meta_iter):
                     return iteration
     return iteration
+
+
+def _after(iteration, theta, on_iteration, check_every, n_meta_iter):
+    """The end of a meta-iteration: callbacks, the occasional finiteness check; True when done."""
+    if on_iteration is not None:
+        on_iteration(iteration)
+    if iteration % check_every == 0 or iteration == n_meta_iter:
+        if not bool(torch.isfinite(theta).all()):
+            raise MetaDiverged(iteration)
+    return iteration >= n_meta_iter
