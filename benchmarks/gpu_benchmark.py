@@ -170,6 +170,13 @@ class Run:
             self.write()
 
     def write(self, note=None):
+        """Rewrite the JSON and the markdown; a failure to write is printed, never raised."""
+        try:
+            self._write(note)
+        except Exception as exc:  # noqa: BLE001 - the run goes on without this write
+            print(f"  (could not write the results: {type(exc).__name__}: {exc})", flush=True)
+
+    def _write(self, note):
         with self.lock:
             if note:
                 self.results["note"] = note
@@ -208,6 +215,7 @@ def environment(args):
         device=args.device,
         budget_s=args.budget_s,
         skops_importable=importable("skops"),
+        sine_sampler_takes_draw_on=accepts(SineTaskSampler, "draw_on"),
         started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )
 
@@ -353,6 +361,7 @@ def section_throughput(run, out, deadline):
     print(
         f"  {'T':>7s} {'reference eager':>16s} {'reference graph':>16s} {'skreptile':>12s}  ratio"
     )
+    last_rate = None
     for i, T in enumerate(sizes):
         left = deadline - now()
         # Each size needs three timed runs and their warm-ups: skip when that cannot fit.
@@ -378,7 +387,15 @@ def section_throughput(run, out, deadline):
             )
         else:
             row["reference_graph"] = {"skipped": "no CUDA device (CUDA graphs need one)"}
-        row["skreptile"] = guarded("skreptile", skreptile_rate, T, device, target, sub)
+        # The warm-up and the first run at the last size's rate: skip what cannot fit.
+        guess = 4 * T / last_rate if last_rate else 0.0
+        if guess > sub - now():
+            row["skreptile"] = {
+                "skipped": f"about {guess:.0f} s expected, {sub - now():.0f} s left"
+            }
+        else:
+            row["skreptile"] = guarded("skreptile", skreptile_rate, T, device, target, sub)
+            last_rate = row["skreptile"].get("tasks_per_s") or last_rate
         rates = [row[k].get("tasks_per_s") for k in ("reference_eager", "reference_graph")]
         best = max((r for r in rates if r), default=None)
         mine = row["skreptile"].get("tasks_per_s")
@@ -406,6 +423,10 @@ def _rate(value):
     if not value:
         return "-"
     return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value:,.0f}"
+
+
+def _work(value):
+    return "-" if value is None else f"{value:,}"
 
 
 def _num(value, fmt):
@@ -468,7 +489,7 @@ def section_crossover(run, out, deadline):
     out["device_wins_at"] = [r["meta_batch_size"] for r in wins]
     print(
         f"  {device} wins from T={out['crossover_meta_batch'] or '-'} "
-        f"(work {out['crossover_work'] or '-'} = tasks x {params} params x {points} points); "
+        f"(work {_work(out['crossover_work'])} = tasks x {params} params x {points} points); "
         f"skreptile's threshold: {f'{name} = {threshold:,}' if name else 'n/a'}"
     )
 
@@ -893,7 +914,7 @@ def markdown(results):
         )
         lines += [
             "",
-            f"{cr['device']} wins from a work of {cr.get('crossover_work') or '-'}; skreptile's threshold: {thr}.",
+            f"{cr['device']} wins from a work of {_work(cr.get('crossover_work'))}; skreptile's threshold: {thr}.",
             "",
         ]
     dr = s.get("default_recipe", {})
@@ -975,7 +996,7 @@ def parse(argv=None):
     p.add_argument(
         "--grace-s",
         type=float,
-        default=40.0,
+        default=30.0,
         help="the watchdog stops the run this long after the budget",
     )
     p.add_argument(
@@ -1059,12 +1080,16 @@ def _overrun(run):
     """The watchdog: past budget and grace, write what there is and stop the process."""
     if run.child is not None:
         _kill(run.child)
-    with contextlib.suppress(Exception):
-        sec = run.results["sections"].get(run.current)
-        if sec is not None and sec.get("status") == "running":
-            sec["status"] = "error"
-            sec["error"] = "stopped by the watchdog (budget and grace spent)"
-        run.write(note=f"WATCHDOG: stopped after {run.elapsed():.0f} s in section {run.current!r}")
+    sec = run.results["sections"].get(run.current)
+    if sec is not None and sec.get("status") == "running":
+        sec["status"] = "error"
+        sec["error"] = "stopped by the watchdog (budget and grace spent)"
+    for _ in range(3):  # the main thread may be changing the results: try again
+        try:
+            run._write(f"WATCHDOG: stopped after {run.elapsed():.0f} s in section {run.current!r}")
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.2)
     print(
         f"\nWATCHDOG: budget and grace spent in section {run.current!r}; partial results written.",
         flush=True,
