@@ -314,13 +314,34 @@ def skreptile_rate(T, device, target_s, deadline, sampler_kw=None, **params):
         n_meta_iter=n,
         seconds=seconds,
         warm_up_s=warm,
-        draw_on=getattr(sampler, "draw_on", "host (no draw_on)"),
+        draw_on=_draw_on(sampler, device),
         capture_log=list(messages),
         finite=bool(np.isfinite(model.meta_params_).all()),
     )
 
 
+def _draw_on(sampler, device):
+    """Where the sampler drew: its ``draw_on`` ("auto" draws on any device but the CPU)."""
+    draw_on = getattr(sampler, "draw_on", None)
+    if draw_on is None:
+        return "host (the sampler has no draw_on)"
+    on_device = draw_on == "device" or (draw_on == "auto" and torch.device(device).type != "cpu")
+    return f"{'device' if on_device else 'host'} (draw_on={draw_on!r})"
+
+
 def reference_rate(T, device, target_s, deadline, graph):
+    # On the CPU (dry runs), one torch thread, as run_benchmarks.py gives its reference:
+    # with more, OpenMP's barriers stall whenever another process holds a core.
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _reference_rate(T, device, target_s, deadline, graph)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference_rate(T, device, target_s, deadline, graph):
     loop = ReferenceLoop(T, device)
     if graph:
         loop.capture()
