@@ -1,4 +1,42 @@
-"""Turn the results of ``run_benchmarks.py`` into ``docs/benchmarks.md``."""
+"""Turn the results of ``run_benchmarks.py`` into ``docs/benchmarks.md``.
+
+The GPU section between the ``gpu-benchmark`` markers belongs to
+``gpu_benchmark.py``: rewriting the CPU figures keeps it as it is.
+"""
+
+import os
+
+GPU_START, GPU_END = "<!-- gpu-benchmark:start -->", "<!-- gpu-benchmark:end -->"
+GPU_PLACEHOLDER = "\n".join(
+    [
+        GPU_START,
+        "",
+        "## On a GPU",
+        "",
+        "This section awaits a run on a GPU. `PYTHONPATH=. python benchmarks/gpu_benchmark.py` "
+        "(one process, at most 8 minutes on one GPU, `--budget-s 420` by default) writes it here and "
+        "its figures to `benchmarks/gpu_results.json`: a hand-batched plain-PyTorch Reptile loop "
+        "(`benchmarks/gpu_reference.py`, eager and captured in a CUDA graph) against skreptile's "
+        "meta-training from 8 to 131,072 tasks per meta-iteration, where CUDA starts to beat the CPU "
+        'beside the threshold of `device="auto"`, the default recipe and `fit` + `predict` with '
+        '`device="auto"` against `"cpu"`, the paper\'s Omniglot setup (time per meta-iteration, '
+        "100,000 projected, accuracy after a short run) and the test suite's result on that machine. "
+        "`--dry-run` runs every section on the CPU with tiny sizes in seconds (the test suite does, "
+        "in `tests/test_gpu_benchmark.py`) and writes elsewhere.",
+        "",
+        GPU_END,
+    ]
+)
+
+
+def gpu_section(path):
+    """The GPU section of the file at ``path`` (markers included), or the placeholder."""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+        if GPU_START in text and GPU_END in text:
+            return GPU_START + text.split(GPU_START, 1)[1].split(GPU_END, 1)[0] + GPU_END
+    return GPU_PLACEHOLDER
 
 
 def _table(header, rows):
@@ -278,5 +316,6 @@ def write_report(r, path):
         "finiteness check every 100 meta-iterations).",
         "",
     ]
+    out += [gpu_section(path), ""]
     with open(path, "w") as f:
         f.write("\n".join(out))
