@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import skreptile._engine.outer as engine_module
-import skreptile._training.loop as loop_module
+import skreptile._training.chunks as chunks_module
 from skreptile import ReptileRegressor, SineTaskSampler
 from skreptile._engine.keyed_random import KeyedRandom, _hash32
 from skreptile._engine.minibatches import keyed_chunk
@@ -161,7 +161,7 @@ def test_device_drawing_builds_no_host_array_that_grows_with_the_meta_batch(monk
         raise AssertionError("the host path ran")
 
     for name in ("task_minibatches", "assemble_chunk"):
-        monkeypatch.setattr(loop_module, name, forbidden)
+        monkeypatch.setattr(chunks_module, name, forbidden)
     monkeypatch.setattr(TaskSource, "draw_for", forbidden)
     asked = []
     real = SineTaskSampler.sample_batch
@@ -182,7 +182,7 @@ def test_device_drawing_builds_no_host_array_that_grows_with_the_meta_batch(monk
     params = dict(FAST, meta_batch_size=1024, n_meta_iter=3, validation_fraction=None)
     ReptileRegressor(**params).meta_fit(SineTaskSampler(draw_on="device"))
     # Only the fixed 256 tasks of the scaling statistics were drawn on the host.
-    assert asked and max(asked) <= loop_module.N_STATS_TASKS
+    assert asked and max(asked) <= chunks_module.N_STATS_TASKS
     assert sum(drawn) == 3 * 1024
 
 

@@ -19,26 +19,20 @@ from .. import _engine
 from .._engine import (
     LOSSES,
     Initialisation,
-    Scaling,
-    assemble_chunk,
     calling_thread_work,
-    chunk_iterations,
     fast_cpu_math,
-    keyed_chunk,
     outer,
     placement,
     resolve_device,
-    task_minibatches,
 )
-from .._engine.keyed_random import KeyedRandom
 from ..tasks._base import (
-    ITERATIONS_PER_DRAW,
     TaskSource,
     draws_on_device,
     seed_from_random_state,
 )
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
+from . import chunks as _tasks
 from . import distributed as _distributed
 from . import selftune as _selftune
 from . import stepsize as _stepsize
@@ -46,95 +40,9 @@ from .interface import MetaFitResult
 from .prefetch import prefetch
 from .run import TrainingRun, saved_seed
 
-# Tasks over which the scaling statistics are gathered (all of a finite list).
-N_STATS_TASKS = 256
-
 
 class EarlyStop(Exception):
     """A callback set ``run.stop``: meta-training ends after this iteration."""
-
-
-def _statistics(hooks, source, family):
-    """The scaling of a fresh run, from tasks of their own stream (not ``n_meta_iter``)."""
-    inputs, targets = hooks.scaling_modes(family.input_shape)
-    # Without scaling, one task tells the shapes.
-    tasks = source.statistics_tasks(N_STATS_TASKS if inputs or targets else 1)
-    X = np.concatenate([X for X, _ in tasks])
-    Y = np.concatenate([y for _, y in tasks])
-    inputs, targets = hooks.scaling_modes(family.input_shape)  # the image shape is known now
-    return Scaling.fit(X, Y, inputs=inputs, targets=targets)
-
-
-def _chunks(settings, source, scaling, device, start, n_meta_iter, signature, slots=None):
-    """Device tensors of inner minibatches, a chunk of meta-iterations at a time.
-
-    ``slots = (lo, hi)``: only those tasks of every meta-batch (a rank's share
-    in a data-parallel run).  On the host path every rank draws all the tasks of a
-    draw, so that task ``j`` of an iteration is the same whatever the number of
-    ranks, and moves only its own tasks to the device; a sampler that draws on the
-    device draws each task from its global id, so a rank draws only its own.
-    """
-    T, S, B = settings.meta_batch_size, settings.inner_steps, settings.inner_batch_size
-    per_chunk = chunk_iterations(T, S, B, *signature)
-    if draws_on_device(source.sampler, device):
-        yield from _device_chunks(
-            settings, source, scaling, device, start, n_meta_iter, per_chunk, slots
-        )
-        return
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-    iteration = start
-    while iteration < n_meta_iter:
-        draw = iteration // ITERATIONS_PER_DRAW
-        draw_end = min(n_meta_iter, (draw + 1) * ITERATIONS_PER_DRAW)
-        n_used = (draw_end - draw * ITERATIONS_PER_DRAW) * T
-        tasks, rng = source.draw_for(draw, T, draw_end - draw * ITERATIONS_PER_DRAW)
-        # A batched sampler draws all the draw's tasks; only the tasks this run uses
-        # are cut into minibatches (the generator fills its draws in order, so
-        # their minibatches are those of the whole draw's).
-        tasks = tuple(a[:n_used] for a in tasks) if isinstance(tasks, tuple) else tasks[:n_used]
-        minibatches = task_minibatches(rng, tasks, S, B)
-        while iteration < draw_end:
-            n = min(per_chunk, draw_end - iteration)
-            first = (iteration - draw * ITERATIONS_PER_DRAW) * T
-            part = (
-                tuple(a[first : first + n * T] for a in minibatches)
-                if isinstance(minibatches, tuple)
-                else minibatches[first : first + n * T]
-            )
-            x, y, weight = assemble_chunk(part, T)
-            if slots is not None:
-                mine = lambda a: np.ascontiguousarray(a[:, :, slots[0] : slots[1]])  # noqa: E731
-                x, y = mine(x), mine(y)
-                weight = weight if isinstance(weight, float) else mine(weight)
-            iteration += n
-            yield (
-                as_tensor(scaling.x(x)),
-                as_tensor(scaling.y(y)),
-                weight if isinstance(weight, float) else as_tensor(weight),
-            )
-
-
-def _device_chunks(settings, source, scaling, device, start, n_meta_iter, per_chunk, slots):
-    """The chunks of a sampler that draws on the device: nothing on the host grows with the
-    meta-batch, and a rank draws only the tasks of its ``slots``."""
-    T = settings.meta_batch_size
-    slots = (0, T) if slots is None else slots
-    random, sampler = KeyedRandom(source.seed), source.sampler
-    # The scaling's affine maps in float32 on the device.
-    x_mean, x_scale, y_mean, y_scale = (
-        torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)
-        for a in scaling.as_tuple()
-    )
-    draw = lambda ids: sampler.draw_tasks(random, ids, device)  # noqa: E731
-    iteration = start
-    while iteration < n_meta_iter:
-        n = min(per_chunk, n_meta_iter - iteration)
-        x, y, weight = keyed_chunk(
-            draw, random, device, iteration, n, T, slots,
-            settings.inner_steps, settings.inner_batch_size,
-        )  # fmt: skip
-        iteration += n
-        yield (x - x_mean) / x_scale, (y - y_mean) / y_scale, weight
 
 
 def run_meta_fit(hooks, task_sampler, validation_tasks):
@@ -243,7 +151,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     source = TaskSource(sampler, int(task_seed))
     run.attach(source, seed, hooks.warm_start() if settings.warm_start else None)
     if run.theta is None:  # a fresh start
-        scaling = _statistics(hooks, source, family)
+        scaling = _tasks.statistics(hooks, source, family)
         run.start(scaling, source.signature, family.state())
     family.restore(run.family_state)
     n_features, n_outputs = run.signature
@@ -281,7 +189,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     if ahead and chunk_device.type == "cuda" and chunk_device.index is None:
         # The current CUDA device is per thread: name this thread's for the other one.
         chunk_device = torch.device("cuda", torch.cuda.current_device())
-    chunks = _chunks(
+    chunks = _tasks.chunks(
         settings, source, run.scaling, chunk_device, run.start_iter, run.n_meta_iter,
         run.signature, slots,
     )  # fmt: skip
