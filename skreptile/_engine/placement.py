@@ -66,7 +66,7 @@ def is_auto(device):
 
 
 def step_work(n_tasks, n_params, n_points):
-    """Multiply-adds of one inner step: ``n_tasks`` tasks of ``n_points`` points, ``n_params`` weights.
+    """Multiply-adds of an inner step: ``n_tasks`` tasks, ``n_params`` weights, ``n_points`` points.
 
     Meta-training: the meta-batch size, the network's parameters and the
     inner minibatch; batched adaptation: the tasks of the call and their
@@ -110,7 +110,7 @@ def place(device, job, work=0):
 
 
 def moved(init, device):
-    """The :class:`~skreptile._engine.packing.Initialisation` ``init`` with its weights on ``device``.
+    """The :class:`~skreptile._engine.packing.Initialisation` ``init``, its weights on ``device``.
 
     Meta-training may run on one device and the adaptation that scores it on
     another: the weights are one vector, copied once per call (``init``
