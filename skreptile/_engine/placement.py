@@ -45,11 +45,13 @@ CPU = torch.device("cpu")
 # 0.06 ms a task (4.26 ms at 64).  They cross near 20 tasks, 0.87M
 # multiply-adds a step.  The threshold is set at 32 tasks of that network,
 # 32 * 4,353 * 10 = 1.39M multiply-adds a step (7M a meta-iteration of 5
-# steps: at 32 tasks or more of it, the accelerator), so that CUDA is chosen only where it also beats a CPU twice as fast
-# per task as that one's; the default recipe (8 tasks: 0.35M) stays on the
-# CPU, where it ran in 11.9 s against 36.2 s on CUDA.  Since the CPU's cost is
-# per multiply-add and the accelerator's per step, the threshold in work holds
-# for other widths and point counts too.
+# steps), so that CUDA is chosen only where it also beats a CPU twice as fast
+# per task as that one (crossing at about 34 tasks); the default recipe
+# (8 tasks: 0.35M) stays on the CPU, where it ran in 11.9 s against 36.2 s
+# on CUDA.  As the CPU's cost grows with the multiply-adds and the
+# accelerator's is per step, a threshold in work carries over to other
+# widths and point counts (to first order; re-measure for very different
+# networks).
 #
 # Batched adaptation uses the same threshold: it is the same step kernel (32
 # steps of few_shot_predict ran 44,000 tasks/s on CUDA against 5,500 on that
@@ -64,7 +66,7 @@ def is_auto(device):
 
 
 def step_work(n_tasks, n_params, n_points):
-    """Multiply-adds of one inner step: ``n_tasks`` tasks of ``n_points`` points, ``n_params`` weights.
+    """Multiply-adds of an inner step: ``n_tasks`` tasks, ``n_params`` weights, ``n_points`` points.
 
     Meta-training: the meta-batch size, the network's parameters and the
     inner minibatch; batched adaptation: the tasks of the call and their
@@ -108,7 +110,7 @@ def place(device, job, work=0):
 
 
 def moved(init, device):
-    """The :class:`~skreptile._engine.packing.Initialisation` ``init`` with its weights on ``device``.
+    """The :class:`~skreptile._engine.packing.Initialisation` ``init``, its weights on ``device``.
 
     Meta-training may run on one device and the adaptation that scores it on
     another: the weights are one vector, copied once per call (``init``
