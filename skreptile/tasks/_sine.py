@@ -144,7 +144,9 @@ class SineTaskSampler(TaskSampler):
         Returns
         -------
         X : tensor of float32, shape (n_tasks, n_points, 1)
+            Inputs of the tasks, on ``device``.
         y : tensor of float32, shape (n_tasks, n_points, 1)
+            Targets of the tasks, on ``device``.
         """
         import torch
 
