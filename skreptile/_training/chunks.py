@@ -18,6 +18,7 @@ from .._engine import (
 )
 from .._engine.keyed_random import KeyedRandom
 from ..tasks._base import ITERATIONS_PER_DRAW, draws_on_device
+from .prefetch import prefetch
 
 # Tasks over which the scaling statistics are gathered (all of a finite list).
 N_STATS_TASKS = 256
@@ -104,3 +105,20 @@ def _device_chunks(settings, source, scaling, device, start, n_meta_iter, per_ch
         )  # fmt: skip
         iteration += n
         yield (x - x_mean) / x_scale, (y - y_mean) / y_scale, weight
+
+
+def for_run(settings, source, scaling, device, start, n_meta_iter, signature, slots=None):
+    """The :func:`chunks` of a run, drawn ahead on a thread where that pays.
+
+    Host-drawn chunks for an accelerator: the next one is drawn on a thread
+    while the device computes (on the CPU the thread would take cores from the
+    computation; device-drawn chunks are queued kernels already).  The caller
+    closes the iterator, which stops the thread on an early stop or an interrupt.
+    """
+    device = torch.device(device)
+    ahead = device.type != "cpu" and not draws_on_device(source.sampler, device)
+    if ahead and device.type == "cuda" and device.index is None:
+        # The current CUDA device is per thread: name this thread's for the other one.
+        device = torch.device("cuda", torch.cuda.current_device())
+    made = chunks(settings, source, scaling, device, start, n_meta_iter, signature, slots)
+    return prefetch(made) if ahead else made

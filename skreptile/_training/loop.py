@@ -25,11 +25,7 @@ from .._engine import (
     placement,
     resolve_device,
 )
-from ..tasks._base import (
-    TaskSource,
-    draws_on_device,
-    seed_from_random_state,
-)
+from ..tasks._base import TaskSource, seed_from_random_state
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
 from . import chunks as _tasks
@@ -37,7 +33,6 @@ from . import distributed as _distributed
 from . import selftune as _selftune
 from . import stepsize as _stepsize
 from .interface import MetaFitResult
-from .prefetch import prefetch
 from .run import TrainingRun, saved_seed
 
 
@@ -182,18 +177,9 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     callbacks.append(_callbacks.UserCallbacks(settings.callbacks))
     if run.path is not None:
         callbacks.append(_callbacks.Checkpoint())
-    # Host-drawn chunks for an accelerator: the next one is drawn on a thread while the device
-    # computes (on the CPU the thread would take cores from the computation).
-    ahead = torch.device(device).type != "cpu" and not draws_on_device(source.sampler, device)
-    chunk_device = torch.device(device)
-    if ahead and chunk_device.type == "cuda" and chunk_device.index is None:
-        # The current CUDA device is per thread: name this thread's for the other one.
-        chunk_device = torch.device("cuda", torch.cuda.current_device())
-    chunks = _tasks.chunks(
-        settings, source, run.scaling, chunk_device, run.start_iter, run.n_meta_iter,
-        run.signature, slots,
-    )  # fmt: skip
-    chunks = prefetch(chunks) if ahead else chunks
+    chunks = _tasks.for_run(
+        settings, source, run.scaling, device, run.start_iter, run.n_meta_iter, run.signature, slots
+    )
     reducer = None
     if group is not None:
         group.handshake(
