@@ -121,10 +121,43 @@ def test_draw_on_resolves_per_device_and_user_samplers_keep_the_host_path():
     assert not draws_on_device(Mine(), torch.device("cuda"))
 
 
-def test_draw_on_is_part_of_the_sampler_fingerprint():
+def test_where_tasks_are_drawn_is_checked_on_resuming_not_the_draw_on_setting(tmp_path):
+    # The setting is not fingerprinted ("auto" means either), where the run drew is.
     host = fingerprint_tasks(TaskSource(SineTaskSampler(draw_on="host"), 0))
-    device = fingerprint_tasks(TaskSource(SineTaskSampler(draw_on="device"), 0))
-    assert host != device
+    assert fingerprint_tasks(TaskSource(SineTaskSampler(draw_on="device"), 0)) == host
+    path = tmp_path / "run.ckpt"
+    params = dict(FAST, n_meta_iter=20, checkpoint_path=path, checkpoint_interval=5)
+    _interrupt_at(9, params, SineTaskSampler(draw_on="device"))  # leaves iteration 5's file
+    with pytest.raises(ValueError, match="drew its tasks on the device, but this one draws"):
+        ReptileRegressor(**params).meta_fit(SineTaskSampler(draw_on="host"))
+    with pytest.raises(ValueError, match="draw_on='device'"):
+        ReptileRegressor(**params).meta_fit(SineTaskSampler())  # "auto" on the CPU: the host
+    resumed = ReptileRegressor(**params).meta_fit(SineTaskSampler(draw_on="device"))
+    whole = ReptileRegressor(**dict(params, checkpoint_path=None))
+    np.testing.assert_array_equal(
+        resumed.meta_params_, whole.meta_fit(SineTaskSampler(draw_on="device")).meta_params_
+    )
+    # A host-drawn checkpoint resumes under "auto" on the CPU, which draws on the host.
+    _interrupt_at(9, params, SineTaskSampler(draw_on="host"))
+    resumed = ReptileRegressor(**params).meta_fit(SineTaskSampler())
+    whole = ReptileRegressor(**dict(params, checkpoint_path=None)).meta_fit(SineTaskSampler())
+    np.testing.assert_array_equal(resumed.meta_params_, whole.meta_params_)
+
+
+def _interrupt_at(iteration, params, sampler):
+    """A run interrupted at ``iteration``: its last checkpoint stays."""
+    real = engine_module.meta_lr_at
+
+    def interrupt(meta_lr, schedule, at, n_meta_iter):
+        if at == iteration:
+            raise KeyboardInterrupt
+        return real(meta_lr, schedule, at, n_meta_iter)
+
+    with pytest.MonkeyPatch.context() as m, pytest.warns(RuntimeWarning, match="interrupted"):
+        m.setattr(engine_module, "meta_lr_at", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            ReptileRegressor(**params).meta_fit(sampler)
+    assert params["checkpoint_path"].exists()
 
 
 def _held_out_mse(model):

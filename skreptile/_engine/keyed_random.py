@@ -111,6 +111,27 @@ class KeyedRandom:
         keys = self.bits(stream, task_ids, n_rows * n).view(-1, n_rows, n)
         return torch.sort(keys, dim=-1, stable=True).indices
 
+    def subsets(self, stream, task_ids, sizes, k):
+        """``k`` distinct indices in ``[0, sizes)``, int64 of shape ``sizes.shape + (k,)``.
+
+        ``sizes`` has one row per task id (``(n_tasks,)`` or ``(n_tasks, m)``:
+        ``m`` subsets per task) and every size is at least ``k``.  Robert
+        Floyd's algorithm: ``k`` steps whatever the sizes, so choosing a few
+        rows of a group of thousands costs no more than of a group of ten.
+        Every subset is equally likely; the order within one is not uniform
+        (a caller that needs a random order permutes it).
+        """
+        sizes = torch.as_tensor(sizes, dtype=torch.int64)
+        words = self.bits(stream, task_ids, k * sizes[0].numel()).view(*sizes.shape, k)
+        out = torch.empty_like(words)
+        for step in range(k):
+            top = sizes - (k - step)  # draw from [0, top]; take top itself if already taken
+            # A multiply-shift maps a 32-bit word to [0, top + 1); sizes < 2**31 cannot overflow.
+            pick = (words[..., step] * (top + 1)) >> 32
+            taken = (out[..., :step] == pick[..., None]).any(dim=-1)
+            out[..., step] = torch.where(taken, top, pick)
+        return out
+
 
 def _hash32_int(x):
     """:func:`_hash32` on a Python int (the key's constant part)."""

@@ -49,7 +49,7 @@ class ClassTasks:
         else:
             self.sampler = [self.encode_task(task, i) for i, task in enumerate(sampler)]
 
-    def _flatten(self, X, n_lead, where):
+    def flatten(self, X, n_lead, where):
         """Flatten image examples after ``n_lead`` leading axes, recording their shape."""
         if X.ndim <= n_lead + 1:
             if self.input_shape is not None and X.ndim == n_lead + 1:
@@ -71,7 +71,7 @@ class ClassTasks:
             raise TaskError(f"{where} has images of shape {shape}, expected {self.input_shape}.")
         return X.reshape(*X.shape[:n_lead], -1)
 
-    def _check_classes(self, n_classes, where):
+    def check_classes(self, n_classes, where):
         if self.n_classes is None:
             self.n_classes = n_classes
         elif n_classes != self.n_classes:
@@ -85,7 +85,7 @@ class ClassTasks:
         if not is_pair(task):
             return task  # the task source names the problem
         X, y = task
-        X = self._flatten(np.asarray(X), 1, where)
+        X = self.flatten(np.asarray(X), 1, where)
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
@@ -94,12 +94,12 @@ class ClassTasks:
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise TaskError(f"{where}: y contains NaN or infinity.")
         classes, y_index = np.unique(y, return_inverse=True)
-        self._check_classes(len(classes), where)
+        self.check_classes(len(classes), where)
         return X, np.eye(len(classes))[y_index]
 
     def encode_batch(self, X, y, first):
         where = f"Tasks {first} to {first + len(X) - 1}"
-        X = self._flatten(np.asarray(X), 2, where)
+        X = self.flatten(np.asarray(X), 2, where)
         y = np.asarray(y)
         if y.ndim == 3 and y.shape[2] == 1:
             y = y[:, :, 0]
@@ -116,7 +116,7 @@ class ClassTasks:
         if numeric and n_classes <= y.shape[1] and y.min() >= 0 and (y == np.round(y)).all():
             onehot = y[..., None] == np.arange(n_classes)
             if onehot.any(axis=1).all():
-                self._check_classes(n_classes, where)
+                self.check_classes(n_classes, where)
                 return X, onehot.astype(np.float64)
         tasks = [self.encode_task((X[t], y[t]), first + t) for t in range(len(X))]
         return X, np.stack([Y for _, Y in tasks])
@@ -138,6 +138,29 @@ class _EncodedSampler(TaskSampler):
         X, y = self.inner.sample_batch(rng, n_tasks)
         first, self.n_seen = self.n_seen, self.n_seen + n_tasks
         return self.tasks.encode_batch(X, y, first)
+
+    @property
+    def draw_on(self):
+        return getattr(self.inner, "draw_on", "host")
+
+    @property
+    def device_drawable(self):
+        inner = self.inner
+        return callable(getattr(inner, "draw_tasks", None)) and getattr(
+            inner, "device_drawable", True
+        )
+
+    def draw_tasks(self, random, task_ids, device):
+        """The inner sampler's device-drawn tasks, flat, with one-hot float32 targets."""
+        import torch
+
+        X, y = self.inner.draw_tasks(random, task_ids, device)
+        where = "Tasks drawn on the device"
+        X = self.tasks.flatten(X, 2, where)
+        # A ClassTaskSampler knows its N; another sampler's labels tell it (a device sync).
+        n_classes = getattr(self.inner, "n_way", None) or int(y.max()) + 1
+        self.tasks.check_classes(n_classes, where)
+        return X, torch.nn.functional.one_hot(y.long(), n_classes).to(torch.float32)
 
 
 class _EncodedCallable:

@@ -25,6 +25,7 @@ import numpy as np
 from .._engine.packing import Initialisation
 from . import checkpoint as _checkpoint
 from . import fingerprints as _fingerprints
+from .fingerprints import DRAWS_KEY
 from .run import validation_digest
 
 
@@ -159,7 +160,7 @@ class Checkpoint(Callback):
         state = {
             "format": _checkpoint.CHECKPOINT_FORMAT,
             "params": run.fingerprint,
-            "tasks": _fingerprints.fingerprint_tasks(run.source),
+            "tasks": {**_fingerprints.fingerprint_tasks(run.source), DRAWS_KEY: run.draws},
             "validation_digest": validation_digest(run.validation),
             "seed": run.run_seed,
             "theta": run.theta_t.detach().cpu().numpy().copy(),

@@ -24,6 +24,14 @@ _NOT_FINGERPRINTED = {
 }
 
 
+# The entry of a checkpoint's task description saying where the tasks were drawn,
+# "host" or "device" (absent: host).  A sampler's own draw_on is left out of its
+# description: "auto" draws on the host or the device by the run's device, and
+# what must match on resuming is where the tasks were drawn, not the setting.
+DRAWS_KEY = "draws"
+_NOT_DESCRIBED = {"draw_on"}
+
+
 def _array_description(a):
     a = np.asarray(a)
     if a.dtype.kind in "iu":  # index arrays: the same digest whatever the platform's intp
@@ -90,6 +98,8 @@ def _describe_object(obj):
     for name, value in sorted(vars(obj).items()):
         if name == "random_state" and not isinstance(value, numbers.Integral):
             continue  # a generator only gives a seed when the run starts; no state is saved
+        if name in _NOT_DESCRIBED:
+            continue
         if isinstance(value, np.ndarray):
             # A sampler may keep an array and views of it: hash each object once.
             if id(value) in seen:

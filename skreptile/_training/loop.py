@@ -25,7 +25,7 @@ from .._engine import (
     placement,
     resolve_device,
 )
-from ..tasks._base import TaskSource, seed_from_random_state
+from ..tasks._base import TaskSource, draws_on_device, seed_from_random_state
 from ..tasks._split import check_split
 from . import callbacks as _callbacks
 from . import chunks as _tasks
@@ -154,6 +154,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     run.check_weights(net.n_params)
     if device is None:
         device = placement.place(settings.device, "meta_train", _step_work(settings, net))
+    run.check_draws(draws_on_device(source.sampler, device))
     inner_lr, steps_record = _step_sizes(settings, backoffs)
     adaptation = _monitor_adaptation(settings, hooks, inner_lr)
     if run.theta is not None:

@@ -25,6 +25,7 @@ import torch
 from .._engine.scaling import Scaling
 from . import checkpoint as _checkpoint
 from . import fingerprints as _fingerprints
+from .fingerprints import DRAWS_KEY
 
 HISTORY_KEYS = ("meta_iter", "train_loss", "adapted_train_loss")
 # With the validation loss, the number of adaptation steps that scored it.
@@ -72,6 +73,8 @@ class TrainingRun:
         The data-parallel group, or None in one process.
     """
 
+    draws = "host"  # where the tasks are drawn, once check_draws has been told
+
     def __init__(self, settings, fingerprint, validation, group=None):
         self.settings, self.fingerprint, self.group = settings, fingerprint, group
         self.writer = group is None or group.rank == 0
@@ -91,6 +94,7 @@ class TrainingRun:
         self.stop = False  # set by a callback to end meta-training after this iteration
         self.loss_state = np.zeros(2, dtype=np.float32)
         self.saved = None  # the checkpoint to resume from
+        self.saved_draws = None  # where its tasks were drawn
         if self.path is not None:
             if self.writer:  # it writes probe files and removes stale ones
                 _checkpoint.check_checkpoint_path(self.path)
@@ -112,9 +116,12 @@ class TrainingRun:
 
     def _resume(self, state):
         path = self.path
+        tasks = dict(state["tasks"])
+        # Where the tasks were drawn is checked once the device is known (check_draws).
+        self.saved_draws = tasks.pop(DRAWS_KEY, "host")
         for what, then, now in (
             ("parameters", state["params"], self.fingerprint),
-            ("tasks", state["tasks"], _fingerprints.fingerprint_tasks(self.source)),
+            ("tasks", tasks, _fingerprints.fingerprint_tasks(self.source)),
         ):
             differ = _fingerprints.differences(then, now)
             if differ:
@@ -144,6 +151,23 @@ class TrainingRun:
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.best = state["best"]
         self.bad_rounds = int(state["bad_rounds"])
+
+    def check_draws(self, on_device):
+        """Record where the run draws its tasks; a resumed run must draw where it was written.
+
+        The host and the device draw other tasks from the same seed: a run
+        written with one and resumed with the other would not be the run it
+        continues (a GPU run with ``draw_on="auto"`` resumed on the CPU).
+        """
+        self.draws = "device" if on_device else "host"
+        then = self.saved_draws
+        if self.saved is not None and then != self.draws:
+            raise ValueError(
+                f"The checkpoint {self.path} was written by a meta_fit that drew its tasks on "
+                f"the {then}, but this one draws them on the {self.draws} (the two draw other "
+                "tasks from one seed). Resume on the same kind of device, or set the "
+                f"sampler's draw_on={then!r}; or delete the file to start afresh."
+            )
 
     def _warm_start(self, warm):
         done = warm.n_meta_iter_done

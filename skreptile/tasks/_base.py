@@ -26,6 +26,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
 from .._typing import RandomStateLike, Task, TaskBatch
+from ._device import check_draw_on
 
 
 class TaskSampler:
@@ -172,8 +173,12 @@ def _check_matches(where, n_features, n_outputs, expected):
         raise TaskError(f"{where} has {n_outputs} outputs, but earlier tasks have {expected[1]}.")
 
 
-def validate_task_batch(X, y, first_index, expected=None, min_points=2):
-    """Check stacked tasks ``X (n_tasks, n_points, n_features)`` and ``y``."""
+def validate_task_batch(X, y, first_index, expected=None, min_points=2, scan_values=True):
+    """Check stacked tasks ``X (n_tasks, n_points, n_features)`` and ``y``.
+
+    ``scan_values=False`` skips the scan for NaN and infinity (the batch's
+    largest cost), for samplers whose values were checked when they were built.
+    """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     where = f"Tasks {first_index} to {first_index + len(X) - 1}"
@@ -186,7 +191,7 @@ def validate_task_batch(X, y, first_index, expected=None, min_points=2):
         raise TaskError(
             f"{where} have {X.shape[1]} point(s); meta-training tasks need at least {min_points}."
         )
-    for name, arr in (("X", X), ("y", y)):
+    for name, arr in (("X", X), ("y", y)) if scan_values else ():
         finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
         if not finite.all():
             bad = first_index + int(np.argmin(finite))
@@ -244,6 +249,22 @@ ITERATIONS_PER_DRAW = 64
 _ITERATION, _STATS, _PASS, _ORDER = 0, 1, 2, 3
 
 
+def finite_by_construction(sampler):
+    """Whether ``sampler``'s tasks are finite by construction: no scan of every batch needed.
+
+    True for skreptile's own samplers, which check their data and parameters
+    when they are built, and only for those exact classes (a subclass may
+    override ``sample_batch``), through the classifier's label-encoding
+    wrappers.  Their ``_finite_by_construction`` says so (a property where it
+    depends on the sampler's settings, e.g. augmentations given as callables).
+    """
+    while hasattr(sampler, "inner"):
+        sampler = sampler.inner
+    return "_finite_by_construction" in type(sampler).__dict__ and bool(
+        sampler._finite_by_construction
+    )
+
+
 def keyed_generator(seed, *key):
     """A generator that depends only on ``seed`` and ``key``, never on what was drawn before."""
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(key)))
@@ -272,6 +293,7 @@ class TaskSource:
         self.signature = None  # (n_features, n_outputs) once the first task is seen
         self.feature_names = getattr(sampler, "feature_names_in_", None)
         self._names_seen = False
+        self._scan_values = not finite_by_construction(sampler)
         if self.kind == "batched":
             self.seed = sampler.resolve_seed(fallback_seed)
         else:
@@ -311,7 +333,7 @@ class TaskSource:
                         f"sample_batch returned {len(drawn)} tasks where {n_tasks} were asked for."
                     )
                 return self._validate_list(drawn, first)
-            X, y = validate_task_batch(*drawn, first, self.signature)
+            X, y = validate_task_batch(*drawn, first, self.signature, scan_values=self._scan_values)
             self.signature = (X.shape[2], y.shape[2])
             return X, y
         return self._validate_list((self.sampler(rng) for _ in range(n_tasks)), first)
@@ -380,19 +402,17 @@ def stack_if_equal(tasks):
     return tasks
 
 
-_DRAW_ON = ("auto", "host", "device")
-
-
 def draws_on_device(sampler, device):
     """Whether ``meta_fit`` draws ``sampler``'s tasks on ``device`` with ``draw_tasks``.
 
     Only a sampler with a ``draw_tasks`` method does (a user's ``TaskSampler``
-    without one keeps the host path); its ``draw_on`` says where
-    ("auto": on the device when it is not the CPU).
+    without one keeps the host path), and only where its ``device_drawable``
+    (True when absent) allows; its ``draw_on`` says where ("auto": on the
+    device when it is not the CPU).
     """
     if not callable(getattr(sampler, "draw_tasks", None)):
         return False
-    draw_on = getattr(sampler, "draw_on", "auto")
-    if draw_on not in _DRAW_ON:
-        raise ValueError(f"draw_on must be one of {_DRAW_ON}, got {draw_on!r}.")
+    draw_on = check_draw_on(getattr(sampler, "draw_on", "auto"))
+    if not getattr(sampler, "device_drawable", True):
+        return False
     return draw_on == "device" or (draw_on == "auto" and str(device) != "cpu")

@@ -8,6 +8,7 @@ from sklearn.utils.validation import check_array, column_or_1d
 
 from .._typing import RandomStateLike
 from ._base import TaskSampler
+from ._device import check_draw_on, on_device
 
 
 def _rotations():
@@ -48,6 +49,14 @@ class ClassTaskSampler(TaskSampler):
     random_state : int, numpy.random.Generator or None, default=None
         Seeds the tasks drawn by ``meta_fit``.  None defers to the estimator's
         ``random_state``.
+    draw_on : {"auto", "host", "device"}, default="auto"
+        Where ``meta_fit`` draws the tasks: "host" with numpy
+        (:meth:`sample_batch`), "device" with torch on the training device
+        (:meth:`draw_tasks`; the examples are copied there once), "auto" on
+        the device when it is not the CPU.  Augmentations given as callables
+        work on numpy arrays: "auto" then draws on the host, and "device" is
+        refused.  As for :class:`SineTaskSampler`, the two paths draw other
+        tasks from the same distribution.
 
     Attributes
     ----------
@@ -82,6 +91,7 @@ class ClassTaskSampler(TaskSampler):
         augment: str | None = None,
         image_shape: tuple[int, ...] | None = None,
         random_state: RandomStateLike = None,
+        draw_on: str = "auto",
     ) -> None:
         X = np.asarray(
             check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
@@ -103,6 +113,7 @@ class ClassTaskSampler(TaskSampler):
         self.augment = augment
         self.image_shape = image_shape
         self.random_state = random_state
+        self.draw_on = draw_on
 
         self._flat = X.ndim == 2
         if self._flat and image_shape is not None:
@@ -134,6 +145,17 @@ class ClassTaskSampler(TaskSampler):
                 f"{self.n_task_classes_} classes to draw from."
             )
         self._check_enough(self.k_shot, "k_shot")
+        check_draw_on(draw_on, self.device_drawable, "augment is given as callables")
+
+    @property
+    def _finite_by_construction(self):
+        # X was checked finite when built; a callable augmentation could make NaN.
+        return self.device_drawable
+
+    @property
+    def device_drawable(self) -> bool:
+        """Whether :meth:`draw_tasks` can draw these tasks (not with callable augmentations)."""
+        return self.augment is None or isinstance(self.augment, str)
 
     def _check_augment(self, augment):
         if augment is None:
@@ -257,3 +279,54 @@ class ClassTaskSampler(TaskSampler):
         support = self._as_tasks(rng, examples[:, :, :k], labels)
         query = self._as_tasks(rng, examples[:, :, k:], labels)
         return (*support, *query)
+
+    def draw_tasks(self, random, task_ids, device):
+        """Draw the tasks ``task_ids`` on ``device`` with torch (``draw_on="device"``).
+
+        The same distribution as :meth:`sample_batch`: ``n_way`` distinct
+        classes (variants included), ``k_shot`` distinct examples of each,
+        labels assigned to the classes in a random order.  The points of a
+        task come class by class: ``meta_fit`` orders them at random.
+
+        Parameters
+        ----------
+        random : skreptile._engine.keyed_random.KeyedRandom
+            The run's keyed generator: task ``i`` is the same whatever other
+            tasks are drawn with it.
+        task_ids : tensor of int64, shape (n_tasks,)
+            Global ids of the tasks, on ``device``.
+        device : torch.device
+            Where the tasks are drawn and returned.
+
+        Returns
+        -------
+        X : tensor of float32, shape (n_tasks, n_way * k_shot, ...)
+            The examples, flat or as images like the ``X`` given.
+        y : tensor of int64, shape (n_tasks, n_way * k_shot)
+            Labels in ``0 .. n_way - 1``.
+        """
+        import torch
+
+        if not self.device_drawable:
+            check_draw_on("device", False, "augment is given as callables")
+        images, members, counts = on_device(
+            self,
+            device,
+            lambda: (self._images.astype(np.float32), self._members, self._counts),
+        )
+        ids = torch.as_tensor(task_ids, dtype=torch.int64, device=device)
+        n, n_way, k = len(ids), self.n_way, self.k_shot
+        n_variants = len(self._variants)
+        classes = torch.full((n,), self.n_task_classes_, dtype=torch.int64, device=device)
+        picked = random.subsets(0, ids, classes, n_way)
+        base, variant = picked // n_variants, picked % n_variants
+        index = torch.gather(members[base], 2, random.subsets(1, ids, counts[base], k))
+        examples = images[index]  # (n, n_way, k, ...)
+        for v in range(1, n_variants):  # the quarter turns of "rot90"
+            turned = variant == v
+            examples[turned] = torch.rot90(examples[turned], v, dims=(-2, -1))
+        labels = random.permutations(2, ids, 1, n_way)[:, 0]
+        X = examples.reshape(n, n_way * k, *examples.shape[3:])
+        if self._flat:
+            X = X.reshape(n, n_way * k, -1)
+        return X, labels.repeat_interleave(k, dim=1)

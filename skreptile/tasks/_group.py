@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
-import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.utils.validation import check_array
 
 from .._typing import RandomStateLike, Task, TaskBatch
 from ._base import TaskSampler
-from ._columns import check_columns, column, is_missing
-from ._targets import FrozenTargetTransformer, fit_target_transformer
+from ._device import check_draw_on, on_device
+from ._group_table import prepare_table
+from ._targets import FrozenTargetTransformer
 
 # Bound on the random keys drawn at once when choosing points without replacement.
 _KEY_BUDGET = 1 << 22
@@ -73,6 +71,14 @@ class GroupTaskSampler(TaskSampler):
         ``TransformedTargetRegressor`` with it frozen, so that ``fit`` on a
         new group transforms its targets with the meta-training statistics
         and ``predict`` returns the original units.  For regression only.
+    draw_on : {"auto", "host", "device"}, default="auto"
+        Where ``meta_fit`` draws the tasks: "host" with numpy
+        (:meth:`sample_batch`), "device" with torch on the training device
+        (:meth:`draw_tasks`; the table is copied there once, in float32),
+        "auto" on the device when it is not the CPU.  Drawing on the device
+        needs tasks of one size: ``n_points`` set, or groups all of one size;
+        otherwise "auto" draws on the host and "device" is refused.  The two
+        paths draw other tasks from the same distribution.
 
     Attributes
     ----------
@@ -123,6 +129,9 @@ class GroupTaskSampler(TaskSampler):
     [8, 10, 12]
     """
 
+    # The table is checked finite when built (and after preprocessing).
+    _finite_by_construction = True
+
     def __init__(
         self,
         X: Any,
@@ -134,13 +143,16 @@ class GroupTaskSampler(TaskSampler):
         random_state: RandomStateLike = None,
         preprocessor: Any = None,
         target_transformer: Any = None,
+        draw_on: str = "auto",
     ) -> None:
         self.n_points = n_points
         self.small_groups = small_groups
         self.random_state = random_state
         self.preprocessor = preprocessor
         self.target_transformer = target_transformer
-        self._prepare(X, y, groups)
+        self.draw_on = draw_on
+        vars(self).update(prepare_table(self, X, y, groups))
+        check_draw_on(draw_on, self.device_drawable, "groups differ in size and n_points is None")
 
     def pipeline(self, estimator: Any) -> Any:
         """The estimator with this sampler's fitted preprocessing in front, frozen.
@@ -218,119 +230,6 @@ class GroupTaskSampler(TaskSampler):
             )
         return model
 
-    def _transform_targets(self, y):
-        """``y`` through a clone of ``target_transformer`` fitted on it (once), checked."""
-        self.target_transformer_, out = fit_target_transformer(self.target_transformer, y)
-        return out
-
-    def _preprocess(self, X, y):
-        """``X`` as a float array: through ``preprocessor`` when given, else checked per column."""
-        if self.preprocessor is None:
-            check_columns(X)
-            return X
-        from sklearn.base import clone
-
-        self.preprocessor_ = clone(self.preprocessor).fit(X, y)
-        out = self.preprocessor_.transform(X)
-        if hasattr(out, "toarray"):  # a sparse one-hot encoding
-            out = out.toarray()
-        try:
-            return check_array(out, dtype=np.float64, input_name="X")
-        except ValueError as exc:
-            raise ValueError(
-                f"The output of preprocessor={self.preprocessor!r} is not a numeric table "
-                f"without missing values ({exc}). Impute every column with missing values "
-                "and encode every categorical or string column (e.g. SimpleImputer and "
-                "OneHotEncoder in a ColumnTransformer); remainder='passthrough' passes "
-                "such columns through unchanged."
-            ) from None
-
-    # ----------------------------------------------------------- validation
-    def _prepare(self, X, y, groups):
-        if self.n_points is not None and (
-            not isinstance(self.n_points, numbers.Integral)
-            or isinstance(self.n_points, bool)
-            or self.n_points < 2
-        ):
-            raise ValueError(f"n_points must be None or an integer >= 2, got {self.n_points!r}.")
-        if self.small_groups not in ("error", "skip"):
-            raise ValueError(f"small_groups must be 'error' or 'skip', got {self.small_groups!r}.")
-        drop = []
-        if isinstance(y, str):
-            drop.append(y)
-            y = column(X, y, "y")
-        if isinstance(groups, str):
-            drop.append(groups)
-            groups = column(X, groups, "groups")
-        if drop:
-            X = X.drop(columns=drop)
-        columns = getattr(X, "columns", None)
-        named = columns is not None and len(columns) and all(isinstance(c, str) for c in columns)
-        if named and self.preprocessor is None:
-            self.feature_names_in_ = np.asarray(columns, dtype=object)
-        y = check_array(y, dtype=np.float64, ensure_2d=False, input_name="y")
-        if y.ndim not in (1, 2):
-            raise ValueError(f"y must be 1-D or 2-D, got {y.ndim} dimensions.")
-        if self.target_transformer is not None:
-            y = self._transform_targets(y)
-        X = self._preprocess(X, y)
-        X = check_array(X, dtype=np.float64, input_name="X")
-        groups = np.asarray(groups)
-        if groups.ndim != 1:
-            raise ValueError(f"groups must be 1-D, got shape {groups.shape}.")
-        if not len(X) == len(y) == len(groups):
-            raise ValueError(
-                f"X, y and groups have different numbers of rows "
-                f"({len(X)}, {len(y)} and {len(groups)})."
-            )
-        missing = (
-            np.isnan(groups)
-            if groups.dtype.kind == "f"
-            else np.array([is_missing(g) for g in groups.tolist()], dtype=bool)
-            if groups.dtype.kind == "O"
-            else np.zeros(len(groups), dtype=bool)
-        )
-        if missing.any():
-            raise ValueError(
-                f"groups has {int(missing.sum())} missing label(s) (first at row "
-                f"{int(np.argmax(missing))}); give every row a group or drop those rows."
-            )
-        try:
-            labels, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-        except TypeError as exc:
-            raise TypeError(f"groups labels must be mutually comparable: {exc}") from None
-
-        needed = 2 if self.n_points is None else int(self.n_points)
-        small = sizes < needed
-        if small.any():
-            listed = ", ".join(
-                f"{lab!r} ({n} rows)"
-                for lab, n in zip(labels[small][:5].tolist(), sizes[small].tolist())
-            )
-            more = f" and {int(small.sum()) - 5} more" if small.sum() > 5 else ""
-            message = (
-                f"{int(small.sum())} of {len(labels)} groups have fewer than {needed} rows: "
-                f"{listed}{more}."
-            )
-            if self.small_groups == "error":
-                raise ValueError(
-                    message + " Lower n_points, drop those groups, or pass small_groups='skip'."
-                )
-            if small.all():
-                raise ValueError(message + " No group is left to draw tasks from.")
-            warnings.warn(message + " They are skipped.", UserWarning, stacklevel=3)
-        self.skipped_groups_ = labels[small]
-        keep = ~small
-        order = np.argsort(inverse, kind="stable")
-        rows_kept = keep[inverse[order]]
-        order = order[rows_kept]
-        self.groups_ = labels[keep]
-        self.group_sizes_ = sizes[keep]
-        self.n_features_in_ = X.shape[1]
-        self._X = np.ascontiguousarray(X[order])
-        self._y = np.ascontiguousarray(y[order])
-        self._starts = np.concatenate([[0], np.cumsum(self.group_sizes_)[:-1]]).astype(np.intp)
-
     # ----------------------------------------------------------------- tasks
     @property
     def n_groups_(self) -> int:
@@ -389,6 +288,60 @@ class GroupTaskSampler(TaskSampler):
             rows = starts[:, None] + np.arange(self.group_sizes_[0])
             return self._X[rows], self._y[rows]
         return [(self._X[s : s + n], self._y[s : s + n]) for s, n in zip(starts, sizes)]
+
+    @property
+    def device_drawable(self) -> bool:
+        """Whether :meth:`draw_tasks` can draw these tasks: all of one size."""
+        return self.n_points is not None or bool((self.group_sizes_ == self.group_sizes_[0]).all())
+
+    def draw_tasks(self, random, task_ids, device):
+        """Draw the tasks ``task_ids`` on ``device`` with torch (``draw_on="device"``).
+
+        The same distribution as :meth:`sample_batch`: groups chosen uniformly,
+        ``n_points`` distinct rows of each (all rows without ``n_points``).
+        The rows of a task come in no particular order: ``meta_fit`` orders
+        them at random.
+
+        Parameters
+        ----------
+        random : skreptile._engine.keyed_random.KeyedRandom
+            The run's keyed generator: task ``i`` is the same whatever other
+            tasks are drawn with it.
+        task_ids : tensor of int64, shape (n_tasks,)
+            Global ids of the tasks, on ``device``.
+        device : torch.device
+            Where the tasks are drawn and returned.
+
+        Returns
+        -------
+        X : tensor of float32, shape (n_tasks, n_points, n_features)
+            Inputs of the tasks, on ``device``.
+        y : tensor of float32, shape (n_tasks, n_points, n_outputs)
+            Targets of the tasks, on ``device``.
+        """
+        import torch
+
+        if not self.device_drawable:
+            check_draw_on("device", False, "groups differ in size and n_points is None")
+        X, y, starts, sizes = on_device(
+            self,
+            device,
+            lambda: (
+                self._X.astype(np.float32),
+                self._y.reshape(len(self._y), -1).astype(np.float32),
+                self._starts.astype(np.int64),
+                self.group_sizes_.astype(np.int64),
+            ),
+        )
+        ids = torch.as_tensor(task_ids, dtype=torch.int64, device=device)
+        # A multiply-shift maps a 32-bit word to a group uniformly (to 2**-32).
+        chosen = (random.bits(0, ids, 1)[:, 0] * self.n_groups_) >> 32
+        if self.n_points is None:
+            within = torch.arange(int(self.group_sizes_[0]), device=ids.device).expand(len(ids), -1)
+        else:
+            within = random.subsets(1, ids, sizes[chosen], int(self.n_points))
+        rows = starts[chosen][:, None] + within
+        return X[rows], y[rows]
 
     def __repr__(self) -> str:
         return (

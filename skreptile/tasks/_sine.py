@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .._typing import RandomStateLike
 from ._base import TaskSampler
+from ._device import check_draw_on
 
 
 class SineTaskSampler(TaskSampler):
@@ -77,6 +80,31 @@ class SineTaskSampler(TaskSampler):
         self.grid = grid
         self.noise_std = noise_std
         self.draw_on = draw_on
+        self._check_parameters()
+
+    # Parameters checked when built: every task drawn from them is finite.
+    _finite_by_construction = True
+
+    def _check_parameters(self):
+        for name in ("amplitude_range", "phase_range", "x_range"):
+            value = getattr(self, name)
+            try:
+                low, high = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{name} must be a pair (low, high) of numbers, got {value!r}."
+                ) from None
+            if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+                raise ValueError(f"{name} must be finite with low <= high, got {value!r}.")
+        n = self.n_points
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 2:
+            raise ValueError(f"n_points must be an integer >= 2, got {n!r}.")
+        noise = self.noise_std
+        if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise!r}.")
+        if not np.isfinite(noise):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise!r}.")
+        check_draw_on(self.draw_on)
 
     def sample_parameters(
         self, rng: np.random.Generator, n_tasks: int
