@@ -12,7 +12,7 @@ import weakref
 
 DRAW_ON = ("auto", "host", "device")
 
-_copies = weakref.WeakKeyDictionary()  # sampler -> {device: tensors}
+_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # sampler -> {device: tensors}
 _lock = threading.Lock()
 
 

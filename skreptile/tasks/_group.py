@@ -132,6 +132,18 @@ class GroupTaskSampler(TaskSampler):
     # The table is checked finite when built (and after preprocessing).
     _finite_by_construction = True
 
+    # Learned when built (prepare_table).
+    groups_: np.ndarray
+    group_sizes_: np.ndarray
+    skipped_groups_: np.ndarray
+    n_features_in_: int
+    feature_names_in_: np.ndarray
+    preprocessor_: Any
+    target_transformer_: Any
+    _X: np.ndarray
+    _y: np.ndarray
+    _starts: np.ndarray
+
     def __init__(
         self,
         X: Any,
