@@ -106,6 +106,10 @@ PAPER_OMNIGLOT = dict(
     inner_batch_size=10,
     inner_steps=5,
     adapt_steps=50,
+    # The paper adapts at the inner step size and holds nothing out for validation.
+    adapt_lr=None,
+    validation_fraction=None,
+    early_stopping=False,
 )
 
 

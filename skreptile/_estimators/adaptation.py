@@ -18,8 +18,22 @@ def fixed_adapt_lr(adapt_lr, inner_lr, learned):
     return adapt_lr
 
 
+def support_size(Y, shots_per_class):
+    """The support size ``'auto'`` adaptation is chosen by: rows, or examples per class.
+
+    ``Y`` holds the encoded targets of a support set (one-hot for classes);
+    a class counts when some row has it.
+    """
+    if not shots_per_class:
+        return len(Y)
+    n_classes = int((np.asarray(Y).reshape(len(Y), -1) > 0).any(axis=0).sum())
+    return len(Y) / max(n_classes, 1)
+
+
 def choice_for(learned, n_support):
     """``(adapt_steps, adapt_lr)`` that ``meta_fit`` chose for ``n_support`` rows, or None.
+
+    (Examples per class, possibly fractional, for classification.)
 
     The choice of the support size nearest ``n_support`` on a log scale,
     when ``meta_fit`` chose one per size (``adaptation_by_support_``).
@@ -27,7 +41,7 @@ def choice_for(learned, n_support):
     rows = learned.get("adaptation_by_support_")
     if rows is None or n_support is None:
         return None
-    distance = np.abs(np.log(rows[:, 0]) - np.log(max(int(n_support), 1)))
+    distance = np.abs(np.log(rows[:, 0]) - np.log(max(float(n_support), 1.0)))
     size, steps, lr = rows[int(np.argmin(distance))]
     return int(steps), float(lr)
 

@@ -39,7 +39,7 @@ from .._engine import (
 from .._training import selftune as _selftune
 from .._training.interface import TaskFamily
 from .._training.loop import run_meta_fit
-from .adaptation import adapt_lr_for, adapt_steps_for
+from .adaptation import adapt_lr_for, adapt_steps_for, support_size
 from .batch_adaptation import BatchAdaptation, prepare_tasks
 from .constraints import PARAMETER_CONSTRAINTS
 from .doc_link import url_params
@@ -260,6 +260,13 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         return self
 
     # ------------------------------------------------------------ adaptation
+    # Classification counts support sizes in examples per class (a family hook).
+    _shots_per_class = False
+
+    def _support_size(self, Y):
+        """The support size of encoded targets ``Y`` (:func:`support_size`)."""
+        return support_size(Y, self._shots_per_class)
+
     def _adapt_lr(self, n_support=None):
         """The adaptation step size for ``n_support`` rows (:func:`adapt_lr_for`)."""
         return adapt_lr_for(self.adapt_lr, self.inner_lr, self.__dict__, n_support)
@@ -298,7 +305,7 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             self.inner_optimizer,
             self.n_threads,
             self._support_context(init.net),
-            self._adapt_lr,
+            lambda Y: self._adapt_lr(self._support_size(Y)),
             lambda rate: _selftune.backoff_rates(self, rate),
         )
         return adaptation.curve(tasks, steps, lr=lr, indices=indices)

@@ -122,7 +122,7 @@ class BatchAdaptation:
         Whether query points are predicted in a batch with their task's
         support set (non-transductive batch normalisation).
     lr_for : callable
-        ``lr_for(n_support)``: the step size for a task of that many support points.
+        ``lr_for(Y_support)``: the step size for a task of those support targets.
     backoff : callable
         ``backoff(lr)``: the step sizes to try in turn on tasks whose adaptation
         failed (see :func:`skreptile._training.selftune.backoff_rates`).
@@ -147,7 +147,7 @@ class BatchAdaptation:
         indices = range(len(tasks)) if indices is None else indices
         by_lr = {}
         for i in indices:
-            rate = self.lr_for(len(tasks.X_support[i])) if lr is None else lr
+            rate = self.lr_for(tasks.Y_support[i]) if lr is None else lr
             by_lr.setdefault(rate, []).append(i)
         for first_rate, group in by_lr.items():
             pending = task_packs(tasks, self.context, group)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from numpy.typing import ArrayLike
 from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -70,11 +72,17 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         Outer step size ``eps`` at the first meta-iteration (1.0 moves to the
         mean of the adapted weights, as in the paper's few-shot experiments).
     {shared_meta}
-    adapt_steps : int, default=50
+    adapt_steps : int or "auto", default="auto"
         Full-batch gradient steps taken by :meth:`fit` (the paper evaluates
-        with 50).
-    adapt_lr : float or None, default=None
-        Step size of :meth:`fit`; None uses ``inner_lr``.
+        with 50).  "auto" chooses, after :meth:`meta_fit`, among 0, 1, 2, 4,
+        ..., 128 the number with the smallest query log loss on the held-out
+        validation episodes (see ``validation_fraction``); ``adapt_steps_``
+        records it (32 without validation episodes).
+    adapt_lr : float, "auto" or None, default="auto"
+        Step size of :meth:`fit`; None uses ``inner_lr_``.  "auto" chooses it
+        with ``adapt_steps`` among 0.25, 0.5, 0.7 and 1 times ``inner_lr_``;
+        ``adapt_lr_`` records it (0.7 ``inner_lr_`` without validation
+        episodes).
     standardize : bool, default=True
         Standardise the inputs (see above).
     {shared_run}
@@ -125,11 +133,18 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
     """
 
     _loss = "cross_entropy"
+    _shots_per_class = True
 
     _parameter_constraints = {
         **BaseReptile._parameter_constraints,
         "input_shape": ["array-like", None],
         "transductive": ["boolean"],
+        "adapt_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "adapt_lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"}), None],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left"), None],
+        "n_support": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, 1, closed="left")],
     }
 
     def __init__(
@@ -146,15 +161,18 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         inner_batch_size=10,
         inner_lr=0.1,
         inner_optimizer="sgd",
-        adapt_steps=50,
-        adapt_lr=None,
+        adapt_steps="auto",
+        adapt_lr="auto",
         standardize=True,
         transductive=False,
         device="auto",
         n_threads="auto",
         random_state=None,
         verbose=0,
-        early_stopping=False,
+        early_stopping="auto",
+        validation_fraction=0.2,
+        n_support=None,
+        tol=1e-3,
         n_iter_no_change=10,
         monitor_interval=100,
         warm_start=False,
@@ -183,6 +201,9 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.random_state = random_state
         self.verbose = verbose
         self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_support = n_support
+        self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.monitor_interval = monitor_interval
         self.warm_start = warm_start

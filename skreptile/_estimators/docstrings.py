@@ -212,12 +212,44 @@ EARLY_STOPPING_AUTO = """\
         progress for early stopping."""
 
 
+_STOPPING_AUTO = EARLY_STOPPING_AUTO[: EARLY_STOPPING_AUTO.index("    validation_fraction")]
+
+EARLY_STOPPING_AUTO_CLASSES = (
+    _STOPPING_AUTO
+    + """\
+    validation_fraction : float in [0, 1) or None, default=0.2
+        Share held out before meta-training, to validate on classes (or
+        examples) meta-training never sees.  With a
+        :class:`~skreptile.ClassTaskSampler`: that share of its classes, with
+        all their augmented variants, when enough classes are left for
+        ``n_way``-way tasks; otherwise that share of every class's examples
+        (with few base classes, new examples of the same classes).  64
+        validation episodes are drawn from what is held out.  Any other
+        sampler gives 64 fresh tasks, split by class.  They serve early
+        stopping and the choice of ``adapt_steps``/``adapt_lr`` "auto".
+        Ignored when :meth:`meta_fit` gets ``validation_tasks``; None or 0
+        holds nothing out.
+    n_support : int or None, default=None
+        The number of labelled examples per class ("shots") you plan to give
+        :meth:`fit` for a new task: the support size of the validation
+        episodes, with up to 5 query examples per class.  None monitors
+        meta-training with 1 shot and, with a ``ClassTaskSampler``, chooses
+        "auto" adaptation for 1 and 5 shots, each used by :meth:`fit` for the
+        number of examples per class nearest it
+        (``adaptation_by_support_``).
+    tol : float in [0, 1), default=1e-3
+        Relative improvement of the best validation loss that counts as
+        progress for early stopping."""
+)
+
+
 def fill(cls):
     """Class decorator: put the shared blocks into ``cls.__doc__``."""
     doc = cls.__doc__
     for name, block in BLOCKS.items():
         doc = doc.replace("    {" + name + "}", block)
     auto = "validation_fraction" in cls.__init__.__code__.co_varnames
-    doc = doc.replace("    {early_stopping}", EARLY_STOPPING_AUTO if auto else EARLY_STOPPING_FIXED)
+    stopping = EARLY_STOPPING_AUTO_CLASSES if cls._shots_per_class else EARLY_STOPPING_AUTO
+    doc = doc.replace("    {early_stopping}", stopping if auto else EARLY_STOPPING_FIXED)
     cls.__doc__ = doc
     return cls

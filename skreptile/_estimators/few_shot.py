@@ -43,6 +43,10 @@ class FewShotMixin(abc.ABC):
         """The number of adaptation steps for ``n_support`` rows."""
 
     @abc.abstractmethod
+    def _support_size(self, Y):
+        """The support size of encoded support targets ``Y`` (rows, or shots per class)."""
+
+    @abc.abstractmethod
     def _decode(self, scaled, info, kind, scaling=None):
         """Predictions from scaled outputs (a family hook)."""
 
@@ -138,8 +142,9 @@ class FewShotMixin(abc.ABC):
             )
         # 'auto' adaptation may differ with the number of support rows: group the tasks.
         by_steps: dict[int, list[int]] = {}
-        for i, X in enumerate(tasks.X_support):
-            by_steps.setdefault(self._adapt_steps(len(X)), []).append(i)
+        for i in range(len(tasks.X_support)):
+            size = self._support_size(tasks.Y_support[i])
+            by_steps.setdefault(self._adapt_steps(size), []).append(i)
         scaled = [None] * len(tasks)
         for steps, group in by_steps.items():
             curve = self._adaptation_curve(tasks, [steps], indices=group)[steps]

@@ -134,6 +134,10 @@ class _EncodedSampler(TaskSampler):
     def resolve_seed(self, fallback_seed):
         return self.inner.resolve_seed(fallback_seed)
 
+    def with_inner(self, inner):
+        """The same encoding of another sampler's batches (the tasks left after a hold-out)."""
+        return _EncodedSampler(inner, self.tasks)
+
     def sample_batch(self, rng, n_tasks):
         X, y = self.inner.sample_batch(rng, n_tasks)
         first, self.n_seen = self.n_seen, self.n_seen + n_tasks

@@ -20,6 +20,7 @@ class EstimatorHooks(MetaFitHooks):
         self.settings = Settings.from_params(est.get_params(deep=False))
         self.fingerprint = fingerprint_params(est)
         self.loss_name = est._loss
+        self.shots_per_class = est._shots_per_class
 
     def meta_training_tasks(self, task_sampler):
         return self._est._meta_training_tasks(task_sampler)

@@ -47,14 +47,14 @@ def fit_one_task(est, X, Y, info):
     device = est._place("fit")
     # 'auto': the step size is halved on a task whose support loss diverged
     # or grew, as few_shot_predict and the choice on validation tasks do.
-    rates = _selftune.backoff_rates(est, est._adapt_lr(len(X)))
+    rates = _selftune.backoff_rates(est, est._adapt_lr(est._support_size(Y)))
     backend = est._fit_backend(net, device, len(X))
     if backend.kind == "numpy":
         args = (
             est._lean_theta(),
             scaling.x(X).astype(np.float32),
             scaling.y(Y).astype(np.float32),
-            est._adapt_steps(len(X)),
+            est._adapt_steps(est._support_size(Y)),
         )
     else:
         packed = PackedTasks(X[None], Y[None], None, scaling, device)
@@ -70,7 +70,7 @@ def fit_one_task(est, X, Y, info):
                     loss,
                     theta,
                     packed,
-                    est._adapt_steps(len(X)),
+                    est._adapt_steps(est._support_size(Y)),
                     est.inner_optimizer,
                     lr,
                     state,

@@ -123,11 +123,15 @@ class MetaFitHooks(abc.ABC):
         checkpoints (:func:`~skreptile._training.fingerprints.fingerprint_params`).
     loss_name : str
         The engine's loss (:data:`skreptile._engine.losses.LOSSES`).
+    shots_per_class : bool
+        Whether support sizes count examples per class and tasks are held out
+        by class (classification), rather than rows.
     """
 
     settings: Settings
     fingerprint: dict
     loss_name: str
+    shots_per_class: bool = False
 
     @abc.abstractmethod
     def meta_training_tasks(self, task_sampler) -> tuple[Any, TaskFamily]:

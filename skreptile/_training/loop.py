@@ -129,9 +129,11 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     auto_validation, by_size, finite = None, None, False
     if validation_tasks is None:
         # Whole tasks held out before any meta-training task is drawn.
-        sampler, by_size, finite = _selftune.hold_out(settings, sampler, int(task_seed))
-        if by_size is not None:
-            auto_validation = by_size[_selftune.monitored_size(settings)]
+        sampler, by_size, finite = _selftune.hold_out(
+            settings, sampler, int(task_seed), hooks.shots_per_class
+        )
+        if by_size is not None:  # the monitored size comes first
+            auto_validation = next(iter(by_size.values()))
     early_stopping = settings.early_stopping
     if _selftune.is_auto(early_stopping):
         # A warm start continues the run to n_meta_iter, as one run would.

@@ -38,6 +38,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ..tasks._base import TaskSource, keyed_generator, sampler_kind
+from ..tasks._class import ClassTaskSampler
+from ..tasks._class_split import hold_out_classes
 
 STEP_CANDIDATES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 LR_FACTORS = (0.25, 0.5, 0.7, 1.0)
@@ -54,6 +56,9 @@ MAX_SPLITS = 200
 DEFAULT_N_SUPPORT = 10
 # Support sizes adaptation is chosen for when n_support is None (finite samplers).
 SUPPORT_SIZES = (4, DEFAULT_N_SUPPORT, 25)
+# The same for classification, in examples per class (shots): 1-shot is the usual case.
+DEFAULT_N_SHOTS = 1
+SUPPORT_SHOTS = (DEFAULT_N_SHOTS, 5)
 _HOLD_OUT_KEY, _FRESH_KEY, _SPLIT_KEY = 11, 12, 13
 
 
@@ -69,13 +74,59 @@ def _split(tasks, n_support, rng, n_splits):
     return out
 
 
-def monitored_size(settings):
-    """The support size of the held-out splits that monitor meta-training."""
-    return settings.n_support or DEFAULT_N_SUPPORT
+def _split_by_class(tasks, shots, rng):
+    """Every task split into ``shots`` support examples per class (fewer where a class has
+    fewer than ``shots + 1``) and the rest as query; tasks with nothing to query are left out."""
+    out = []
+    for X, y in tasks:
+        X, y = np.asarray(X), np.asarray(y).reshape(len(X))
+        support = []
+        for c in np.unique(y):
+            members = rng.permutation(np.flatnonzero(y == c))
+            support.extend(members[: min(shots, max(1, len(members) - 1))])
+        query = np.setdiff1d(np.arange(len(y)), support)
+        if len(query):
+            s = np.sort(np.asarray(support, dtype=np.intp))
+            out.append((X[s], y[s], X[query], y[query]))
+    return out
 
 
-def hold_out(settings, sampler, seed):
+def monitored_size(settings, by_class=False):
+    """The support size of the held-out splits that monitor meta-training (shots per class
+    when ``by_class``)."""
+    return settings.n_support or (DEFAULT_N_SHOTS if by_class else DEFAULT_N_SUPPORT)
+
+
+def _hold_out_by_class(settings, sampler, seed, split_rng):
+    """:func:`hold_out` for classification: held-out classes of a class-task sampler, else
+    fresh tasks split by class."""
+    fraction, n_support = settings.validation_fraction, monitored_size(settings, True)
+    inner = getattr(sampler, "inner", sampler)  # the classifier's label-encoding wrapper
+    if isinstance(inner, ClassTaskSampler):
+        shots = SUPPORT_SHOTS if settings.n_support is None else (n_support,)
+        shots = (n_support,) + tuple(s for s in shots if s != n_support)
+        hold_rng = keyed_generator(seed, _HOLD_OUT_KEY)
+        split = hold_out_classes(inner, fraction, shots, hold_rng, split_rng, N_FRESH)
+        if split is not None and n_support in split[1]:
+            train, by_size = split
+            return (train if sampler is inner else sampler.with_inner(train)), by_size, True
+    rng = keyed_generator(seed, _FRESH_KEY)
+    if sampler_kind(inner) == "batched":
+        drawn = inner.sample_batch(rng, N_FRESH)
+        drawn = list(zip(*drawn)) if isinstance(drawn, tuple) else drawn
+    elif sampler_kind(inner) == "callable":
+        drawn = [inner(rng) for _ in range(N_FRESH)]
+    else:  # a sequence: meta-training on all of it, nothing held out
+        return sampler, None, False
+    split = _split_by_class(drawn, n_support, split_rng)
+    return sampler, ({n_support: split} if split else None), False
+
+
+def hold_out(settings, sampler, seed, by_class=False):
     """``(sampler to meta-train on, held-out splits by support size or None, finite)``.
+
+    ``by_class``: classification, where sizes are shots per class and tasks are
+    held out as classes (:func:`_hold_out_by_class`).
 
     The splits are ``{n_support: [(Xs, ys, Xq, yq), ...]}``: one size, or each
     of ``SUPPORT_SIZES`` for a finite sampler with ``n_support=None``.
@@ -85,8 +136,10 @@ def hold_out(settings, sampler, seed):
     fraction = settings.validation_fraction
     if not fraction:
         return sampler, None, False
-    n_support = monitored_size(settings)
     split_rng = keyed_generator(seed, _SPLIT_KEY)
+    if by_class:
+        return _hold_out_by_class(settings, sampler, seed, split_rng)
+    n_support = monitored_size(settings)
     kind = sampler_kind(sampler)
     if kind == "sequence" or hasattr(sampler, "_split_groups"):
         n = len(sampler) if kind == "sequence" else sampler.n_groups_
