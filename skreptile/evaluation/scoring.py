@@ -174,9 +174,10 @@ def evaluate_few_shot(
         They see the points after the model's preprocessing, if it has any,
         images flattened to rows (skreptile's own estimators get them as
         they are), and the targets in their original units.  A list names
-        them by class.  ``"auto"`` uses :func:`default_baselines` for the
-        model's kind: for classifiers 1-nearest-neighbour, nearest centroid
-        and logistic regression.  The default, None, scores the model alone
+        them by class.  ``"auto"`` uses
+        :func:`~skreptile.evaluation.default_baselines` for the model's kind:
+        for classifiers 1-nearest-neighbour, nearest centroid and logistic
+        regression.  The default, None, scores the model alone
         (baselines cost a fit per task, and the default leaves earlier
         results as they were).  A classifier baseline's accuracy is scored on
         its ``predict``.  Wrap an estimator already trained on other data in
