@@ -1,9 +1,10 @@
 """Baselines of few-shot evaluation: the standard ones, and every baseline fitted on every task.
 
 A baseline answers "what would I have done without meta-learning": an ordinary
-estimator fitted on a task's support points alone.  :func:`default_baselines`
-gives the usual ones; :func:`baseline_scores` fits a fresh clone of each on
-every task and scores it on the task's query points.
+estimator fitted on a task's support points alone.
+:func:`~skreptile.evaluation.default_baselines` gives the usual ones;
+``baseline_scores`` fits a fresh clone of each on every task and scores it on
+the task's query points.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from sklearn.preprocessing import StandardScaler
 
 from .._estimators.base import BaseReptile
 from .metrics import _prediction
+
+__all__ = ["default_baselines"]  # baseline_items and baseline_scores serve evaluate_few_shot
 
 
 class _NearestCentroid(NearestCentroid):
