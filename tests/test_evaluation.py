@@ -12,6 +12,7 @@ from sklearn.linear_model import LinearRegression, Ridge
 from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
 from skreptile.evaluation import (
     FewShotResults,
+    default_baselines,
     evaluate_few_shot,
     plot_few_shot,
     split_support_query,
@@ -245,3 +246,163 @@ def test_plot_draws_the_curve_and_one_line_per_baseline(sine_model):
     assert labels == ["ReptileRegressor", "Ridge", "DummyRegressor"]
     np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), [0, 2, 8])
     plt.close(fig)
+
+
+# ------------------------------------------------------------ classification
+FAST_C = dict(device="cpu", random_state=0)
+CENTRES = np.random.default_rng(0).normal(scale=3.0, size=(30, 4))
+
+
+def _blob_task(rng, n_way=5, shots=3):
+    """An N-way task of Gaussian blobs around class centres, labels 0..N-1."""
+    labels = np.repeat(np.arange(n_way), shots)
+    chosen = rng.choice(len(CENTRES), n_way, replace=False)
+    return CENTRES[chosen[labels]] + 0.3 * rng.normal(size=(len(labels), 4)), labels
+
+
+@pytest.fixture(scope="module")
+def five_way_model():
+    from skreptile import ReptileClassifier
+
+    model = ReptileClassifier(hidden_layer_sizes=(16,), n_meta_iter=20, adapt_steps=4, **FAST_C)
+    return model.meta_fit(_blob_task)
+
+
+def _accuracy_by_fit(model, task, steps):
+    Xs, ys, Xq, yq = task
+    return np.mean(model.set_params(adapt_steps=steps).fit(Xs, ys).predict(Xq) == yq)
+
+
+@pytest.mark.parametrize("n_way", [2, 3, 5])
+def test_fewer_ways_than_meta_training_predict_alike_everywhere(five_way_model, n_way):
+    model, rng = five_way_model, np.random.default_rng(n_way)
+    tasks = []
+    for _ in range(3):
+        X, y = _blob_task(rng, n_way, shots=4)
+        names = np.array(["ant", "bee", "cat", "dog", "eel"])[y]  # any labels
+        tasks.append((X[::2], names[::2], X[1::2], names[1::2]))
+    model.set_params(adapt_steps=4)
+    batched = model.few_shot_predict(*[[t[i] for t in tasks] for i in range(3)])
+    for (Xs, ys, Xq, _), pred in zip(tasks, batched):
+        np.testing.assert_array_equal(model.fit(Xs, ys).predict(Xq), pred)
+        assert model.predict_proba(Xq).shape == (len(Xq), n_way)
+        assert set(pred) <= set(ys)
+    results = evaluate_few_shot(model, tasks, adapt_steps=[0, 4])
+    for row, steps in zip(results.model_errors, [0, 4]):
+        np.testing.assert_allclose(row, [_accuracy_by_fit(model, t, steps) for t in tasks])
+    model.set_params(adapt_steps=4)
+
+
+def test_tasks_of_different_ways_and_unequal_shots_in_one_call(five_way_model):
+    model, rng = five_way_model, np.random.default_rng(7)
+    X2, y2 = _blob_task(rng, 2, shots=4)
+    X5, y5 = _blob_task(rng, 5, shots=2)
+    # 3 examples of class 0 and 1 of class 1; query points of both classes.
+    uneven = np.array([0, 1, 2, 4])
+    rest = np.setdiff1d(np.arange(8), uneven)
+    tasks = [
+        (X2[uneven], y2[uneven], X2[rest], y2[rest]),
+        (X5[::2], y5[::2], X5[1::2], y5[1::2]),
+    ]
+    assert np.bincount(tasks[0][1]).tolist() == [3, 1]
+    preds = model.few_shot_predict(*[[t[i] for t in tasks] for i in range(3)])
+    for (Xs, ys, Xq, _), pred in zip(tasks, preds):
+        np.testing.assert_array_equal(model.fit(Xs, ys).predict(Xq), pred)
+    results = evaluate_few_shot(model, tasks, adapt_steps=[4], baselines="auto")
+    np.testing.assert_allclose(
+        results.model_errors[0], [_accuracy_by_fit(model, t, 4) for t in tasks]
+    )
+    model.set_params(adapt_steps=4)
+    assert all(np.isfinite(results.errors(name)).all() for name in results.baseline_errors)
+
+
+def test_more_ways_than_outputs_are_refused_naming_the_limit(five_way_model):
+    X, y = _blob_task(np.random.default_rng(3), 6, shots=2)
+    message = "has 6 classes, .* meta-learned for 5-way tasks: .* at most 5 classes"
+    with pytest.raises(ValueError, match=message):
+        five_way_model.fit(X, y)
+    with pytest.raises(ValueError, match="Task 0 " + message):
+        five_way_model.few_shot_predict([X], [y], [X])
+    with pytest.raises(ValueError, match="Task 0 " + message):
+        evaluate_few_shot(five_way_model, [(X, y, X, y)], adapt_steps=[0])
+
+
+def _centroid_task(offset):
+    """Labels by the nearest class mean: nearest centroid is exact, 1-NN is not.
+
+    Class "a" has 3 support points around its mean, "b" one; the query point
+    at 1.6 is nearer b's mean (3) than a's (0), but nearer a's point at 1.
+    """
+    support = np.array([[-1.0, 0], [0, 0], [1, 0], [3, 0]]) + offset
+    query = np.array([[1.6, 0], [-0.5, 0], [2.5, 0], [1.4, 0]]) + offset
+    return support, np.array(["a", "a", "a", "b"]), query, np.array(["b", "a", "b", "a"])
+
+
+def test_default_baselines_score_what_they_should():
+    tasks = [_centroid_task(offset) for offset in np.random.default_rng(0).normal(size=(5, 2))]
+    results = evaluate_few_shot(None, tasks, baselines=default_baselines(classifier=True))
+    np.testing.assert_array_equal(results.errors("nearest centroid"), 1.0)
+    np.testing.assert_array_equal(results.errors("1-NN"), 0.75)
+    names = [row["method"] for row in results.summary()]
+    assert names == ["1-NN", "nearest centroid", "logistic regression"]
+    assert "logistic regression" in str(results)
+    regression = default_baselines(classifier=False)
+    assert list(regression) == ["support mean", "ridge"]
+    assert (
+        default_baselines(classifier=True)["1-NN"] is not default_baselines(classifier=True)["1-NN"]
+    )
+
+
+def test_auto_baselines_on_images_see_flat_rows_and_one_shot_log_loss_is_finite():
+    from skreptile import ReptileClassifier
+
+    rng = np.random.default_rng(1)
+
+    def image_task(rng):
+        X, y = _blob_task(rng, 3, shots=2)
+        return X.reshape(-1, 1, 2, 2), y
+
+    model = ReptileClassifier(hidden_layer_sizes=(8,), n_meta_iter=5, **FAST_C)
+    model.meta_fit(image_task)
+    tasks = []
+    for _ in range(3):
+        X, y = image_task(rng)
+        tasks.append((X[::2], y[::2], X[1::2], y[1::2]))  # one shot, three ways
+    for metric in ("accuracy", "log_loss"):
+        results = evaluate_few_shot(model, tasks, adapt_steps=[0], baselines="auto", metric=metric)
+        flat = [(Xs.reshape(3, -1), ys, Xq.reshape(3, -1), yq) for Xs, ys, Xq, yq in tasks]
+        alone = evaluate_few_shot(
+            None, flat, baselines=default_baselines(classifier=True), metric=metric
+        )
+        assert list(results.baseline_errors) == ["1-NN", "nearest centroid", "logistic regression"]
+        for name, errors in alone.baseline_errors.items():
+            assert np.isfinite(errors).all(), (metric, name)
+            np.testing.assert_allclose(results.errors(name), errors)
+
+
+def test_auto_regression_baselines():
+    tasks = _sine_tasks(4)
+    model = ReptileRegressor(hidden_layer_sizes=(8,), n_meta_iter=5, **FAST_C)
+    model.meta_fit(SineTaskSampler(random_state=0))
+    results = evaluate_few_shot(
+        model, tasks, n_support=5, adapt_steps=[0], baselines="auto", random_state=0
+    )
+    split = split_support_query(tasks, 5, random_state=0)
+    expected = [np.mean((yq - ys.mean()) ** 2) for _, ys, _, yq in split]
+    np.testing.assert_allclose(results.errors("support mean"), expected)
+    assert np.isfinite(results.errors("ridge")).all()
+
+
+def test_a_baseline_that_cannot_fit_a_task_is_named_with_the_task():
+    tasks = [_centroid_task(0.0), _centroid_task(1.0)]
+    Xs, ys, Xq, yq = tasks[1]
+    tasks[1] = (Xs[:3], ys[:3], Xq, yq)  # one class in the support set
+    baselines = {"my logistic": default_baselines(classifier=True)["logistic regression"]}
+    with pytest.raises(
+        ValueError, match="Baseline 'my logistic' failed on task 1 .*1 class.*at least 2 classes"
+    ):
+        evaluate_few_shot(None, tasks, baselines=baselines)
+    with pytest.raises(ValueError, match="model is None. Pass default_baselines"):
+        evaluate_few_shot(None, tasks, baselines="auto")
+    with pytest.raises(ValueError, match="baselines must be 'auto'"):
+        evaluate_few_shot(None, tasks, baselines="all")

@@ -20,7 +20,9 @@ def encode_labels(y, n_outputs, where):
     if len(classes) > n_outputs:
         raise ValueError(
             f"{where} has {len(classes)} classes, but the initialisation was meta-learned "
-            f"for {n_outputs}-way tasks."
+            f"for {n_outputs}-way tasks: the network has {n_outputs} outputs, so a task can "
+            f"have at most {n_outputs} classes. Classify fewer classes per task, or meta-train "
+            f"on {len(classes)}-way tasks."
         )
     return classes, np.eye(n_outputs)[index]
 

@@ -9,7 +9,14 @@ intervals over tasks, and paired differences with theirs.
 """
 
 from ..tasks._split import split_support_query
+from .baselines import default_baselines
 from .results import FewShotResults, plot_few_shot
 from .scoring import evaluate_few_shot
 
-__all__ = ["FewShotResults", "evaluate_few_shot", "plot_few_shot", "split_support_query"]
+__all__ = [
+    "FewShotResults",
+    "default_baselines",
+    "evaluate_few_shot",
+    "plot_few_shot",
+    "split_support_query",
+]

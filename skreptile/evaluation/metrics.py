@@ -6,13 +6,37 @@ import numpy as np
 
 
 class _ClassPrediction:
-    """A classifier's prediction for one task: its classes and their probabilities."""
+    """A classifier's prediction for one task: its classes, their probabilities, its labels.
 
-    def __init__(self, classes, proba):
-        self.classes, self.proba = np.asarray(classes), np.asarray(proba)
+    ``proba`` is None for an estimator without ``predict_proba``; ``labels``
+    (its ``predict``) is None where they are the most probable classes.
+    """
+
+    def __init__(self, classes, proba, labels=None):
+        self.classes = np.asarray(classes)
+        self.proba = None if proba is None else np.asarray(proba)
+        self.predicted = None if labels is None else np.asarray(labels)
 
     def labels(self):
+        if self.predicted is not None:
+            return self.predicted
         return self.classes[np.argmax(self.proba, axis=1)]
+
+
+def _prediction(est, X, classifier, proba=True):
+    """What the metric scores: values, or a classifier's classes, probabilities and labels.
+
+    A classifier's labels are its ``predict``, which need not be the most
+    probable class of its ``predict_proba`` (``NearestCentroid`` predicts the
+    nearest centroid, but its probabilities scale distances per feature).
+    ``proba=False`` skips the probabilities, for a metric of labels: some
+    estimators' cannot be computed on every task (``NearestCentroid``'s with
+    one example per class).
+    """
+    if not classifier:
+        return est.predict(X)
+    probabilities = est.predict_proba(X) if proba and hasattr(est, "predict_proba") else None
+    return _ClassPrediction(est.classes_, probabilities, est.predict(X))
 
 
 def _mse(y_true, y_pred):
@@ -32,6 +56,11 @@ def _accuracy(y_true, pred):
 
 
 def _log_loss(y_true, pred):
+    if pred.proba is None:
+        raise ValueError(
+            "metric='log_loss' needs probabilities, but the estimator has no predict_proba; "
+            "score it with metric='accuracy'."
+        )
     index = np.searchsorted(pred.classes, y_true).clip(0, len(pred.classes) - 1)
     p = np.where(pred.classes[index] == y_true, pred.proba[np.arange(len(y_true)), index], 0.0)
     return float(-np.mean(np.log(np.clip(p, 1e-15, 1.0))))
@@ -44,7 +73,7 @@ CLASSIFICATION_METRICS = {"accuracy": (_accuracy, True), "log_loss": (_log_loss,
 
 def _score(metric_fn, y_true, y_pred, worst):
     values = y_pred.proba if isinstance(y_pred, _ClassPrediction) else y_pred
-    if not np.isfinite(values).all():
+    if values is not None and not np.isfinite(values).all():
         return worst
     return metric_fn(y_true, y_pred)
 

@@ -14,23 +14,11 @@ from sklearn.preprocessing import FunctionTransformer
 
 from .._estimators.base import BaseReptile
 from ..tasks._split import as_task_list, check_split, split_support_query
-from .metrics import _ClassPrediction, _metric, _score
+from .baselines import baseline_items, baseline_scores
+from .metrics import _ClassPrediction, _metric, _prediction, _score
 from .results import FewShotResults
 
 DEFAULT_STEPS = (0, 1, 2, 4, 8, 16, 32)
-
-
-def _baseline_items(baselines):
-    if baselines is None:
-        return []
-    if isinstance(baselines, Mapping):
-        return list(baselines.items())
-    items, seen = [], {}
-    for est in baselines:
-        name = type(est).__name__
-        seen[name] = seen.get(name, 0) + 1
-        items.append((name if seen[name] == 1 else f"{name} #{seen[name]}", est))
-    return items
 
 
 def _model_predictions(model, tasks, steps):
@@ -43,13 +31,6 @@ def _model_predictions(model, tasks, steps):
     )
     classes = [np.unique(np.asarray(y).reshape(len(y))) for y in support_y]
     return {s: [_ClassPrediction(c, p) for c, p in zip(classes, ps)] for s, ps in staged.items()}
-
-
-def _predict(est, X, classifier):
-    """What the metric scores: values, or a classifier's classes and probabilities."""
-    if classifier:
-        return _ClassPrediction(est.classes_, est.predict_proba(X))
-    return est.predict(X)
 
 
 def _unwrap(model):
@@ -151,7 +132,7 @@ def evaluate_few_shot(
     *,
     n_support: int | None = None,
     adapt_steps: int | Sequence[int] = DEFAULT_STEPS,
-    baselines: Mapping[str, Any] | Sequence[Any] | None = None,
+    baselines: Mapping[str, Any] | Sequence[Any] | str | None = None,
     metric: str | Callable[..., float] | None = None,
     confidence: float = 0.95,
     random_state: Any = None,
@@ -187,13 +168,22 @@ def evaluate_few_shot(
         Support points per task when ``tasks`` are not split yet.
     adapt_steps : int or sequence of int, default=(0, 1, 2, 4, 8, 16, 32)
         Numbers of adaptation steps at which to score the model.
-    baselines : dict of str to estimator, list of estimators or None, default=None
+    baselines : "auto", dict of str to estimator, list of estimators or None, default=None
         Any scikit-learn regressors or classifiers, like the model (for example ``Ridge()`` or
         ``GaussianProcessRegressor()``), fitted on every task's support points.
         They see the points after the model's preprocessing, if it has any,
-        and the targets in their original units.  A list names them by class.
-        Wrap an estimator already trained on other data in
-        ``sklearn.frozen.FrozenEstimator`` to score it unchanged.
+        images flattened to rows (skreptile's own estimators get them as
+        they are), and the targets in their original units.  A list names
+        them by class.  ``"auto"`` uses
+        :func:`~skreptile.evaluation.default_baselines` for the model's kind:
+        for classifiers 1-nearest-neighbour, nearest centroid and logistic
+        regression.  The default, None, scores the model alone
+        (baselines cost a fit per task, and the default leaves earlier
+        results as they were).  A classifier baseline's accuracy is scored on
+        its ``predict``.  Wrap an estimator already trained on other data in
+        ``sklearn.frozen.FrozenEstimator`` to score it unchanged.  A baseline
+        that cannot fit a task (logistic regression on a support set of one
+        class) raises a ``ValueError`` naming it and the task.
     metric : str, callable or None, default=None
         Score of one task, computed on its query points: for regressors
         "mse" (the default), "rmse" or "mae"; for classifiers "accuracy" (the
@@ -214,6 +204,7 @@ def evaluate_few_shot(
     See Also
     --------
     split_support_query : The random split used with ``n_support``.
+    default_baselines : The baselines of ``baselines="auto"``.
     plot_few_shot : Error against adaptation steps, baselines as lines.
 
     Examples
@@ -233,10 +224,10 @@ def evaluate_few_shot(
     """
     if not (0 < confidence < 1):
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
-    items = _baseline_items(baselines)
+    reptile, preprocessing, target = (None, None, None) if model is None else _unwrap(model)
+    items = baseline_items(baselines, None if reptile is None else is_classifier(reptile))
     if model is None and not items:
         raise ValueError("Nothing to evaluate: give a model, baselines, or both.")
-    reptile, preprocessing, target = (None, None, None) if model is None else _unwrap(model)
     classifier = is_classifier(reptile if reptile is not None else items[0][1])
     for name, est in items:
         if is_classifier(est) != classifier:
@@ -273,7 +264,9 @@ def evaluate_few_shot(
         else:
             preds = {
                 s: [
-                    _predict(clone(reptile).set_params(adapt_steps=s).fit(Xs, ys), Xq, classifier)
+                    _prediction(
+                        clone(reptile).set_params(adapt_steps=s).fit(Xs, ys), Xq, classifier
+                    )
                     for Xs, ys, Xq, _ in model_tasks
                 ]
                 for s in steps
@@ -300,14 +293,9 @@ def evaluate_few_shot(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    baseline_errors = {}
-    for name, est in items:
-        baseline_errors[name] = np.array(
-            [
-                metric_fn(yq, _predict(clone(est).fit(Xs, ys), Xq, classifier))
-                for Xs, ys, Xq, yq in tasks
-            ]
-        )
+    baseline_errors = baseline_scores(
+        items, tasks, metric_fn, classifier, proba=metric_name == "log_loss"
+    )
     return FewShotResults(
         type(reptile).__name__ if reptile is not None else None,
         steps,
