@@ -300,6 +300,7 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             self._support_context(init.net),
             self._adapt_lr,
             lambda rate: _selftune.backoff_rates(self, rate),
+            getattr(self, "head_init", None),
         )
         return adaptation.curve(tasks, steps, lr=lr, indices=indices)
 

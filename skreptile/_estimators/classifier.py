@@ -9,6 +9,7 @@ import torch
 from numpy.typing import ArrayLike
 from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -75,6 +76,17 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         with 50).
     adapt_lr : float or None, default=None
         Step size of :meth:`fit`; None uses ``inner_lr``.
+    head_init : {"meta", "prototypes"}, default="meta"
+        Where every adaptation (:meth:`fit`, :meth:`few_shot_predict`,
+        validation, evaluation, and each task of :meth:`meta_fit`) starts its
+        output layer.  ``"meta"``: the meta-learned one.  ``"prototypes"``:
+        from the task's support set, as Proto-MAML does (Triantafillou et al.,
+        2020): with ``c_k`` the mean penultimate features of class ``k``'s
+        examples, weights ``2 c_k`` and bias ``-||c_k||^2``, so that before
+        any step the network classifies like nearest centroid in its
+        embedding; the output layer is then not meta-learned (it gets no
+        outer update).  A ``module`` must end with a ``torch.nn.Linear`` with
+        a bias, else a ``ValueError`` says so.
     standardize : bool, default=True
         Standardise the inputs (see above).
     {shared_run}
@@ -130,6 +142,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         **BaseReptile._parameter_constraints,
         "input_shape": ["array-like", None],
         "transductive": ["boolean"],
+        "head_init": [StrOptions({"meta", "prototypes"})],
     }
 
     def __init__(
@@ -148,6 +161,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         inner_optimizer="sgd",
         adapt_steps=50,
         adapt_lr=None,
+        head_init="meta",
         standardize=True,
         transductive=False,
         device="auto",
@@ -176,6 +190,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.inner_optimizer = inner_optimizer
         self.adapt_steps = adapt_steps
         self.adapt_lr = adapt_lr
+        self.head_init = head_init
         self.standardize = standardize
         self.transductive = transductive
         self.device = device
