@@ -10,6 +10,7 @@ References: nearest centroid and 1-nearest-neighbour on the pixels.
 Usage::
 
     python benchmarks/prototype_head.py [--n-meta-iter 2000] [--episodes 200] [--seeds 3]
+        [--train-shot 5] [--inner-lr 0.1]
 """
 
 import argparse
@@ -47,6 +48,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-shot", type=int, default=5)
     parser.add_argument("--n-query", type=int, default=10)
+    parser.add_argument("--inner-lr", type=float, default=0.1)
     args = parser.parse_args()
 
     X, y = load_digits(return_X_y=True)
@@ -69,7 +71,11 @@ def main():
             )
             start = time.perf_counter()
             model = ReptileClassifier(
-                head_init=head, n_meta_iter=args.n_meta_iter, random_state=seed, device="cpu"
+                head_init=head,
+                n_meta_iter=args.n_meta_iter,
+                inner_lr=args.inner_lr,
+                random_state=seed,
+                device="cpu",
             ).meta_fit(sampler)
             seconds = time.perf_counter() - start
             print(f"seed {seed}, meta-trained with head_init={head!r}: {seconds:.1f} s")
@@ -82,8 +88,11 @@ def main():
                     add(label + " (0 steps)", np.stack(zero), yq)
 
     n = len(next(iter(scores.values())))
-    print(f"\n5-way 1-shot digits 5-9, {n} episodes ({args.seeds} seeds x {args.episodes}), "
-          f"meta-trained {args.n_meta_iter} iterations on 5-way {args.train_shot}-shot digits 0-4")
+    print(
+        f"\n5-way 1-shot digits 5-9, {n} episodes ({args.seeds} seeds x {args.episodes}), "
+        f"meta-trained {args.n_meta_iter} iterations on 5-way {args.train_shot}-shot digits 0-4, "
+        f"inner_lr={args.inner_lr}"
+    )
     print(f"{'method':<62} {'accuracy':>9} {'95% CI':>8}")
     for name, accs in scores.items():
         mean, half = _ci(accs)
