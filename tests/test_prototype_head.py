@@ -169,3 +169,43 @@ def test_a_module_without_a_final_linear_is_refused(digits, layers, message):
         model.meta_fit(sampler)
     with pytest.raises(ValueError, match=message):
         model.fit(X[:20], y[:20] % 5)  # without meta-training too
+
+
+def test_tasks_of_unequal_sizes_leave_the_padding_out(digits):
+    X, y = digits
+    # Meta-training on tasks of different sizes: padded minibatches, weights zero on padding.
+    rng = np.random.default_rng(0)
+    tasks = []
+    for k in (2, 3, 4, 5):  # 3-way tasks of 2 to 5 shots
+        classes = rng.choice(5, 3, replace=False)
+        idx = np.concatenate(
+            [rng.choice(np.flatnonzero(y == c), k, replace=False) for c in classes]
+        )
+        tasks.append((X[idx], y[idx]))
+    model = ReptileClassifier(
+        head_init="prototypes",
+        hidden_layer_sizes=(16,),
+        n_meta_iter=4,
+        meta_batch_size=3,
+        random_state=0,
+        device="cpu",
+    )
+    model.meta_fit(tasks)
+    assert np.isfinite(model.meta_params_).all()
+    # few_shot_predict of tasks with different support sizes, at zero steps.
+    episodes = [_episode(X, y, [5, 6, 7], k, 8, seed=k) for k in (1, 4)]
+    model.set_params(adapt_steps=0)
+    preds = model.few_shot_predict(*[[e[i] for e in episodes] for i in range(3)])
+    for (Xs, ys, Xq, _), pred in zip(episodes, preds):
+        expected, _ = _nearest_centroid(model.fit(Xs, ys), Xs, ys, Xq)
+        np.testing.assert_array_equal(pred, expected)
+
+
+def test_fit_without_meta_training(digits):
+    X, y = digits
+    Xs, ys, Xq, _ = _episode(X, y, [1, 2, 3], 3, 10, seed=4)
+    model = ReptileClassifier(
+        head_init="prototypes", hidden_layer_sizes=(16,), adapt_steps=0, random_state=0
+    )
+    expected, _ = _nearest_centroid(model.fit(Xs, ys), Xs, ys, Xq)
+    np.testing.assert_array_equal(model.predict(Xq), expected)
