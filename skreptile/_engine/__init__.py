@@ -26,6 +26,8 @@ Modules
   :mod:`.device`: devices, thread counts, denormals, global generators;
   :mod:`.placement`: where each call runs under ``device="auto"`` (the CPU
   for one task, the accelerator for batched work above a measured threshold).
+* :mod:`.prototypes`: the output layer set from class prototypes before an
+  adaptation (the classifier's ``head_init="prototypes"``, Proto-MAML).
 * :mod:`.losses`, :mod:`.scaling`, :mod:`.packing`, :mod:`.minibatches`: the
   losses, the standardisation, tasks packed into tensors, and meta-training's
   minibatches.

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .optimizers import InnerOptimizer
+from .prototypes import task_heads
 from .threads import net_block_workers, run_blocks, task_blocks
 
 
@@ -128,6 +129,7 @@ def adapt_tasks(
     optimizer_state=None,
     on_step=None,
     n_threads=None,
+    head_init=None,
 ):
     """Adapt one copy of ``theta`` per task of ``packed`` (full batch) and measure it.
 
@@ -136,7 +138,9 @@ def adapt_tasks(
     ``tasks`` (a slice of ``packed``'s): the tasks may be adapted in blocks
     (:func:`~skreptile._engine.threads.task_blocks`), on the threads that
     ``n_threads`` allows, so ``on_step`` may be called from several threads
-    at once, each time for other tasks.
+    at once, each time for other tasks.  ``head_init="prototypes"``: every
+    task's output layer starts from its support set's class prototypes
+    (:mod:`skreptile._engine.prototypes`).
 
     Returns
     -------
@@ -147,6 +151,8 @@ def adapt_tasks(
     """
     ws = net.workspace(packed.n_tasks, theta)
     net.broadcast(theta, ws)
+    if head_init == "prototypes":
+        net.set_heads(ws, *task_heads(net, theta, packed.xs, packed.ys, packed.weight))
     inner = InnerOptimizer(optimizer, lr, net, ws, optimizer_state)
     blocks = task_blocks(net, inner, packed.n_tasks, packed.xs.shape[1], packed.xs.device)
 
@@ -183,6 +189,7 @@ def adapt_from(
     loss_sums=None,
     n_threads=None,
     keep_slots=True,
+    heads=None,
 ):
     """Start every task of ``ws`` from ``theta``, adapt it, and return the tasks' mean weights.
 
@@ -200,6 +207,8 @@ def adapt_from(
     each block's sum is added to the total while still in cache: a meta-batch
     of wide networks never touches the megabytes per task of ``ws``'s slots.
     ``loss_sums`` accumulates the tasks' mean loss at the first and last steps.
+    ``heads``: ``(W, b)``, every task's output layer to start from instead
+    of ``theta``'s (:func:`~skreptile._engine.prototypes.task_heads`).
     """
     n_tasks, n_points, per_step = ws.n_tasks, x.shape[-2], x.dim() == 4
     blocks = task_blocks(backend, optimizer, n_tasks, n_points, x.device)
@@ -211,6 +220,8 @@ def adapt_from(
     def run_block(start, stop, scratch):
         sub = backend.slots(ws, theta, start, stop, scratch, keep_slots, n_points)
         backend.broadcast(theta, sub)
+        if heads is not None:
+            backend.set_heads(sub, heads[0][start:stop], heads[1][start:stop])
         xb, yb, wb = xd, yd, wd
         if len(blocks) > 1:
             xb, yb = _task_slice(xd, per_step, start, stop), _task_slice(yd, per_step, start, stop)

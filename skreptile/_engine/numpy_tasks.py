@@ -166,6 +166,12 @@ class NumpyTasks(Backend):
     def task_data(self, x):
         return x.numpy()
 
+    def set_heads(self, ws, W, b):
+        """Set every task's output layer (its last ``[W; b]`` block) from torch tensors."""
+        last = ws.layers[-1]
+        last[:, :-1] = W.transpose(1, 2).numpy()
+        last[:, -1] = b.numpy()
+
     def fuses(self, optimizer):
         return True
 

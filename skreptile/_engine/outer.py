@@ -11,6 +11,7 @@ import torch
 from . import captured
 from .choice import choose_backend
 from .inner import adapt_from
+from .prototypes import task_heads
 from .threads import one_blas_thread
 
 
@@ -44,6 +45,7 @@ def meta_train(
     dropout_seed=0,
     reducer=None,
     n_threads=None,
+    head_init=None,
 ):
     """Meta-train ``theta`` (a flat parameter vector) in place with Reptile.
 
@@ -69,6 +71,14 @@ def meta_train(
     CUDA graph and replayed (:mod:`skreptile._engine.captured`), with the
     same results; where capture does not apply or fails, every iteration
     runs eagerly.  Returns the number of meta-iterations completed.
+
+    ``head_init="prototypes"`` (the classifier's): every task's inner loop
+    starts with its output layer set from the class prototypes of all its
+    points of the iteration (:func:`~skreptile._engine.prototypes.task_heads`,
+    first order), and the output layer of ``theta`` gets no outer update:
+    every adaptation replaces it, and the mean of heads fitted to tasks whose
+    labels are drawn in a random order carries nothing to learn.  Such
+    iterations are not captured in CUDA graphs.
     """
     iteration = start_iter
     inner_losses = loss_sums if reducer is None else reducer.loss_step
@@ -92,6 +102,8 @@ def meta_train(
                 # thread each, held once for the rest of the run.
                 held.enter_context(one_blas_thread())
                 blas_held = True
+            if capture is None and head_init == "prototypes":
+                capture = False  # the heads are computed between broadcast and steps
             if capture is None:
                 capture = (
                     captured.prepare(
@@ -130,6 +142,10 @@ def meta_train(
                 w = weight if isinstance(weight, float) else weight[k]
                 if ws.rng is not None:
                     ws.rng.manual_seed(dropout_seed + iteration)
+                heads = head = None
+                if head_init == "prototypes":
+                    heads = task_heads(net, theta, x[k], y[k], w)
+                    head = theta[net.head_slice()].clone()
                 mean = adapt_from(
                     backend,
                     loss,
@@ -143,6 +159,7 @@ def meta_train(
                     inner_losses,
                     n_threads,
                     keep_slots=reducer is not None,
+                    heads=heads,
                 )
                 if reducer is not None:  # every rank's tasks: ws holds this rank's adapted slots
                     mean = reducer.mean(ws)
@@ -150,6 +167,8 @@ def meta_train(
                 # Serial Reptile is theta + eps * (phi - theta); batched Reptile moves
                 # towards the mean of the adapted weights.  lerp_ does either in one op.
                 theta.lerp_(mean, step)
+                if head is not None:  # no outer update of the output layer (see above)
+                    theta[net.head_slice()] = head
                 iteration += 1
                 if _after(iteration, theta, on_iteration, check_every, n_meta_iter):
                     return iteration

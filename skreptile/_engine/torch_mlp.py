@@ -186,6 +186,26 @@ class BatchedMLP(Backend):
         for view, part in zip(ws.param_views, torch.split(rows, self._numels, dim=1)):
             view.copy_(part.reshape(view.shape))
 
+    # -- the output layer (prototype heads, see prototypes.py) --------------
+    def head_slice(self):
+        """The output layer's ``W`` and ``b`` in the flat weights: their last values."""
+        fan_in, fan_out = self._shapes[-2]
+        return slice(self.n_params - (fan_in + 1) * fan_out, self.n_params)
+
+    def features(self, theta, x):
+        """Penultimate features ``(n_tasks, n_points, d)`` of ``x`` at the single weights ``theta``."""
+        parts = self._split(theta)
+        activate_ = ACTIVATIONS[self.activation].torch_forward_
+        h = x.to(theta.dtype)
+        for i in range(len(parts) // 2 - 1):
+            h = activate_(torch.matmul(h, parts[2 * i]) + parts[2 * i + 1])
+        return h
+
+    def set_heads(self, ws, W, b):
+        """Set every task's output layer: ``W`` ``(n_tasks, n_out, d)``, ``b`` ``(n_tasks, n_out)``."""
+        ws.param_views[-2].copy_(W.transpose(1, 2))
+        ws.param_views[-1].copy_(b[:, None, :])
+
     # -- computation --------------------------------------------------------
     def forward(self, views, x, keep_hidden=False):
         """Outputs ``(n_tasks, n_points, n_out)`` for inputs ``(n_tasks, n_points, n_in)``."""

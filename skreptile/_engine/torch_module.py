@@ -111,6 +111,87 @@ class BatchedModule(Backend):
                 p.copy_(value)
         return module
 
+    # -- the output layer (prototype heads, see prototypes.py) --------------
+    def _head(self):
+        """``(name, weight slice, bias slice)`` of the final ``nn.Linear``, found once.
+
+        The final layer is the last submodule holding parameters of its own;
+        it must be an ``nn.Linear`` with a bias (checked here) whose outputs
+        are the module's (checked on the first features computed).
+        """
+        head = self.__dict__.get("_head_found")
+        if head is not None:
+            return head
+        owners = [
+            (name, m)
+            for name, m in self.module.named_modules()
+            if any(True for _ in m.parameters(recurse=False))
+        ]
+        name, last = owners[-1] if owners else ("", None)
+        what = type(self.module).__name__
+        if not isinstance(last, nn.Linear) or last.bias is None:
+            raise ValueError(
+                f"head_init='prototypes' sets the final torch.nn.Linear layer (with a bias) "
+                f"from class prototypes, but the last layer with parameters of {what} is "
+                f"{type(last).__name__ if last is not None else 'absent'}"
+                + (f" ({name!r})" if name else "")
+                + (" without a bias" if isinstance(last, nn.Linear) else "")
+                + "; use head_init='meta' for this module."
+            )
+        prefix = f"{name}." if name else ""
+        starts = dict(zip(self._names, [sum(self._numels[:i]) for i in range(len(self._names))]))
+        w0, b0 = starts[prefix + "weight"], starts[prefix + "bias"]
+        if b0 != w0 + last.weight.numel():
+            raise ValueError(f"{what}: the weight and bias of {name!r} are not stored together.")
+        head = self._head_found = (name, slice(w0, b0), slice(b0, b0 + last.bias.numel()))
+        return head
+
+    def head_slice(self):
+        """The final Linear's weight and bias in the flat weights."""
+        _, w, b = self._head()
+        return slice(w.start, b.stop)
+
+    def features(self, theta, x):
+        """Inputs of the final Linear ``(n_tasks, n_points, d)`` for ``x`` at the weights ``theta``.
+
+        Evaluation mode, every task on its own (batch statistics are per task);
+        on the first call, the module's outputs are checked to be that Linear's.
+        """
+        name, w, b = self._head()
+        parent_name, _, child = name.rpartition(".")
+        params = dict(zip(self._names, self._unflatten(theta)))
+        head = [params.pop(n) for n in (f"{name}.weight", f"{name}.bias")]
+        buffers = {k: v.to(theta.device) for k, v in self._buffers.items()}
+        with self._borrow(False) as module:
+            parent = module.get_submodule(parent_name)
+            linear = getattr(parent, child)
+            setattr(parent, child, nn.Identity())
+            try:
+                z = torch.vmap(
+                    lambda xt: torch.func.functional_call(module, (params, buffers), (xt,))
+                )(x)
+            finally:
+                setattr(parent, child, linear)
+        z = z.reshape(*x.shape[:2], -1)
+        if not self.__dict__.get("_head_checked"):
+            full = torch.vmap(lambda xt: self._call(theta, xt))(x[:1])
+            if full.shape[-1] != head[0].shape[0] or not torch.allclose(
+                full, z[:1] @ head[0].t() + head[1], rtol=1e-4, atol=1e-4
+            ):
+                raise ValueError(
+                    f"head_init='prototypes': the outputs of {type(self.module).__name__} are "
+                    f"not those of its last Linear layer {name!r} (something follows it); "
+                    "use head_init='meta' for this module."
+                )
+            self._head_checked = True
+        return z
+
+    def set_heads(self, ws, W, b):
+        """Set every task's final Linear: ``W`` ``(n_tasks, n_out, d)``, ``b`` ``(n_tasks, n_out)``."""
+        _, w, bias = self._head()
+        ws.params[:, w].copy_(W.reshape(len(W), -1))
+        ws.params[:, bias].copy_(b)
+
     def _unflatten(self, row):
         return [c.view(shape) for c, shape in zip(torch.split(row, self._numels), self._shapes)]
 

@@ -307,6 +307,7 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             self._support_context(init.net),
             lambda Y: self._adapt_lr(self._support_size(Y)),
             lambda rate: _selftune.backoff_rates(self, rate),
+            getattr(self, "head_init", None),
         )
         return adaptation.curve(tasks, steps, lr=lr, indices=indices)
 

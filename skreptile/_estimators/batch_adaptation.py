@@ -126,11 +126,15 @@ class BatchAdaptation:
     backoff : callable
         ``backoff(lr)``: the step sizes to try in turn on tasks whose adaptation
         failed (see :func:`skreptile._training.selftune.backoff_rates`).
+    head_init : {"meta", "prototypes"} or None, default=None
+        Where every task's output layer starts: the initialisation's, or its
+        support set's class prototypes (the classifier's parameter).
     """
 
-    def __init__(self, init, loss, optimizer, n_threads, context, lr_for, backoff):
+    def __init__(self, init, loss, optimizer, n_threads, context, lr_for, backoff, head_init=None):
         self.init, self.loss, self.optimizer, self.n_threads = init, loss, optimizer, n_threads
         self.context, self.lr_for, self.backoff = context, lr_for, backoff
+        self.head_init = head_init
 
     def curve(self, tasks, steps, lr=None, indices=None):
         """Scaled query outputs of every task after each number of steps in ``steps``.
@@ -202,6 +206,7 @@ class BatchAdaptation:
                     state,
                     on_step=predict_when_wanted,
                     n_threads=self.n_threads,
+                    head_init=self.head_init,
                 )
             bad = _selftune.adaptation_failed(before, after).cpu().numpy()
             if bad.any():

@@ -6,7 +6,6 @@ from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin
@@ -16,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .base import BaseReptile
 from .docstrings import fill
-from .images import ImageInput, accepts_input_shape, flatten_images, normalise_shape
+from .images import flatten_images, image_module, normalise_shape
 from .labels import ClassTasks, ImageTasks, encode_labels
 
 if TYPE_CHECKING:
@@ -83,6 +82,17 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         with ``adapt_steps`` among 0.25, 0.5, 0.7 and 1 times ``inner_lr_``;
         ``adapt_lr_`` records it (0.7 ``inner_lr_`` without validation
         episodes).
+    head_init : {"meta", "prototypes"}, default="meta"
+        Where every adaptation (:meth:`fit`, :meth:`few_shot_predict`,
+        validation, evaluation, and each task of :meth:`meta_fit`) starts its
+        output layer.  ``"meta"``: the meta-learned one.  ``"prototypes"``:
+        from the task's support set, as Proto-MAML does (Triantafillou et al.,
+        2020): with ``c_k`` the mean penultimate features of class ``k``'s
+        examples, weights ``2 c_k`` and bias ``-||c_k||^2``, so that before
+        any step the network classifies like nearest centroid in its
+        embedding; the output layer is then not meta-learned (it gets no
+        outer update).  A ``module`` must end with a ``torch.nn.Linear`` with
+        a bias, else a ``ValueError`` says so.
     standardize : bool, default=True
         Standardise the inputs (see above).
     {shared_run}
@@ -145,6 +155,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         "validation_fraction": [Interval(Real, 0, 1, closed="left"), None],
         "n_support": [Interval(Integral, 1, None, closed="left"), None],
         "tol": [Interval(Real, 0, 1, closed="left")],
+        "head_init": [StrOptions({"meta", "prototypes"})],
     }
 
     def __init__(
@@ -163,6 +174,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         inner_optimizer="sgd",
         adapt_steps="auto",
         adapt_lr="auto",
+        head_init="meta",
         standardize=True,
         transductive=False,
         device="auto",
@@ -194,6 +206,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         self.inner_optimizer = inner_optimizer
         self.adapt_steps = adapt_steps
         self.adapt_lr = adapt_lr
+        self.head_init = head_init
         self.standardize = standardize
         self.transductive = transductive
         self.device = device
@@ -213,21 +226,7 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
 
     # ------------------------------------------------------ family hooks
     def _make_module(self, n_features, n_outputs, input_shape=None):
-        kwargs = {}
-        if input_shape is not None and accepts_input_shape(self.module):
-            kwargs["input_shape"] = input_shape
-        module = self.module(n_features, n_outputs, **kwargs)
-        if not isinstance(module, torch.nn.Module):
-            return module  # the base class reports it
-        # Batch normalisation uses batch statistics only: BatchedModule sees to it.
-        if input_shape is not None:
-            if int(np.prod(input_shape)) != n_features:
-                raise ValueError(
-                    f"input_shape={input_shape} has {int(np.prod(input_shape))} values, but the "
-                    f"inputs have {n_features} features."
-                )
-            module = ImageInput(module, input_shape)
-        return module
+        return image_module(self.module, n_features, n_outputs, input_shape)
 
     def _scaling_modes(self, input_shape=None):
         if not self.standardize:

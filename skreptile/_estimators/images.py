@@ -68,3 +68,22 @@ def flatten_images(X, expected):
     if expected is not None and shape != expected:
         raise ValueError(f"X has images of shape {shape}, but the model expects {expected}.")
     return X.reshape(len(X), -1), shape
+
+
+def image_module(factory, n_features, n_outputs, input_shape):
+    """``factory(n_features, n_outputs[, input_shape=...])``, fed images when ``input_shape`` is set."""
+    kwargs = {}
+    if input_shape is not None and accepts_input_shape(factory):
+        kwargs["input_shape"] = input_shape
+    module = factory(n_features, n_outputs, **kwargs)
+    if not isinstance(module, torch.nn.Module):
+        return module  # the estimator's base class reports it
+    # Batch normalisation uses batch statistics only: BatchedModule sees to it.
+    if input_shape is not None:
+        if int(np.prod(input_shape)) != n_features:
+            raise ValueError(
+                f"input_shape={input_shape} has {int(np.prod(input_shape))} values, but the "
+                f"inputs have {n_features} features."
+            )
+        module = ImageInput(module, input_shape)
+    return module

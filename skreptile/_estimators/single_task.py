@@ -14,6 +14,7 @@ from .._engine import (
     choose_backend,
     fast_cpu_math,
 )
+from .._engine.prototypes import flat_head, task_heads
 from .._training import selftune as _selftune
 from ..tasks._base import seed_from_random_state
 from .batch_adaptation import outputs_with_support
@@ -49,6 +50,7 @@ def fit_one_task(est, X, Y, info):
     # or grew, as few_shot_predict and the choice on validation tasks do.
     rates = _selftune.backoff_rates(est, est._adapt_lr(est._support_size(Y)))
     backend = est._fit_backend(net, device, len(X))
+    head_init = getattr(est, "head_init", None)
     if backend.kind == "numpy":
         args = (
             est._lean_theta(),
@@ -56,6 +58,8 @@ def fit_one_task(est, X, Y, info):
             scaling.y(Y).astype(np.float32),
             est._adapt_steps(est._support_size(Y)),
         )
+        if head_init == "prototypes":
+            args = (_with_prototype_head(net, *args[:3]),) + args[1:]
     else:
         packed = PackedTasks(X[None], Y[None], None, scaling, device)
         theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32, device=device)
@@ -74,6 +78,7 @@ def fit_one_task(est, X, Y, info):
                     est.inner_optimizer,
                     lr,
                     state,
+                    head_init=head_init,
                 )
         if not bool(_selftune.adaptation_failed(before, after).any()):
             break
@@ -92,6 +97,16 @@ def fit_one_task(est, X, Y, info):
         est.__dict__.pop("support_X_", None)
     est._set_fit_info(info)
     return est
+
+
+def _with_prototype_head(net, theta, x, y):
+    """A float32 copy of the perceptron's flat ``theta`` with its output layer from ``x``'s prototypes."""
+    W, b = task_heads(
+        net, torch.from_numpy(theta), torch.from_numpy(x)[None], torch.from_numpy(y)[None]
+    )
+    theta = theta.copy()
+    theta[net.head_slice()] = flat_head(W[0], b[0]).numpy()
+    return theta
 
 
 def adapted_outputs(est, X):

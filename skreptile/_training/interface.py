@@ -50,6 +50,7 @@ class Settings:
     n_support: int | None = None
     tol: float = 0.0
     callbacks: Any = None
+    head_init: str | None = None  # the classifier's: 'meta' or 'prototypes'
 
     @classmethod
     def from_params(cls, params):

@@ -224,6 +224,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
                 dropout_seed=int(init_seed),
                 n_threads=settings.n_threads,
                 reducer=reducer,
+                head_init=settings.head_init,
             )
     except EarlyStop:
         pass
