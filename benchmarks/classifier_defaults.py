@@ -7,14 +7,14 @@ episodes on classes 5-9.  Omniglot's minimal sets: meta-train on
 that the first lacks.  Each episode has ``--n-query`` query examples per
 class; accuracies are means over episodes with 95% confidence intervals.
 
-Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``),
-``before`` (the defaults before issue 22: 50 adaptation steps at
-``inner_lr``, no validation hold-out, no early stopping) and, on Omniglot,
-``paper`` (the paper's ConvNet, Adam inner loop, 10 shots per class in
-meta-training, 50 adaptation steps), given the CPU time ``defaults`` took.
+Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``), ``before``
+(the defaults before issue 22: 50 adaptation steps at ``inner_lr``, no
+hold-out, no early stopping) and, on Omniglot, ``paper`` (the paper's
+ConvNet with Adam inner steps, 10 examples per class in meta-training
+tasks, 50 adaptation steps) given the CPU time ``defaults`` took.
 
     python benchmarks/classifier_defaults.py digits --seeds 0 1 2
-    python benchmarks/classifier_defaults.py omniglot --data-dir ../shared/data/omniglot
+    python benchmarks/classifier_defaults.py omniglot --recipes defaults before paper
 """
 
 import argparse
@@ -27,6 +27,11 @@ from sklearn.datasets import load_digits
 from skreptile import ClassTaskSampler, ReptileClassifier
 
 BEFORE = dict(adapt_steps=50, adapt_lr=None, early_stopping=False, validation_fraction=None)
+PAPER = {
+    5: dict(inner_batch_size=10, inner_steps=5, inner_lr=0.001),
+    20: dict(inner_batch_size=20, inner_steps=10, inner_lr=0.0005),
+}
+PAPER_COMMON = dict(inner_optimizer="adam", meta_batch_size=5, **BEFORE)
 
 
 def ci95(per_episode):
@@ -53,60 +58,24 @@ def nearest_centroid(Xs, ys, Xq):
     return out
 
 
-def episodes(X, y, n_way, n_episodes, n_query, seed):
-    test = ClassTaskSampler(X, y, n_way=n_way, k_shot=1)
-    return test.sample_episodes(np.random.default_rng(seed), n_episodes, n_query=n_query)
+def meta_fitted(params, sampler):
+    model = ReptileClassifier(**params)
+    start = time.process_time()
+    model.meta_fit(sampler)
+    return model, time.process_time() - start
 
 
-def score(model, episode):
-    Xs, ys, Xq, yq = episode
-    return (model.few_shot_predict(Xs, ys, Xq) == yq).mean(1)
+def paper_model(n_way, seed, sampler, budget):
+    """The paper's recipe, with as many meta-iterations as ``budget`` CPU seconds allow."""
+    from skreptile.nn import ConvNet
 
-
-def report(rows):
-    print(f"| {'data':10s} | {'method':34s} | {'seed':>4s} | {'accuracy (95% CI)':>19s} | meta s |")
-    print(f"|{'-' * 12}|{'-' * 36}|{'-' * 6}|{'-' * 21}|{'-' * 8}|")
-    for data, name, seed, (mean, half), seconds in rows:
-        s = "" if seconds is None else f"{seconds:6.0f}"
-        print(f"| {data:10s} | {name:34s} | {seed:>4} | {mean:.3f} +- {half:.3f}     | {s:>6s} |")
-
-
-def run(data, X_train, y_train, test_sets, recipes, seeds, sampler_args):
-    rows = []
-    for label, episode in test_sets.items():
-        Xs, ys, Xq, yq = episode
-        rows.append(
-            (data, f"{label} 1-NN", "", ci95((nearest_neighbour(Xs, ys, Xq) == yq).mean(1)), None)
-        )
-        rows.append(
-            (
-                data,
-                f"{label} nearest centroid",
-                "",
-                ci95((nearest_centroid(Xs, ys, Xq) == yq).mean(1)),
-                None,
-            )
-        )
-    for seed in seeds:
-        for name, (params, n_way) in recipes.items():
-            sampler = ClassTaskSampler(
-                X_train, y_train, n_way=n_way, random_state=seed, **sampler_args(name)
-            )
-            model = ReptileClassifier(random_state=seed, **params)
-            start = time.process_time()
-            model.meta_fit(sampler)
-            seconds = time.process_time() - start
-            for label, episode in test_sets.items():
-                if label.startswith(f"{n_way}-way") or len(recipes) == 2 and data == "digits":
-                    rows.append(
-                        (data, f"{label} {name}", seed, ci95(score(model, episode)), seconds)
-                    )
-            print(
-                f"[{data} {name} seed {seed}: {seconds:.0f} s CPU, {model.n_meta_iter_done_ if hasattr(model, 'n_meta_iter_done_') else len(model.history_['meta_iter'])} records, "
-                f"adapt_steps_={model.adapt_steps_}, adapt_lr_={model.adapt_lr_:.3g}]",
-                flush=True,
-            )
-    return rows
+    params = dict(module=ConvNet, random_state=seed, **PAPER_COMMON, **PAPER[n_way])
+    # Two probes: the cost of a meta-iteration apart from the fixed cost of a call.
+    _, short = meta_fitted(dict(params, n_meta_iter=5), sampler)
+    _, long = meta_fitted(dict(params, n_meta_iter=25), sampler)
+    per_iteration = max(long - short, 1e-3) / 20
+    n_iter = max(5, int(5 + (budget - short) / per_iteration))
+    return meta_fitted(dict(params, n_meta_iter=n_iter), sampler)
 
 
 def main():
@@ -116,55 +85,65 @@ def main():
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--n-query", type=int, default=1)
     parser.add_argument("--recipes", nargs="+", default=["defaults", "before"])
-    parser.add_argument(
-        "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/omniglot")
-    )
+    default_dir = Path(__file__).resolve().parents[2] / "shared/data/omniglot"
+    parser.add_argument("--data-dir", default=str(default_dir))
     args = parser.parse_args()
     if args.data == "digits":
         digits = load_digits()
         train, test = digits.target < 5, digits.target >= 5
-        test_sets = {
-            "5-way": episodes(
-                digits.data[test], digits.target[test], 5, args.episodes, args.n_query, 1
-            )
-        }
-        recipes = {name: ({"defaults": {}, "before": BEFORE}[name], 5) for name in args.recipes}
-        rows = run(
-            "digits",
+        X_train, y_train, X_test, y_test = (
             digits.data[train],
             digits.target[train],
-            test_sets,
-            recipes,
-            args.seeds,
-            lambda name: {},
+            digits.data[test],
+            digits.target[test],
         )
+        ways, augment = (5,), None
     else:
         from skreptile.datasets import load_omniglot
 
         data_dir = Path(args.data_dir)
-        train = load_omniglot(data_dir / "images_background_small1.zip")
+        background = load_omniglot(data_dir / "images_background_small1.zip")
         other = load_omniglot(data_dir / "images_background_small2.zip")
-        held = [a for a in other.alphabet_names if a not in train.alphabet_names]
+        held = [a for a in other.alphabet_names if a not in background.alphabet_names]
         keep = np.isin(np.asarray(other.alphabet_names)[other.alphabet], held)
+        X_train, y_train = background.images, background.target
         X_test, y_test = other.images[keep], other.target[keep]
-        test_sets = {
-            f"{n}-way": episodes(X_test, y_test, n, args.episodes, args.n_query, n) for n in (5, 20)
-        }
-        recipes = {}
-        for name in args.recipes:
-            params = {"defaults": {}, "before": BEFORE}[name]
-            recipes[f"{name} 5-way"] = (params, 5)
-            recipes[f"{name} 20-way"] = (params, 20)
-        rows = run(
-            "omniglot",
-            train.images,
-            train.target,
-            test_sets,
-            recipes,
-            args.seeds,
-            lambda name: dict(augment="rot90"),
+        ways, augment = (5, 20), "rot90"
+    rows = []
+    for n_way in ways:
+        test = ClassTaskSampler(X_test, y_test, n_way=n_way, k_shot=1)
+        Xs, ys, Xq, yq = test.sample_episodes(
+            np.random.default_rng(n_way), args.episodes, n_query=args.n_query
         )
-    report(rows)
+        for name, method in (("1-NN", nearest_neighbour), ("nearest centroid", nearest_centroid)):
+            rows.append((n_way, name, "", ci95((method(Xs, ys, Xq) == yq).mean(1)), None, ""))
+        for seed in args.seeds:
+            sampler = ClassTaskSampler(
+                X_train, y_train, n_way=n_way, augment=augment, random_state=seed
+            )
+            budget = None
+            for recipe in args.recipes:
+                if recipe == "paper":
+                    shots = ClassTaskSampler(
+                        X_train, y_train, n_way=n_way, k_shot=10, augment=augment,
+                        random_state=seed,
+                    )  # fmt: skip
+                    model, seconds = paper_model(n_way, seed, shots, budget)
+                else:
+                    params = dict(random_state=seed, **({} if recipe == "defaults" else BEFORE))
+                    model, seconds = meta_fitted(params, sampler)
+                    budget = seconds if recipe == "defaults" else budget
+                accuracy = (model.few_shot_predict(Xs, ys, Xq) == yq).mean(1)
+                done = model.history_["meta_iter"][-1]
+                how = f"{done} it, {model.adapt_steps_} steps at {model.adapt_lr_:.3g}"
+                rows.append((n_way, recipe, seed, ci95(accuracy), seconds, how))
+                print(f"[{args.data} {n_way}-way {recipe} seed {seed}: {seconds:.0f} s, {how}]")
+    print(f"\n{args.data}, 1-shot, {args.episodes} episodes, {args.n_query} query per class")
+    print("| N | method | seed | accuracy (95% CI) | meta_fit CPU s | run |")
+    print("|---|---|---|---|---|---|")
+    for n_way, name, seed, (mean, half), seconds, how in rows:
+        s = "" if seconds is None else f"{seconds:.0f}"
+        print(f"| {n_way} | {name} | {seed} | {mean:.3f} ± {half:.3f} | {s} | {how} |")
 
 
 if __name__ == "__main__":
