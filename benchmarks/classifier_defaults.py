@@ -70,11 +70,10 @@ def paper_model(n_way, seed, sampler, budget):
     from skreptile.nn import ConvNet
 
     params = dict(module=ConvNet, random_state=seed, **PAPER_COMMON, **PAPER[n_way])
-    # Two probes: the cost of a meta-iteration apart from the fixed cost of a call.
-    _, short = meta_fitted(dict(params, n_meta_iter=5), sampler)
-    _, long = meta_fitted(dict(params, n_meta_iter=25), sampler)
-    per_iteration = max(long - short, 1e-3) / 20
-    n_iter = max(5, int(5 + (budget - short) / per_iteration))
+    # A warm-up call (first-call costs), then the cost of a meta-iteration from a probe.
+    meta_fitted(dict(params, n_meta_iter=2), sampler)
+    _, probe = meta_fitted(dict(params, n_meta_iter=25), sampler)
+    n_iter = max(5, int(25 * budget / probe))
     return meta_fitted(dict(params, n_meta_iter=n_iter), sampler)
 
 

@@ -103,6 +103,18 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         Class labels of the last :meth:`fit`, in output order.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Zeros and ones: targets are one-hot and are not scaled.
+    inner_lr_, step_size_info_ : float, dict
+        The inner step size meta-training ran with, after any back-off, and
+        ``{"inner_lr", "backoffs", "factor"}`` of that rule.
+    adapt_steps_, adapt_lr_ : int, float
+        The adaptation chosen on the validation episodes (or given).
+    adaptation_scores_ : dict or None
+        Mean validation log loss for every candidate step size (keys) after
+        0, 1, 2, ..., 128 steps (values), when "auto" chose.
+    adaptation_by_support_ : ndarray of shape (n_sizes, 3)
+        With ``n_support=None`` and held-out classes: rows ``(shots,
+        adapt_steps, adapt_lr)`` for 1 and 5 examples per class; :meth:`fit`
+        uses the row nearest its number of examples per class.
     n_outputs_ : int
         Outputs of the network: N of the meta-training tasks, or the number of
         classes of :meth:`fit` without meta-training.
