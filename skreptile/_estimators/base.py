@@ -17,7 +17,6 @@ The two estimators differ only by the family hooks, the abstract methods of
 from __future__ import annotations
 
 import abc
-import contextlib
 from collections.abc import Sequence
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,7 @@ from .batch_adaptation import BatchAdaptation, prepare_tasks
 from .constraints import PARAMETER_CONSTRAINTS
 from .doc_link import url_params
 from .few_shot import FewShotMixin
-from .learned_state import LearnedStateMixin, store_meta_fit
+from .learned_state import LearnedStateMixin, store_meta_fit, unchanged_on_error
 from .meta_fit_hooks import EstimatorHooks
 from .networks import build_network, has_batch_norm
 from .single_task import adapted_outputs, fit_one_task
@@ -171,19 +170,9 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         # Meta-fitted is not fitted: predictions come only after adaptation.
         return hasattr(self, "params_")
 
-    @contextlib.contextmanager
     def _unchanged_on_error(self):
-        """Leave the estimator exactly as it was if the block raises (or is interrupted)."""
-        saved = dict(self.__dict__)
-        cache = dict(saved.get("_cache", {}))
-        try:
-            yield
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            if "_cache" in saved:
-                self._cache = cache
-            raise
+        """Leave the estimator exactly as it was if the block raises (:func:`unchanged_on_error`)."""
+        return unchanged_on_error(self)
 
     # ------------------------------------------------------ family hooks
     @abc.abstractmethod

@@ -21,6 +21,7 @@ device are a cache rebuilt after loading.
 """
 
 import abc
+import contextlib
 import copy
 import warnings
 
@@ -270,3 +271,32 @@ def store_meta_fit(est, result):
         state.pop("adaptation_by_support_", None)
     else:
         est.adaptation_by_support_ = result.adaptation_by_support
+
+
+def _snapshot(value):
+    """A copy of ``value`` that no later in-place write can reach (arrays and their containers)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (dict, list, tuple)):
+        return copy.deepcopy(value)
+    return value
+
+
+@contextlib.contextmanager
+def unchanged_on_error(est):
+    """Leave ``est`` exactly as it was if the block raises (or is interrupted).
+
+    Learned arrays are saved as copies, containers of them deeply: the engine
+    may train a view of one in place (a warm start's weights), and a rollback
+    must give back the values, not the objects.
+    """
+    saved = {k: v if k == "_cache" else _snapshot(v) for k, v in est.__dict__.items()}
+    cache = dict(saved.get("_cache", {}))
+    try:
+        yield
+    except BaseException:
+        est.__dict__.clear()
+        est.__dict__.update(saved)
+        if "_cache" in saved:
+            est._cache = cache
+        raise
