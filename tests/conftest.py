@@ -44,3 +44,18 @@ def raw_group_table(n_groups=16, n_rows=20, seed=0):
     x_missing[rng.random(n) < 0.1] = np.nan
     frame = pd.DataFrame({"x": x_missing, "kind": kind, "grade": grade, "group": g, "y": y})
     return frame
+
+
+def interrupting_meta_lr_at(iteration):
+    """A stand-in for the engine's ``meta_lr_at`` that raises KeyboardInterrupt at ``iteration``
+    (as Ctrl-C would); patch it over ``skreptile._engine.outer.meta_lr_at``."""
+    import skreptile._engine.outer as engine_module
+
+    real = engine_module.meta_lr_at
+
+    def meta_lr_at(meta_lr, schedule, at, n_meta_iter):
+        if at == iteration:
+            raise KeyboardInterrupt
+        return real(meta_lr, schedule, at, n_meta_iter)
+
+    return meta_lr_at

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import interrupting_meta_lr_at
 
 import skreptile._engine.outer as engine_module
 import skreptile._training.chunks as chunks_module
@@ -146,15 +147,8 @@ def test_where_tasks_are_drawn_is_checked_on_resuming_not_the_draw_on_setting(tm
 
 def _interrupt_at(iteration, params, sampler):
     """A run interrupted at ``iteration``: its last checkpoint stays."""
-    real = engine_module.meta_lr_at
-
-    def interrupt(meta_lr, schedule, at, n_meta_iter):
-        if at == iteration:
-            raise KeyboardInterrupt
-        return real(meta_lr, schedule, at, n_meta_iter)
-
     with pytest.MonkeyPatch.context() as m, pytest.warns(RuntimeWarning, match="interrupted"):
-        m.setattr(engine_module, "meta_lr_at", interrupt)
+        m.setattr(engine_module, "meta_lr_at", interrupting_meta_lr_at(iteration))
         with pytest.raises(KeyboardInterrupt):
             ReptileRegressor(**params).meta_fit(sampler)
     assert params["checkpoint_path"].exists()
@@ -228,15 +222,8 @@ def test_device_drawn_runs_resume_and_warm_start_as_uninterrupted(tmp_path, monk
     np.testing.assert_allclose(warm.meta_params_, whole.meta_params_, atol=1e-6)
 
     path = tmp_path / "run.ckpt"
-    real = engine_module.meta_lr_at
-
-    def interrupt(meta_lr, schedule, iteration, n_meta_iter):
-        if iteration == 23:
-            raise KeyboardInterrupt
-        return real(meta_lr, schedule, iteration, n_meta_iter)
-
     with monkeypatch.context() as m, pytest.warns(RuntimeWarning, match="interrupted"):
-        m.setattr(engine_module, "meta_lr_at", interrupt)
+        m.setattr(engine_module, "meta_lr_at", interrupting_meta_lr_at(23))
         with pytest.raises(KeyboardInterrupt):
             ReptileRegressor(checkpoint_path=path, **params).meta_fit(
                 SineTaskSampler(draw_on="device")

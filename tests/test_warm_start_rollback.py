@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import interrupting_meta_lr_at
 
 import skreptile._engine.outer as engine_module
 from skreptile import ReptileRegressor, SineTaskSampler
@@ -66,14 +67,7 @@ def test_a_sampler_error_or_an_interrupt_in_a_warm_start_changes_nothing(monkeyp
     with pytest.raises(RuntimeError, match="went away"):
         model.meta_fit(FailsAt(3))  # after one draw of 64 iterations has been trained on
     _assert_same(before, model)
-    real = engine_module.meta_lr_at
-
-    def interrupt(meta_lr, schedule, iteration, n_meta_iter):
-        if iteration == 200:
-            raise KeyboardInterrupt
-        return real(meta_lr, schedule, iteration, n_meta_iter)
-
-    monkeypatch.setattr(engine_module, "meta_lr_at", interrupt)
+    monkeypatch.setattr(engine_module, "meta_lr_at", interrupting_meta_lr_at(200))
     with pytest.warns(RuntimeWarning, match="interrupted"), pytest.raises(KeyboardInterrupt):
         model.meta_fit(FailsAt(10**9))
     _assert_same(before, model)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -161,12 +160,6 @@ class ReptileClassifier(ClassifierMixin, BaseReptile):
         **BaseReptile._parameter_constraints,
         "input_shape": ["array-like", None],
         "transductive": ["boolean"],
-        "adapt_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
-        "adapt_lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"}), None],
-        "early_stopping": ["boolean", StrOptions({"auto"})],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left"), None],
-        "n_support": [Interval(Integral, 1, None, closed="left"), None],
-        "tol": [Interval(Real, 0, 1, closed="left")],
         "head_init": [StrOptions({"meta", "prototypes"})],
     }
 

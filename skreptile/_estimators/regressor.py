@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .base import BaseReptile
@@ -201,16 +199,6 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
         self.callbacks = callbacks
-
-    _parameter_constraints = {
-        **BaseReptile._parameter_constraints,
-        "adapt_steps": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
-        "adapt_lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"}), None],
-        "early_stopping": ["boolean", StrOptions({"auto"})],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left"), None],
-        "n_support": [Interval(Integral, 1, None, closed="left"), None],
-        "tol": [Interval(Real, 0, 1, closed="left")],
-    }
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.
