@@ -104,7 +104,7 @@ def fit_all(checkpoint=None):
     out = {}
     out["regressor"] = ReptileRegressor(**REGRESSOR).meta_fit(SineTaskSampler())
     out["validated"] = ReptileRegressor(**VALIDATED)
-    out["validated"].meta_fit(SineTaskSampler(), validation_tasks())
+    out["validated"].meta_fit(SineTaskSampler(), validation_tasks=validation_tasks())
     out["classifier"] = ReptileClassifier(**CLASSIFIER).meta_fit(class_sampler())
     if checkpoint is not None:
         resumed = ReptileRegressor(checkpoint_path=checkpoint, **FAILING)

@@ -297,12 +297,14 @@ def test_a_malformed_checkpoint_is_a_clear_error(tmp_path, monkeypatch, defect):
     with monkeypatch.context() as m, pytest.warns(RuntimeWarning):
         m.setattr(engine_module, "meta_lr_at", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler, val)
+            ReptileRegressor(checkpoint_path=path, **params).meta_fit(
+                _line_sampler, validation_tasks=val
+            )
     _edit(path, MALFORMED[defect])
     before = path.read_bytes()
     model = ReptileRegressor(checkpoint_path=path, **params)
     with pytest.raises(ValueError, match=ADVICE) as info:
-        model.meta_fit(_line_sampler, val)
+        model.meta_fit(_line_sampler, validation_tasks=val)
     assert repr(str(path)) in str(info.value)
     assert "malformed" in str(info.value) or "not a readable skreptile checkpoint" in str(
         info.value

@@ -188,18 +188,20 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path, mon
         FAST, n_meta_iter=600, monitor_interval=50, early_stopping=True, n_iter_no_change=50
     )
     val = _validation()
-    reference = ReptileRegressor(**params).meta_fit(SineTaskSampler(random_state=0), val)
+    reference = ReptileRegressor(**params).meta_fit(
+        SineTaskSampler(random_state=0), validation_tasks=val
+    )
     # Draws: 1 the scaling tasks, then one per block of 64 iterations: draw 5 is
     # block [192, 256).  Checkpoints every 70 iterations: the last, at 140, is mid-block.
     with monkeypatch.context() as m, pytest.raises(RuntimeError, match="killed"):
         crash_on_draw(m, 5)
         ReptileRegressor(checkpoint_path=path, checkpoint_interval=70, **params).meta_fit(
-            SineTaskSampler(random_state=0), val
+            SineTaskSampler(random_state=0), validation_tasks=val
         )
     assert path.exists()
     assert os.listdir(tmp_path) == ["meta.ckpt"]  # no temporary file left
     resumed = ReptileRegressor(checkpoint_path=str(path), checkpoint_interval=70, **params)
-    resumed.meta_fit(SineTaskSampler(random_state=0), val)
+    resumed.meta_fit(SineTaskSampler(random_state=0), validation_tasks=val)
     np.testing.assert_array_equal(resumed.meta_params_, reference.meta_params_)
     assert resumed.history_ == reference.history_
     assert resumed.n_meta_iter_ == 600
@@ -259,7 +261,7 @@ def test_resuming_with_other_parameters_is_refused(tmp_path, monkeypatch):
         other.meta_fit(SineTaskSampler(random_state=0))
     with pytest.raises(ValueError, match="other validation tasks"):
         ReptileRegressor(n_meta_iter=300, checkpoint_path=path, **FAST).meta_fit(
-            SineTaskSampler(random_state=0), _validation()
+            SineTaskSampler(random_state=0), validation_tasks=_validation()
         )
 
 

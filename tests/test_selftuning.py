@@ -153,8 +153,9 @@ def test_auto_adaptation_backs_off_per_task_and_fit_equals_few_shot_predict():
     # chosen step size diverges on it; 'auto' halves it for that task alone.
     X, y, g = correlated_table(p=3, n_groups=20)
     # An explicit n_support: one adaptation for every support size (adapt_steps_, adapt_lr_).
+    # The network alone (no pooled base model): its adaptation is what is tested.
     model = ReptileRegressor(
-        random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,), n_support=10
+        random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,), n_support=10, base_estimator=None
     )
     model.meta_fit(GroupTaskSampler(X, y, g))
     rng = np.random.default_rng(1)
@@ -192,7 +193,9 @@ def test_history_records_the_adaptation_steps_of_each_check():
 
 def test_auto_adaptation_is_chosen_per_support_size_and_fit_uses_the_nearest():
     X, y, g = correlated_table(p=3, n_groups=20)
-    model = ReptileRegressor(random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,))
+    model = ReptileRegressor(
+        random_state=0, n_meta_iter=200, hidden_layer_sizes=(16,), base_estimator=None
+    )
     model.meta_fit(GroupTaskSampler(X, y, g))
     rows = model.adaptation_by_support_
     assert rows[:, 0].tolist() == [4, 10, 25]

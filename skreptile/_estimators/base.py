@@ -17,7 +17,6 @@ The two estimators differ only by the family hooks, the abstract methods of
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +46,7 @@ from .learned_state import LearnedStateMixin, store_meta_fit, unchanged_on_error
 from .meta_fit_hooks import EstimatorHooks
 from .networks import build_network, has_batch_norm
 from .single_task import adapted_outputs, fit_one_task
+from .table_input import task_sampler_of
 from .validation import quick_X, validate_params_once
 
 if TYPE_CHECKING:
@@ -208,6 +208,10 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         """The sampler ``meta_fit`` draws from and the record of what it learns about the tasks."""
         return task_sampler, TaskFamily()
 
+    def _pooled_base(self, sampler, by_size, validation_tasks):
+        """A pooled model under the network (:meth:`MetaFitHooks.pooled_base`): none by default."""
+        return sampler, by_size, validation_tasks, None
+
     def _meta_family_state(self):
         """The family's part of the meta-learned state, as its :class:`TaskFamily` gives it."""
         return {}
@@ -217,18 +221,28 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         return {}
 
     # ------------------------------------------------------------- meta_fit
-    def meta_fit(self, task_sampler: Any, validation_tasks: Sequence | None = None) -> Self:
+    def meta_fit(
+        self, task_sampler: Any, y: Any = None, *, groups: Any = None, validation_tasks: Any = None
+    ) -> Self:
         """Meta-learn an initialisation from tasks drawn from ``task_sampler``.
 
         Parameters
         ----------
-        task_sampler : callable, sequence of (X, y) or TaskSampler
+        task_sampler : callable, sequence of (X, y), TaskSampler, or the table X
             Where tasks come from: a callable ``sampler(rng) -> (X, y)`` with
             ``rng`` a :class:`numpy.random.Generator`, a finite sequence of
             ``(X, y)`` tasks, or one of skreptile's samplers (such as
             :class:`~skreptile.SineTaskSampler`,
             :class:`~skreptile.GroupTaskSampler` or
             :class:`~skreptile.ClassTaskSampler`), which draw many tasks at once.
+            With ``y`` and ``groups``: the inputs of one table (an array or a
+            DataFrame), every group of rows a task.
+        y : array-like of shape (n_samples,) or str, default=None
+            With a table: its targets, or the name of their column.
+        groups : array-like of shape (n_samples,) or str, default=None
+            With a table: the group of every row, or the name of its column;
+            the same as ``meta_fit(GroupTaskSampler(X, y, groups))``, whose
+            options (``n_points``, ``preprocessor``, ...) the sampler sets.
         validation_tasks : sequence of (X_support, y_support, X_query, y_query), default=None
             Held-out tasks scored every ``monitor_interval`` meta-iterations: the
             model adapts on the support points as :meth:`fit` does and its
@@ -243,6 +257,7 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             The estimator with ``meta_params_`` learned; call :meth:`fit` to adapt.
         """
         self._validate_params()
+        task_sampler = task_sampler_of(task_sampler, y, groups)
         with self._unchanged_on_error():
             result = run_meta_fit(EstimatorHooks(self), task_sampler, validation_tasks)
             store_meta_fit(self, result)
@@ -311,10 +326,6 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
             lambda y, where: self._encode_targets(y, n_outputs, where),
             self._encode_query,
         )
-
-    def _quick_tasks(self, X_support, y_support, X_query):
-        """Plainly valid stacked arrays as :class:`FewShotTasks`, or None to check each task."""
-        return None
 
     def _task_inputs(self, X, n_features, where):
         """Flat inputs of a held-out task, checked against the meta-learned shape."""

@@ -91,10 +91,14 @@ class FewShotMixin(abc.ABC):
                 f"method must be 'predict' (or 'predict_proba' for a classifier), got {method!r}."
             )
         tasks = self._prepare_tasks(list(zip(X_support, y_support, X_query)), with_query_y=False)
+        tasks, levels = self._less_base(tasks)
         kind = "predict" if method == "predict" else "proba"
         curve = self._adaptation_curve(tasks, steps)
         return {
-            s: [self._decode(out, info, kind) for out, info in zip(scaled, tasks.info)]
+            s: [
+                self._plus_base(self._decode(out, info, kind), Xq, level)
+                for out, info, Xq, level in zip(scaled, tasks.info, tasks.X_query, levels)
+            ]
             for s, scaled in curve.items()
         }
 
@@ -140,6 +144,7 @@ class FewShotMixin(abc.ABC):
             tasks = self._prepare_tasks(
                 list(zip(X_support, y_support, X_query)), with_query_y=False
             )
+        tasks, levels = self._less_base(tasks)
         # 'auto' adaptation may differ with the number of support rows: group the tasks.
         by_steps: dict[int, list[int]] = {}
         for i in range(len(tasks.X_support)):
@@ -150,7 +155,23 @@ class FewShotMixin(abc.ABC):
             curve = self._adaptation_curve(tasks, [steps], indices=group)[steps]
             for i in group:
                 scaled[i] = curve[i]
-        preds = [self._decode(s, info, "predict") for s, info in zip(scaled, tasks.info)]
+        preds = [
+            self._plus_base(self._decode(s, info, "predict"), Xq, level)
+            for s, info, Xq, level in zip(scaled, tasks.info, tasks.X_query, levels)
+        ]
         if len({p.shape for p in preds}) == 1:
             return np.stack(preds)
         return preds
+
+    def _quick_tasks(self, X_support, y_support, X_query):
+        """Plainly valid stacked arrays as :class:`FewShotTasks`, or None to check each task."""
+        return None
+
+    def _less_base(self, tasks):
+        """``(tasks, levels)``: encoded tasks with support targets less the pooled model's
+        predictions and each task's offset (``levels``); none here."""
+        return tasks, [0.0] * len(tasks)
+
+    def _plus_base(self, pred, X, level):
+        """Decoded predictions of flat ``X`` plus the pooled model's and the offset ``level``."""
+        return pred

@@ -47,6 +47,7 @@ META_SHAPING_PARAMS = (
     "inner_batch_size",
     "inner_lr",
     "inner_optimizer",
+    "base_estimator",  # the regressor's
 )
 
 # The learned attributes of meta_fit, which clone keeps.
@@ -72,6 +73,9 @@ META_STATE = (
     "adapt_lr_",
     "adaptation_scores_",
     "adaptation_by_support_",
+    "base_estimator_",
+    "base_scores_",
+    "random_intercept_",
 )
 
 _VERSION_KEY = "_skreptile_version"
@@ -146,7 +150,8 @@ class LearnedStateMixin(abc.ABC):
             config["hidden_layer_sizes"] = self._hidden_sizes()
             config["activation"] = self.activation
         for name in META_SHAPING_PARAMS:
-            config[name] = getattr(self, name)
+            if hasattr(self, name):
+                config[name] = getattr(self, name)
         return config
 
     def _check_meta_config(self):
@@ -243,7 +248,14 @@ class LearnedStateMixin(abc.ABC):
 def store_meta_fit(est, result):
     """Only now, after meta-training succeeded, does the estimator change."""
     state = est.__dict__
-    for attr in ("params_", "support_X_", "classes_", "_y_1d", "feature_names_in_"):
+    for attr in (
+        "params_",
+        "support_X_",
+        "classes_",
+        "_y_1d",
+        "feature_names_in_",
+        "group_offset_",
+    ):
         state.pop(attr, None)
     est.meta_params_ = result.meta_params
     est.x_mean_, est.x_scale_, est.y_mean_, est.y_scale_ = result.scaling.as_tuple()
@@ -267,6 +279,10 @@ def store_meta_fit(est, result):
     est.inner_lr_, est.step_size_info_ = result.inner_lr, result.step_size_info
     est.adapt_steps_, est.adapt_lr_ = result.adapt_steps, result.adapt_lr
     est.adaptation_scores_ = result.adaptation_scores
+    for attr in ("base_estimator_", "base_scores_", "random_intercept_"):
+        state.pop(attr, None)
+    if result.base is not None:
+        state.update(result.base.attributes())
     if result.adaptation_by_support is None:
         state.pop("adaptation_by_support_", None)
     else:

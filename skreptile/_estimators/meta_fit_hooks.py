@@ -25,6 +25,9 @@ class EstimatorHooks(MetaFitHooks):
     def meta_training_tasks(self, task_sampler):
         return self._est._meta_training_tasks(task_sampler)
 
+    def pooled_base(self, sampler, by_size, validation_tasks):
+        return self._est._pooled_base(sampler, by_size, validation_tasks)
+
     def scaling_modes(self, input_shape):
         return self._est._scaling_modes(input_shape)
 

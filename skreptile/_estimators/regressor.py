@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .base import BaseReptile
 from .batch_adaptation import FewShotTasks
 from .docstrings import fill
+from .pooled_base import group_offset, offsets, pooled_base
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -76,6 +78,19 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         Standardise inputs and targets with statistics of the meta-training tasks
         (or of the data given to ``fit`` when not meta-fitted), undone at predict.
     {shared_run}
+    base_estimator : "auto", scikit-learn regressor or None, default="auto"
+        A pooled model under the network: fitted once by :meth:`meta_fit` on
+        every meta-training row (groups ignored), it predicts, and the network
+        meta-learns and adapts the correction per group, as a mixed model
+        adapts a group's random effect.  Meta-training tasks see out-of-group
+        (``GroupKFold`` cross-fitted) predictions, never a fit of their own
+        rows.  "auto" chooses among none, a ridge and a histogram
+        gradient-boosted model by their error on the held-out validation groups
+        (pooled prediction plus the group's mean support residual), and uses
+        one only if it beats the support mean by 5%; none for generated tasks
+        (an infinite sampler), without held-out groups, or with several
+        targets.  An explicit regressor needs a ``GroupTaskSampler`` or a list
+        of tasks, and one target.
 
     Attributes
     ----------
@@ -97,7 +112,13 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         :meth:`few_shot_predict`, per task) then uses the row whose size is
         nearest the number of rows it is given, on a log scale.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
-        Target standardisation.
+        Target standardisation (of the residuals of ``base_estimator_``).
+    base_estimator_ : regressor or None
+        The fitted pooled model whose predictions the network corrects; None
+        without one.
+    base_scores_ : dict or None
+        With ``base_estimator="auto"`` and held-out groups: the held-out error
+        of each candidate (and of the support mean) that chose it.
     n_outputs_ : int
         Number of targets.
     support_X_ : ndarray of shape (n_samples, n_features), float32
@@ -138,6 +159,11 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     (True, False)
     """
 
+    _parameter_constraints = {
+        **BaseReptile._parameter_constraints,
+        "base_estimator": [StrOptions({"auto"}), HasMethods(["fit", "predict"]), None],
+    }
+
     def __init__(
         self,
         hidden_layer_sizes=(64, 64),
@@ -169,6 +195,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         checkpoint_path=None,
         checkpoint_interval=1000,
         callbacks=None,
+        base_estimator="auto",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -199,6 +226,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_interval = checkpoint_interval
         self.callbacks = callbacks
+        self.base_estimator = base_estimator
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
         """Adapt the meta-learned initialisation to the labelled points ``(X, y)``.
@@ -238,7 +266,12 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             else:
                 X, y = quick
             Y, y_1d = self._encode_targets(y, self.n_outputs_ if meta_fitted else None, "y")
-            self._fit(X, Y, y_1d)
+            # With a base model the network adapts its correction: the residuals
+            # less the group's shrunk offset (its random intercept).
+            Y = Y - offsets(self._base_model(), X)
+            level = self._group_offset(Y)
+            self._fit(X, Y - level, y_1d)
+            self.group_offset_ = level
         return self
 
     def predict(self, X: ArrayLike) -> np.ndarray:
@@ -257,7 +290,38 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         check_is_fitted(self)
         quick = self._quick_X(X)
         X = validate_data(self, X, reset=False, dtype=np.float64) if quick is None else quick
-        return self._decode(self._outputs(X), self._y_1d, "predict")
+        pred = self._decode(self._outputs(X), self._y_1d, "predict")
+        return self._plus_base(pred, X, self.__dict__.get("group_offset_", 0.0))
+
+    # ------------------------------------------------------ the base model
+    def _base_model(self):
+        """The fitted pooled model under the network, or None."""
+        return self.__dict__.get("base_estimator_")
+
+    def _pooled_base(self, sampler, by_size, validation_tasks):
+        return pooled_base(self.base_estimator, sampler, by_size, validation_tasks)
+
+    def _group_offset(self, residuals):
+        """The BLUP of a group's offset from its support residuals (0 without a base model)."""
+        if self._base_model() is None:
+            return 0.0
+        return group_offset(self.__dict__.get("random_intercept_"), residuals)
+
+    def _less_base(self, tasks):
+        model = self._base_model()
+        if model is None:
+            return tasks, [0.0] * len(tasks)
+        residuals = [Y - offsets(model, X) for X, Y in zip(tasks.X_support, tasks.Y_support)]
+        levels = [self._group_offset(r) for r in residuals]
+        tasks.Y_support = [r - level for r, level in zip(residuals, levels)]
+        return tasks, levels
+
+    def _plus_base(self, pred, X, level):
+        model = self._base_model()
+        if model is None:
+            return pred
+        base = offsets(model, X) + level
+        return pred + (base[:, 0] if pred.ndim == 1 else base)
 
     def _quick_Xy(self, X, y):
         """``(X, y)`` when plainly valid (see :meth:`_quick_X`), else None for ``validate_data``."""

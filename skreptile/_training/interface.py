@@ -111,6 +111,7 @@ class MetaFitResult:
     adaptation_by_support: Any
     net: Any
     device: Any
+    base: Any = None  # what pooled_base learned (opaque to the loop)
 
 
 class MetaFitHooks(abc.ABC):
@@ -133,6 +134,17 @@ class MetaFitHooks(abc.ABC):
     fingerprint: dict
     loss_name: str
     shots_per_class: bool = False
+
+    def pooled_base(self, sampler, by_size, validation_tasks):
+        """``(sampler, by_size, validation_tasks, base)`` with a pooled model under the network.
+
+        ``by_size`` holds the held-out splits by support size (or None),
+        ``validation_tasks`` the user's.  A family with a base model returns
+        them with targets less its predictions, and ``base``, an object the
+        loop passes on to :class:`MetaFitResult` untouched; by default nothing
+        changes and ``base`` is None.
+        """
+        return sampler, by_size, validation_tasks, None
 
     @abc.abstractmethod
     def meta_training_tasks(self, task_sampler) -> tuple[Any, TaskFamily]:

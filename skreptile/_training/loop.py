@@ -132,8 +132,10 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         sampler, by_size, finite = _selftune.hold_out(
             settings, sampler, int(task_seed), hooks.shots_per_class
         )
-        if by_size is not None:  # the monitored size comes first
-            auto_validation = next(iter(by_size.values()))
+    # A pooled model under the network (the regressor's base_estimator): targets become residuals.
+    sampler, by_size, validation_tasks, base = hooks.pooled_base(sampler, by_size, validation_tasks)
+    if by_size is not None:  # the monitored size comes first
+        auto_validation = next(iter(by_size.values()))
     early_stopping = settings.early_stopping
     if _selftune.is_auto(early_stopping):
         # A warm start continues the run to n_meta_iter, as one run would.
@@ -280,6 +282,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         adaptation_by_support=by_support,
         net=net,
         device=device,
+        base=base,
     )
     if group is not None:
         group.finish()  # every rank got here: none can fail any more

@@ -361,6 +361,20 @@ class GroupTaskSampler(TaskSampler):
             f"small_groups={self.small_groups!r}, random_state={self.random_state!r})"
         )
 
+    def _rows(self):
+        """``(X, y, group index of every row)``: the table as ``meta_fit`` draws from it."""
+        return self._X, self._y, np.repeat(np.arange(self.n_groups_), self.group_sizes_)
+
+    def _with_targets(self, y):
+        """A sampler of the same groups and rows with targets ``y`` (rows in ``_rows`` order)."""
+        y = np.asarray(y, dtype=self._y.dtype)
+        if y.shape != self._y.shape:
+            raise ValueError(f"targets of shape {y.shape} for a table of {self._y.shape}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._y = np.ascontiguousarray(y)
+        return new
+
     def _split_groups(self, held_out):
         """``(sampler of the other groups, list of the held-out groups' (X, y))``.
 
