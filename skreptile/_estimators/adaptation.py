@@ -41,9 +41,14 @@ def choice_for(learned, n_support):
     rows = learned.get("adaptation_by_support_")
     if rows is None or n_support is None:
         return None
-    distance = np.abs(np.log(rows[:, 0]) - np.log(max(float(n_support), 1.0)))
-    size, steps, lr = rows[int(np.argmin(distance))]
+    size, steps, lr = rows[nearest_row(rows[:, 0], n_support)]
     return int(steps), float(lr)
+
+
+def nearest_row(sizes, n_support):
+    """The index of the size in ``sizes`` nearest ``n_support`` on a log scale."""
+    distance = np.abs(np.log(sizes) - np.log(max(float(n_support), 1.0)))
+    return int(np.argmin(distance))
 
 
 def adapt_lr_for(adapt_lr, inner_lr, learned, n_support=None):

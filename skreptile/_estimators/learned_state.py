@@ -31,6 +31,7 @@ import torch
 
 from .._engine.device import resolve_device
 from .._version import __version__
+from .pooled_base import uncorrected_sizes
 
 # Parameters that shape the meta-learned initialisation: changing one after
 # meta_fit makes fit and predict refuse until meta_fit is called again.
@@ -76,6 +77,7 @@ META_STATE = (
     "base_estimator_",
     "base_scores_",
     "random_intercept_",
+    "uncorrected_sizes_",
 )
 
 _VERSION_KEY = "_skreptile_version"
@@ -255,6 +257,7 @@ def store_meta_fit(est, result):
         "_y_1d",
         "feature_names_in_",
         "group_offset_",
+        "corrected_",
     ):
         state.pop(attr, None)
     est.meta_params_ = result.meta_params
@@ -281,8 +284,10 @@ def store_meta_fit(est, result):
     est.adaptation_scores_ = result.adaptation_scores
     for attr in ("base_estimator_", "base_scores_", "random_intercept_"):
         state.pop(attr, None)
+    state.pop("uncorrected_sizes_", None)
     if result.base is not None:
         state.update(result.base.attributes())
+        state["uncorrected_sizes_"] = uncorrected_sizes(est, result.base)
     if result.adaptation_by_support is None:
         state.pop("adaptation_by_support_", None)
     else:

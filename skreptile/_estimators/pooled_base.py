@@ -50,8 +50,9 @@ class PooledBase:
     """What ``meta_fit`` learned about the base model: the fitted model (or None), the scores
     that chose it, and the variances of the groups' offsets from it (``{"between", "within"}``)."""
 
-    def __init__(self, model, name, scores, variances=None):
+    def __init__(self, model, name, scores, variances=None, held_out=None):
         self.model, self.name, self.scores, self.variances = model, name, scores, variances
+        self.held_out = held_out  # the held-out splits by support size, in the targets' units
 
     def attributes(self):
         """The estimator's learned ``base_estimator_``, ``base_scores_`` and ``random_intercept_``."""
@@ -227,7 +228,33 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     residuals = y_flat - cross
     variances = intercept_variances(residuals, groups)
     sampler = _with_targets(sampler, residuals.reshape(y.shape))
+    held_out = by_size if validation_tasks is None else {None: validation_tasks}
     if by_size is not None:
         by_size = {k: residual_splits(model, variances, v) for k, v in by_size.items()}
     validation_tasks = residual_splits(model, variances, validation_tasks)
-    return sampler, by_size, validation_tasks, PooledBase(model, name, scores, variances)
+    return sampler, by_size, validation_tasks, PooledBase(model, name, scores, variances, held_out)
+
+
+def _mse(preds, splits):
+    return float(
+        np.mean([np.mean((np.ravel(s[3]) - np.ravel(p)) ** 2) for p, s in zip(preds, splits)])
+    )
+
+
+def uncorrected_sizes(est, base):
+    """Support sizes at which the pooled model and the group's offset alone beat them plus the
+    network's adapted correction on the held-out groups: there the network is left out, so the
+    model nests the mixed model instead of racing it."""
+    if base.model is None or not base.held_out:
+        return []
+    sizes = []
+    for size, splits in base.held_out.items():
+        Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
+        corrected = _mse(est.few_shot_predict(Xs, ys, Xq), splits)
+        alone = []
+        for X_s, y_s, X_q in zip(Xs, ys, Xq):
+            level = group_offset(base.variances, np.ravel(y_s) - offsets(base.model, X_s)[:, 0])
+            alone.append(offsets(base.model, X_q)[:, 0] + level)
+        if _mse(alone, splits) <= corrected:
+            sizes.append(len(Xs[0]) if size is None else size)
+    return sizes

@@ -10,6 +10,7 @@ from sklearn.base import RegressorMixin
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .adaptation import nearest_row
 from .base import BaseReptile
 from .batch_adaptation import FewShotTasks
 from .docstrings import fill
@@ -119,6 +120,20 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     base_scores_ : dict or None
         With ``base_estimator="auto"`` and held-out groups: the held-out error
         of each candidate (and of the support mean) that chose it.
+    random_intercept_ : dict or None
+        ``{"between", "within"}``: the variances of the groups' offsets from
+        the base model and of the rows around them (ANOVA moments of the
+        cross-fitted residuals).  A new group's offset is the mean residual
+        of its ``K`` support rows shrunk by ``K between / (K between +
+        within)``, the BLUP of a random intercept; the network adapts to what
+        remains.
+    uncorrected_sizes_ : list of int
+        With a base model: the support sizes at which the base model and the
+        offset alone scored better on the held-out groups than with the
+        network's correction; ``fit`` with about that many rows leaves the
+        network out (the model nests the mixed model).
+    group_offset_, corrected_ : float, bool
+        The offset of the last :meth:`fit` and whether it used the network.
     n_outputs_ : int
         Number of targets.
     support_X_ : ndarray of shape (n_samples, n_features), float32
@@ -271,7 +286,7 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             Y = Y - offsets(self._base_model(), X)
             level = self._group_offset(Y)
             self._fit(X, Y - level, y_1d)
-            self.group_offset_ = level
+            self.group_offset_, self.corrected_ = level, self._corrected(len(Y))
         return self
 
     def predict(self, X: ArrayLike) -> np.ndarray:
@@ -291,7 +306,8 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         quick = self._quick_X(X)
         X = validate_data(self, X, reset=False, dtype=np.float64) if quick is None else quick
         pred = self._decode(self._outputs(X), self._y_1d, "predict")
-        return self._plus_base(pred, X, self.__dict__.get("group_offset_", 0.0))
+        shift = (self.__dict__.get("group_offset_", 0.0), self.__dict__.get("corrected_", True))
+        return self._plus_base(pred, X, shift)
 
     # ------------------------------------------------------ the base model
     def _base_model(self):
@@ -307,21 +323,34 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
             return 0.0
         return group_offset(self.__dict__.get("random_intercept_"), residuals)
 
+    def _corrected(self, n_support):
+        """Whether the network's correction is used for ``n_support`` rows (see
+        ``uncorrected_sizes_``): the size nearest them decides."""
+        off = self.__dict__.get("uncorrected_sizes_")
+        if not off:
+            return True
+        rows = self.__dict__.get("adaptation_by_support_")
+        if rows is None:
+            return False
+        return int(rows[nearest_row(rows[:, 0], n_support), 0]) not in off
+
     def _less_base(self, tasks):
         model = self._base_model()
         if model is None:
-            return tasks, [0.0] * len(tasks)
+            return tasks, [(0.0, True)] * len(tasks)
         residuals = [Y - offsets(model, X) for X, Y in zip(tasks.X_support, tasks.Y_support)]
-        levels = [self._group_offset(r) for r in residuals]
-        tasks.Y_support = [r - level for r, level in zip(residuals, levels)]
-        return tasks, levels
+        shifts = [(self._group_offset(r), self._corrected(len(r))) for r in residuals]
+        tasks.Y_support = [r - level for r, (level, _) in zip(residuals, shifts)]
+        return tasks, shifts
 
-    def _plus_base(self, pred, X, level):
+    def _plus_base(self, pred, X, shift):
         model = self._base_model()
         if model is None:
             return pred
+        level, corrected = shift
         base = offsets(model, X) + level
-        return pred + (base[:, 0] if pred.ndim == 1 else base)
+        base = base[:, 0] if pred.ndim == 1 else base
+        return pred + base if corrected else base
 
     def _quick_Xy(self, X, y):
         """``(X, y)`` when plainly valid (see :meth:`_quick_X`), else None for ``validate_data``."""
