@@ -38,7 +38,8 @@ from sklearn.preprocessing import StandardScaler
 from ..tasks._base import sampler_kind
 
 N_FOLDS = 5
-# A base model must beat the support mean by this factor on the held-out groups to be used.
+# What is more complex must beat what is simpler by this factor on the held-out groups to be
+# used: a base model the support mean, the network's correction the base model and offset alone.
 MIN_GAIN = 0.95
 CANDIDATES = {
     "ridge": lambda: make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))),
@@ -255,6 +256,7 @@ def uncorrected_sizes(est, base):
         for X_s, y_s, X_q in zip(Xs, ys, Xq):
             level = group_offset(base.variances, np.ravel(y_s) - offsets(base.model, X_s)[:, 0])
             alone.append(offsets(base.model, X_q)[:, 0] + level)
-        if _mse(alone, splits) <= corrected:
+        # The network was early-stopped on these same groups: its gain must clear MIN_GAIN.
+        if MIN_GAIN * _mse(alone, splits) <= corrected:
             sizes.append(len(Xs[0]) if size is None else size)
     return sizes

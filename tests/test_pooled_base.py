@@ -1,0 +1,172 @@
+"""The pooled base model under the network (``base_estimator``) and ``meta_fit(X, y, groups=g)``."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.linear_model import LinearRegression
+
+from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
+from skreptile._estimators.pooled_base import group_offset, intercept_variances
+
+BETA = np.array([1.0, -2.0, 0.5])
+SMALL = dict(n_meta_iter=100, hidden_layer_sizes=(8,), device="cpu", random_state=0)
+
+
+def linear_with_intercepts(n_groups, n_rows, seed, tau=1.0, sigma=1.0):
+    """``y = X beta + b_group + noise``: a linear model with a random intercept."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), n_rows)
+    X = rng.normal(size=(n_groups * n_rows, 3))
+    y = X @ BETA + tau * rng.normal(size=n_groups)[groups] + sigma * rng.normal(size=len(X))
+    return X, y, groups
+
+
+def new_groups(X, y, groups, k):
+    """Stacked support (first ``k`` rows) and query (the rest) of every group."""
+    labels = np.unique(groups)
+    rows = [np.flatnonzero(groups == label) for label in labels]
+    return (
+        np.stack([X[r[:k]] for r in rows]),
+        np.stack([y[r[:k]] for r in rows]),
+        np.stack([X[r[k:]] for r in rows]),
+        np.stack([y[r[k:]] for r in rows]),
+    )
+
+
+def test_meta_fit_on_a_table_equals_the_sampler_form():
+    X, y, g = linear_with_intercepts(12, 10, seed=0)
+    by_sampler = ReptileRegressor(**SMALL).meta_fit(GroupTaskSampler(X, y, g))
+    by_table = ReptileRegressor(**SMALL).meta_fit(X, y, groups=g)
+    np.testing.assert_array_equal(by_table.meta_params_, by_sampler.meta_params_)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(target=y, school=g)
+    named = ReptileRegressor(**SMALL).meta_fit(frame, "target", groups="school")
+    np.testing.assert_array_equal(named.meta_params_, by_sampler.meta_params_)
+    assert named.feature_names_in_.tolist() == ["a", "b", "c"]
+
+
+def test_meta_fit_on_a_table_refuses_what_it_cannot_read():
+    X, y, g = linear_with_intercepts(12, 10, seed=0)
+    with pytest.raises(ValueError, match="needs groups="):
+        ReptileRegressor(**SMALL).meta_fit(X, y)
+    with pytest.raises(ValueError, match="needs the targets y"):
+        ReptileRegressor(**SMALL).meta_fit(X, groups=g)
+    with pytest.raises(TypeError, match="validation_tasks="):
+        ReptileRegressor(**SMALL).meta_fit(SineTaskSampler(random_state=0), [(X, y, X, y)])
+
+
+class OwnRowsDetector(RegressorMixin, BaseEstimator):
+    """A least-squares fit that fails the test if it ever predicts a row it was fitted on."""
+
+    def fit(self, X, y):
+        self.seen_ = {row.tobytes() for row in np.asarray(X)}
+        self.model_ = LinearRegression().fit(X, y)
+        return self
+
+    def predict(self, X):
+        X = np.asarray(X)
+        leaked = sum(row.tobytes() in self.seen_ for row in X)
+        assert leaked == 0, f"{leaked} rows predicted by a model fitted on them"
+        return self.model_.predict(X)
+
+
+def test_meta_training_targets_are_out_of_group_residuals():
+    # Every row is distinct, so a base model fitted on a group's own rows would be seen
+    # predicting them; cross-fitting must never do it (and the residuals must be the
+    # out-of-group ones, not zero as a memorising fit would give).
+    X, y, g = linear_with_intercepts(20, 10, seed=1)
+    model = ReptileRegressor(base_estimator=OwnRowsDetector(), **SMALL).meta_fit(X, y, groups=g)
+    assert isinstance(model.base_estimator_, OwnRowsDetector)
+    np.testing.assert_allclose(model.base_estimator_.model_.coef_, BETA, atol=0.4)
+    # The variances come from out-of-group residuals: the between-group one is near 1.
+    assert 0.5 < model.random_intercept_["between"] < 2.5
+
+
+def test_the_random_intercept_variances_and_offset_are_the_anova_and_blup_formulas():
+    residuals = np.array([1.0, 3.0, 2.0, 4.0, 6.0, 5.0])
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    # Group means 2, 3, 5.5; within: (1+1+1+1+0.25+0.25)/(6-3) = 1.5; between mean square
+    # 2 * ((2-3.5)^2 + (3-3.5)^2 + (5.5-3.5)^2) / 2 = 6.5; tau2 = (6.5 - 1.5) / 2 = 2.5.
+    variances = intercept_variances(residuals, groups)
+    assert variances == pytest.approx({"between": 2.5, "within": 1.5})
+    shrink = 3 * 2.5 / (3 * 2.5 + 1.5)
+    assert group_offset(variances, [1.0, 2.0, 3.0]) == pytest.approx(shrink * 2.0)
+    assert group_offset({"between": 0.0, "within": 1.0}, [5.0]) == 0.0
+    assert group_offset({"between": 1.0, "within": 0.0}, [5.0, 7.0]) == pytest.approx(6.0)
+
+
+def test_defaults_are_within_3_percent_of_the_oracle_blup_on_a_random_intercept_model():
+    X, y, g = linear_with_intercepts(60, 20, seed=0)
+    model = ReptileRegressor(random_state=0, device="cpu").meta_fit(X, y, groups=g)
+    assert model.base_estimator_ is not None  # "auto" found the pooled linear trend
+    Xs, ys, Xq, yq = new_groups(*linear_with_intercepts(150, 20, seed=100), k=5)
+    error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
+    # The oracle: the true coefficients and variances (tau2 = sigma2 = 1).
+    offsets = 5 / 6 * (ys - Xs @ BETA).mean(axis=1)
+    oracle = np.mean((yq - Xq @ BETA - offsets[:, None]) ** 2)
+    assert error < 1.03 * oracle, (error, oracle)
+
+
+def curves_per_group(n_groups, n_rows, seed):
+    """Every group its own sine curve (amplitude and phase) plus a pooled linear trend."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), n_rows)
+    X = rng.uniform(-3, 3, size=(n_groups * n_rows, 2))
+    amplitude, phase = rng.uniform(0.5, 2, n_groups), rng.uniform(0, np.pi, n_groups)
+    y = amplitude[groups] * np.sin(X[:, 0] + phase[groups]) + 0.5 * X[:, 1]
+    return X, y + 0.1 * rng.normal(size=len(X)), groups
+
+
+def test_groups_with_their_own_nonlinear_curves_beat_the_blup_clearly():
+    X, y, g = curves_per_group(40, 20, seed=0)
+    model = ReptileRegressor(random_state=0, device="cpu", n_meta_iter=1500).meta_fit(
+        X, y, groups=g
+    )
+    Xs, ys, Xq, yq = new_groups(*curves_per_group(60, 20, seed=100), k=5)
+    error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
+    # The statistician's model: pooled least squares plus the BLUP of each group's intercept.
+    pooled = LinearRegression().fit(X, y)
+    variances = intercept_variances(y - pooled.predict(X), g)
+    blup = [
+        pooled.predict(xq) + group_offset(variances, ys_ - pooled.predict(xs))
+        for xs, ys_, xq in zip(Xs, ys, Xq)
+    ]
+    assert error < 0.6 * np.mean((np.array(blup) - yq) ** 2)
+
+
+def test_fit_predict_equals_few_shot_predict_and_survives_clone_and_pickle():
+    X, y, g = linear_with_intercepts(20, 10, seed=2)
+    model = ReptileRegressor(base_estimator=LinearRegression(), **SMALL).meta_fit(X, y, groups=g)
+    Xs, ys, Xq, _ = new_groups(*linear_with_intercepts(3, 10, seed=3), k=4)
+    batched = model.few_shot_predict(Xs, ys, Xq)
+    for again in (model, clone(model), pickle.loads(pickle.dumps(model))):
+        assert isinstance(again.base_estimator_, LinearRegression)
+        for t in range(3):
+            np.testing.assert_allclose(
+                again.fit(Xs[t], ys[t]).predict(Xq[t]), batched[t], rtol=1e-5, atol=1e-6
+            )
+    # The base model shaped the initialisation: changing it needs a new meta_fit.
+    with pytest.raises(ValueError, match="base_estimator"):
+        clone(model).set_params(base_estimator=None).fit(Xs[0], ys[0])
+
+
+def test_auto_has_no_base_for_generated_tasks_and_an_explicit_one_is_refused():
+    model = ReptileRegressor(**SMALL).meta_fit(SineTaskSampler(random_state=0))
+    assert model.__dict__.get("base_estimator_") is None
+    with pytest.raises(ValueError, match="finite grouped table"):
+        ReptileRegressor(base_estimator=LinearRegression(), **SMALL).meta_fit(
+            SineTaskSampler(random_state=0)
+        )
+
+
+def test_a_base_model_that_cannot_fit_is_named():
+    X, y, g = linear_with_intercepts(12, 10, seed=0)
+
+    class Broken(LinearRegression):
+        def fit(self, X, y):
+            raise RuntimeError("no convergence")
+
+    with pytest.raises(ValueError, match="base_estimator Broken could not be fitted"):
+        ReptileRegressor(base_estimator=Broken(), **SMALL).meta_fit(X, y, groups=g)
