@@ -193,7 +193,7 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
         # step is plain minibatch SGD on them), fine-tuned with 'auto' steps
         # chosen on the same held-out groups (same seed, same hold-out).
         pooled = ReptileRegressor(
-            random_state=split, n_meta_iter=n_meta_iter, inner_steps=1
+            random_state=split, n_meta_iter=n_meta_iter, inner_steps=1, base_estimator=None
         ).meta_fit(sampler)
         t2 = time.perf_counter()
         info.append(
