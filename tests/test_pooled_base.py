@@ -170,3 +170,34 @@ def test_a_base_model_that_cannot_fit_is_named():
 
     with pytest.raises(ValueError, match="base_estimator Broken could not be fitted"):
         ReptileRegressor(base_estimator=Broken(), **SMALL).meta_fit(X, y, groups=g)
+
+
+def test_a_checkpointed_run_with_a_base_model_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch
+):
+    from conftest import interrupting_meta_lr_at
+
+    import skreptile._engine.outer as engine_module
+
+    X, y, g = linear_with_intercepts(20, 10, seed=4)
+    params = dict(SMALL, n_meta_iter=300, base_estimator=LinearRegression(), early_stopping=False)
+    reference = ReptileRegressor(**params).meta_fit(X, y, groups=g)
+    path = tmp_path / "run.ckpt"
+    model = ReptileRegressor(checkpoint_path=path, checkpoint_interval=100, **params)
+    with monkeypatch.context() as m:
+        m.setattr(engine_module, "meta_lr_at", interrupting_meta_lr_at(250))
+        with pytest.warns(RuntimeWarning, match="interrupted"), pytest.raises(KeyboardInterrupt):
+            model.meta_fit(X, y, groups=g)
+    assert path.exists()
+    seen, real = [], engine_module.meta_lr_at
+
+    def recording(meta_lr, schedule, at, n_meta_iter):
+        seen.append(at)
+        return real(meta_lr, schedule, at, n_meta_iter)
+
+    monkeypatch.setattr(engine_module, "meta_lr_at", recording)
+    model.meta_fit(X, y, groups=g)
+    assert min(seen) == 250  # resumed where the interrupt saved it, not from the start
+    np.testing.assert_array_equal(model.meta_params_, reference.meta_params_)
+    np.testing.assert_array_equal(model.base_estimator_.coef_, reference.base_estimator_.coef_)
+    assert model.random_intercept_ == reference.random_intercept_
