@@ -30,7 +30,7 @@ class MetaFittedMixin:
 
     def _meta_config(self):
         """A hash of the parameters that shaped ``meta_fit``, equal across clones."""
-        params = self.get_params(deep=False)  # type: ignore[attr-defined]
+        params = self.get_params(deep=False)
         # clone(safe=False) normalises an estimator parameter to its unfitted copy,
         # which is what ``clone`` of this baseline hands the copy.
         shaping = {
@@ -52,7 +52,7 @@ class MetaFittedMixin:
                 "meta-training table first; fit(X, y) then adapts it to one new group's rows."
             )
         if self.meta_config_ != self._meta_config():
-            shaping = sorted(set(self.get_params(deep=False)) - set(self._ADAPT_PARAMS))  # type: ignore[attr-defined]
+            shaping = sorted(set(self.get_params(deep=False)) - set(self._ADAPT_PARAMS))
             raise ValueError(
                 f"A parameter that shaped this {name}'s meta_fit ({', '.join(shaping)}) changed "
                 "since meta_fit: call meta_fit again, or set it back."
@@ -60,7 +60,7 @@ class MetaFittedMixin:
 
     def __sklearn_clone__(self):
         """A copy with the same parameters and ``meta_fit`` state, not adapted by ``fit``."""
-        new = super().__sklearn_clone__()  # type: ignore[misc]
+        new = super().__sklearn_clone__()
         if "meta_config_" in self.__dict__:
             for attr in (*self._META_STATE, "meta_config_"):
                 if attr in self.__dict__:
