@@ -145,3 +145,14 @@ def test_blup_equals_statsmodels_random_effects_given_its_variances():
         rows = groups == g
         ours = blup_random_effects(Z[rows], residuals[rows], G, float(fit.scale))
         np.testing.assert_allclose(ours, np.asarray(fit.random_effects[g]), rtol=1e-6)
+
+
+def test_moment_covariance_is_close_to_statsmodels_reml():
+    sm = _statsmodels()
+    G = np.array([[1.0, 0.3], [0.3, 0.5]])
+    Z, r, groups = _slopes_data(np.random.default_rng(5), 300, G, 0.5)
+    fit = sm.MixedLM(r, Z, groups, exog_re=Z).fit(reml=True)
+    # The fixed effects are 0 here: the moment estimator reads the residuals as they are.
+    G_hat, sigma2 = random_effects_covariance(Z, r, groups)
+    np.testing.assert_allclose(G_hat, np.asarray(fit.cov_re), atol=0.03)
+    assert sigma2 == pytest.approx(float(fit.scale), rel=0.01)
