@@ -8,7 +8,9 @@ Tables (none ships with skreptile; each is skipped when its file is absent):
 * ``txhousing``: a Texas city's monthly median sale price from its sales,
   volume, listings, inventory, year and month;
 * ``barrero_maize``: a field-season's plot yields from the plots' traits;
-* ``kc_house``: the log price of houses in a zip code from their description.
+* ``kc_house``: the log price of houses in a zip code from their description;
+* ``chem97``: a school's A-level chemistry scores from its students' gender,
+  age and GCSE score (schools of at least 10 students).
 
 For every table, several random splits of the *groups* into meta-training
 groups and new groups; every new group gives one task with ``K`` support rows
@@ -21,6 +23,13 @@ and the rest of its rows as query.  Every method sees the same rows.  Methods:
 * ``per-group RidgeCV``: a ridge fitted on the support rows alone;
 * ``HGB + offset`` and ``ridge + offset``: a global model fitted on every
   meta-training row, plus the new group's mean residual on its support rows;
+* ``HGB + BLUP`` and ``ridge + BLUP``: the same global models plus the mean
+  residual shrunk as a random intercept's BLUP
+  (:class:`skreptile.evaluation.PooledRandomIntercept`, variances from
+  out-of-group residuals of one ``GroupKFold`` cross-fitting per model and split);
+* ``LMM (intercept+slopes)``: a linear mixed model with a random intercept and
+  random slopes, the new group's effects by their BLUP
+  (:class:`skreptile.evaluation.LinearMixedModel`);
 * ``pooled net + fine-tune``: the same network trained on all meta-training
   rows pooled, then fine-tuned on the support rows, its fine-tuning steps and
   step size chosen on the same held-out validation groups as skreptile's.
@@ -92,11 +101,20 @@ def load_beijing(n_days=800, seed=0):
     return tasks.X[keep].reset_index(drop=True), tasks.y.to_numpy()[keep], groups[keep]
 
 
+def load_chem97(min_students=10):
+    df = _frame("chem97.csv")
+    df = df[df.groupby("school")["school"].transform("size") >= min_students]
+    X = df[["age", "gcsescore"]].astype(float)
+    X.insert(0, "female", (df["gender"] == "F").astype(float))
+    return X, df["score"].to_numpy(float), df["school"].to_numpy()
+
+
 TABLES = {
     "beijing": (load_beijing, DATA / "beijing-air-quality"),
     "txhousing": (load_txhousing, GROUPED / "txhousing.csv"),
     "barrero_maize": (load_barrero_maize, GROUPED / "barrero_maize.csv"),
     "kc_house": (load_kc_house, GROUPED / "kc_house.csv"),
+    "chem97": (load_chem97, GROUPED / "chem97.csv"),
 }
 
 
@@ -134,34 +152,57 @@ def SKLEARN_ONE_THREAD():
     return threadpool_limits(1, user_api="openmp")
 
 
-def _global_models(X_train, y_train):
-    """The global models of the offset baselines, fitted once per split on the training rows."""
+def _global_models(X_train, y_train, groups_train):
+    """The pooled models of the offset and BLUP baselines, meta-fitted once per split.
+
+    Each pooled model is fitted once on every training row and cross-fitted
+    once (``GroupKFold``, the same folds for both) for the variances of its
+    BLUP; its offset and BLUP baselines share both fits.
+    """
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    hgb = HistGradientBoostingRegressor(random_state=0).fit(X_train, y_train)
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(X_train, y_train)
-    return hgb, ridge
+    from skreptile.evaluation import LinearMixedModel, PooledRandomIntercept
+
+    pooled = {
+        "HGB": HistGradientBoostingRegressor(random_state=0),
+        "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)),
+    }
+    models = {
+        name: PooledRandomIntercept(est).meta_fit(X_train, y_train, groups_train)
+        for name, est in pooled.items()
+    }
+    models["LMM"] = LinearMixedModel().meta_fit(X_train, y_train, groups_train)
+    return models
 
 
 def _baselines(models, tasks):
     """Per-task MSE of every baseline."""
+    from sklearn.base import clone
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     alphas = ALPHAS
-    hgb, ridge = models
-    errors = {"support mean": [], "per-group RidgeCV": [], "HGB + offset": [], "ridge + offset": []}
+    # Column: (meta-fitted model, its adaptation); the offset and BLUP columns of a
+    # pooled model differ only in the adaptation.
+    adapted = {
+        "HGB + offset": (models["HGB"], {"offset": "mean"}),
+        "ridge + offset": (models["ridge"], {"offset": "mean"}),
+        "HGB + BLUP": (models["HGB"], {"offset": "blup"}),
+        "ridge + BLUP": (models["ridge"], {"offset": "blup"}),
+        "LMM (intercept+slopes)": (models["LMM"], {}),
+    }
+    errors = {"support mean": [], "per-group RidgeCV": [], **{name: [] for name in adapted}}
     for Xs, ys, Xq, yq in tasks:
         errors["support mean"].append(np.mean((yq - ys.mean()) ** 2))
         local = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas)).fit(Xs, ys)
         errors["per-group RidgeCV"].append(np.mean((yq - local.predict(Xq)) ** 2))
-        for name, model in (("HGB + offset", hgb), ("ridge + offset", ridge)):
-            offset = np.mean(ys - model.predict(Xs))
-            errors[name].append(np.mean((yq - model.predict(Xq) - offset) ** 2))
+        for name, (model, params) in adapted.items():
+            fitted = clone(model).set_params(**params).fit(Xs, ys)
+            errors[name].append(np.mean((yq - fitted.predict(Xq)) ** 2))
     return errors
 
 
@@ -213,9 +254,17 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
                 pooled_adapt=(pooled.adapt_steps_, pooled.adapt_lr_),
             )
         )
-        log(f"  {name} split {split}: {info[-1]}", flush=True)
         with SKLEARN_ONE_THREAD():
-            models = _global_models(X[train], y[train])
+            t3 = time.perf_counter()
+            models = _global_models(X[train], y[train], groups[train])
+        info[-1].update(
+            baselines_meta_fit_s=round(time.perf_counter() - t3, 1),
+            blup_variances={
+                name: (round(models[name].tau2_, 4), round(models[name].sigma2_, 4))
+                for name in ("HGB", "ridge")
+            },
+        )
+        log(f"  {name} split {split}: {info[-1]}", flush=True)
         for K in ks:
             tasks = _tasks(X, y, groups, test, K, np.random.default_rng(2000 + 10 * split + K))
             errs = {"skreptile": _reptile_errors(model, tasks)}

@@ -10,11 +10,14 @@ intervals over tasks, and paired differences with theirs.
 
 from ..tasks._split import split_support_query
 from .baselines import default_baselines
+from .mixed_baselines import LinearMixedModel, PooledRandomIntercept
 from .results import FewShotResults, plot_few_shot
 from .scoring import evaluate_few_shot
 
 __all__ = [
     "FewShotResults",
+    "LinearMixedModel",
+    "PooledRandomIntercept",
     "default_baselines",
     "evaluate_few_shot",
     "plot_few_shot",

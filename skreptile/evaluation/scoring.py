@@ -181,7 +181,12 @@ def evaluate_few_shot(
         (baselines cost a fit per task, and the default leaves earlier
         results as they were).  A classifier baseline's accuracy is scored on
         its ``predict``.  Wrap an estimator already trained on other data in
-        ``sklearn.frozen.FrozenEstimator`` to score it unchanged.  A baseline
+        ``sklearn.frozen.FrozenEstimator`` to score it unchanged.  The
+        statistician's baselines,
+        :class:`~skreptile.evaluation.PooledRandomIntercept` and
+        :class:`~skreptile.evaluation.LinearMixedModel`, are meta-fitted on the
+        training groups first: their clones keep it, and each task's ``fit``
+        adapts only the new group's random effects.  A baseline
         that cannot fit a task (logistic regression on a support set of one
         class) raises a ``ValueError`` naming it and the task.
     metric : str, callable or None, default=None
