@@ -35,6 +35,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .._engine.random_effects import blup_intercept, intercept_variance_components
 from ..tasks._base import sampler_kind
 
 N_FOLDS = 5
@@ -65,37 +66,18 @@ class PooledBase:
 
 
 def intercept_variances(residuals, groups):
-    """``{"between": tau2, "within": sigma2}`` of a random intercept, by the ANOVA moments.
-
-    The unbalanced one-way estimator: ``sigma2`` the pooled within-group
-    variance, ``tau2`` the between-group mean square less ``sigma2``, divided
-    by the effective group size ``n0``, clipped at 0.
-    """
-    residuals = np.ravel(residuals).astype(np.float64)
-    sizes = np.bincount(groups).astype(np.float64)
-    keep = sizes > 0
-    sums = np.bincount(groups, weights=residuals)[keep]
-    sizes = sizes[keep]
-    n, n_groups = sizes.sum(), len(sizes)
-    means = sums / sizes
-    within_ss = np.sum(residuals**2) - np.sum(sizes * means**2)
-    within = max(within_ss / max(n - n_groups, 1), 0.0)
-    grand = sums.sum() / n
-    between_ms = np.sum(sizes * (means - grand) ** 2) / max(n_groups - 1, 1)
-    n0 = (n - np.sum(sizes**2) / n) / max(n_groups - 1, 1)
-    between = max((between_ms - within) / n0, 0.0) if n0 > 0 else 0.0
+    """``{"between": tau2, "within": sigma2}`` of a random intercept (ANOVA moments,
+    :func:`skreptile._engine.random_effects.intercept_variance_components`)."""
+    between, within = intercept_variance_components(residuals, groups)
     return {"between": float(between), "within": float(within)}
 
 
 def group_offset(variances, support_residuals):
     """The BLUP of a new group's offset from its support residuals: their mean, shrunk."""
+    if variances is None:
+        return 0.0
     r = np.ravel(support_residuals)
-    if variances is None or len(r) == 0:
-        return 0.0
-    spread = len(r) * variances["between"]
-    if spread <= 0:
-        return 0.0
-    return float(spread / (spread + variances["within"]) * np.mean(r))
+    return float(blup_intercept(r, variances["between"], variances["within"])) if len(r) else 0.0
 
 
 def rows_of(sampler):
