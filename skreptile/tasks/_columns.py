@@ -18,15 +18,46 @@ def column(frame, name, what):
     return frame[name]
 
 
+def check_unique_names(X):
+    """A ``ValueError`` naming the column names that ``X`` has more than once."""
+    columns = getattr(X, "columns", None)
+    if columns is None or columns.is_unique:
+        return
+    repeated = list(dict.fromkeys(columns[columns.duplicated()].tolist()))
+    raise ValueError(
+        f"X has several columns named {_listed(repeated)}; a column must be named once, "
+        "so that it can be told apart. Rename or drop the copies, e.g. "
+        "X = X.loc[:, ~X.columns.duplicated()] to keep the first of each."
+    )
+
+
+def _listed(names):
+    return ", ".join(repr(n) for n in names[:5]) + (
+        f" and {len(names) - 5} more" if len(names) > 5 else ""
+    )
+
+
 def check_columns(X):
     """A ``ValueError`` naming the first DataFrame column that is not numeric or has missing values."""
     if not hasattr(X, "columns") or not hasattr(X, "dtypes"):
         return
     import pandas as pd
 
+    check_unique_names(X)
     for name in X.columns:
         col = X[name]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+        # Numbers stored with dtype object (read from a mixed source, or built row by
+        # row) are numbers: check_array converts them.
+        numbers_as_objects = col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in (
+            "floating",
+            "integer",
+            "mixed-integer-float",
+        )
+        if not (
+            pd.api.types.is_numeric_dtype(col)
+            or pd.api.types.is_bool_dtype(col)
+            or numbers_as_objects
+        ):
             example = col.dropna().iloc[0] if col.notna().any() else None
             raise ValueError(
                 f"Column {name!r} of X is not numeric (dtype {col.dtype}, e.g. {example!r}). "
