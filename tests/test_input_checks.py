@@ -14,6 +14,7 @@ import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skreptile import (
+    ClassTaskSampler,
     GroupTaskSampler,
     ReptileClassifier,
     ReptileRegressor,
@@ -167,3 +168,85 @@ def test_group_sampler_takes_numbers_stored_as_objects():
         GroupTaskSampler(as_objects.assign(a=[None] + list(df["a"][1:])), "y", "g")
     with pytest.raises(ValueError, match="Column 'a' of X is not numeric"):
         GroupTaskSampler(df.assign(a=["x"] * 40), "y", "g")
+
+
+# ------------------------------------------------- item 6: nothing silent
+def _relative_rmse(scale, x_offset, y_offset):
+    x = np.linspace(-1, 1, 10)[:, None]
+    tasks = [(x * scale + x_offset, np.sin(x[:, 0] + i) * scale + y_offset) for i in range(12)]
+    params = {**FAST, "n_meta_iter": 10, "validation_fraction": None}
+    model = ReptileRegressor(**params).meta_fit(tasks)
+    X, y = tasks[0]
+    pred = model.fit(X[:5], y[:5]).predict(X)
+    return np.sqrt(np.mean((pred - y) ** 2)) / np.std(y)
+
+
+def test_data_of_tiny_spread_is_scaled_like_any_other():
+    # A spread below 1e-12 was taken for a constant: unscaled, relative RMSE 1e5.
+    usual = _relative_rmse(1.0, 0.0, 0.0)
+    assert _relative_rmse(1e-13, 0.0, 0.0) == pytest.approx(usual, rel=1e-6)
+    # Around an offset, float64 keeps 3 digits of a 1e-13 spread around 5.
+    assert _relative_rmse(1e-13, 3.0, 5.0) == pytest.approx(usual, rel=0.1)
+
+
+def test_a_constant_column_is_still_left_unscaled():
+    from skreptile._engine import Scaling
+
+    X = np.column_stack([np.full(10, 0.1 + 0.2), np.linspace(0, 1, 10)])
+    X[::2, 0] = 0.3  # 0.1 + 0.2 and 0.3 differ by one rounding
+    scaling = Scaling.fit(X, X[:, 1:])
+    assert scaling.x_scale[0] == 1.0 and scaling.x_scale[1] == pytest.approx(X[:, 1].std())
+
+
+def test_classifier_refuses_regression_targets():
+    rng = np.random.default_rng(0)
+    tasks = [(rng.normal(size=(10, 2)), rng.normal(size=10)) for _ in range(3)]
+    # Built a 10-way model: every distinct float became a class.
+    with pytest.raises(TaskError, match="Task 0: y must hold class labels.*continuous.*Regressor"):
+        ReptileClassifier(**FAST).meta_fit(tasks)
+    integral = [(X, np.arange(10) % 2 * 1.0) for X, _ in tasks]  # float labels 0.0 / 1.0 are fine
+    assert ReptileClassifier(**FAST).meta_fit(integral).n_outputs_ == 2
+
+
+def test_class_sampler_refuses_a_missing_label():
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    y = np.repeat(np.arange(4.0), 10)
+    y[5] = np.nan
+    # The NaN became a class of its own.
+    with pytest.raises(ValueError, match=r"y has 1 missing label\(s\) \(first at row 5\)"):
+        ClassTaskSampler(X, y, n_way=2)
+    labels = np.repeat(np.array(["a", "b", "c", "d"], dtype=object), 10)
+    labels[7] = None
+    with pytest.raises(ValueError, match="missing label"):
+        ClassTaskSampler(X, labels, n_way=2)
+
+
+def test_group_sampler_refuses_target_and_group_in_one_column():
+    with pytest.raises(ValueError, match="y and groups both name the column 'g'"):
+        GroupTaskSampler(_table(), "g", "g")
+
+
+def test_inner_steps_docs_agree_with_the_constraint():
+    # The guide said "must be at least 2" while inner_steps=1 was accepted.
+    import pathlib
+    import re
+
+    from skreptile._estimators.constraints import PARAMETER_CONSTRAINTS
+
+    lowest = PARAMETER_CONSTRAINTS["inner_steps"][0].left
+    root = pathlib.Path(__file__).parent.parent
+    text = (root / "docs/user_guide/hyperparameters.rst").read_text()
+    text += ReptileRegressor.__doc__ + ReptileClassifier.__doc__
+    floors = {int(n) for n in re.findall(r"inner_steps`` must be at least (\d+)", text)}
+    assert floors <= {lowest}
+    assert lowest == 1 and "inner_steps=1" in text  # documented: pooled training, a baseline
+    ReptileRegressor(**FAST, inner_steps=1).meta_fit(_sampler())
+
+
+def test_a_rows_prediction_does_not_depend_on_the_other_rows():
+    # Above about 2,000 rows predict took a float32 path: 8.9e-8 from row by row.
+    X = np.linspace(-5, 5, 3000)[:, None]
+    model = ReptileRegressor(**FAST).meta_fit(_sampler()).fit(X[:10], np.sin(X[:10, 0]))
+    together = model.predict(X)
+    alone = np.concatenate([model.predict(X[i : i + 1]) for i in range(0, 3000, 7)])
+    np.testing.assert_allclose(together[::7], alone, rtol=1e-12, atol=1e-12)

@@ -40,6 +40,7 @@ def _count(left, right):
 def _positive_real():
     return StrictInterval(Real, 0, None, closed="neither")
 
+
 PARAMETER_CONSTRAINTS = {
     "hidden_layer_sizes": ["array-like", _count(1, MAX_WIDTH)],
     "activation": [StrOptions(set(ACTIVATIONS))],

@@ -6,7 +6,7 @@ flattened and their shape recorded.
 """
 
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
 from .._training.interface import TaskFamily
 from ..tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
@@ -25,6 +25,21 @@ def encode_labels(y, n_outputs, where):
             f"on {len(classes)}-way tasks."
         )
     return classes, np.eye(n_outputs)[index]
+
+
+def check_task_labels(y, where):
+    """A ``TaskError`` unless ``y`` holds class labels (not a regression's targets)."""
+    try:
+        check_classification_targets(y)
+    except ValueError:
+        kind = type_of_target(y, input_name="y")
+        example = y[np.flatnonzero(y != np.round(y))[:1]] if y.dtype.kind == "f" else y[:1]
+        raise TaskError(
+            f"{where}: y must hold class labels, but its values are {kind} (e.g. "
+            f"{example.tolist()[0]!r}): every distinct value would become a class. For "
+            "numeric targets use ReptileRegressor; to classify them, bin them into classes "
+            "first (e.g. numpy.digitize)."
+        ) from None
 
 
 class ClassTasks:
@@ -95,6 +110,7 @@ class ClassTasks:
             raise TaskError(f"{where}: y must be a 1-D array of class labels; got {y.shape}.")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise TaskError(f"{where}: y contains NaN or infinity.")
+        check_task_labels(y, where)
         classes, y_index = np.unique(y, return_inverse=True)
         self.check_classes(len(classes), where)
         return X, np.eye(len(classes))[y_index]

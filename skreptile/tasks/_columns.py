@@ -1,8 +1,29 @@
 """The columns of a user's table: named columns, missing values, numeric checks."""
 
+import numpy as np
+
 
 def is_missing(value):
     return value is None or (isinstance(value, float) and value != value)
+
+
+def missing_labels(labels, name):
+    """A ``ValueError`` when the 1-D array ``labels`` has missing values (NaN or None).
+
+    np.unique would make each NaN a label (of a class, a group) of its own.
+    """
+    missing = (
+        np.isnan(labels)
+        if labels.dtype.kind == "f"
+        else np.array([is_missing(v) for v in labels.tolist()], dtype=bool)
+        if labels.dtype.kind == "O"
+        else np.zeros(len(labels), dtype=bool)
+    )
+    if missing.any():
+        raise ValueError(
+            f"{name} has {int(missing.sum())} missing label(s) (first at row "
+            f"{int(np.argmax(missing))}); give every row a label or drop those rows."
+        )
 
 
 def column(frame, name, what):

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 from sklearn.utils.validation import check_array
 
-from ._columns import check_columns, check_unique_names, column, is_missing
+from ._columns import check_columns, check_unique_names, column, missing_labels
 from ._targets import fit_target_transformer
 
 
@@ -90,18 +90,7 @@ def prepare_table(sampler, X, y, groups):
             f"X, y and groups have different numbers of rows "
             f"({len(X)}, {len(y)} and {len(groups)})."
         )
-    missing = (
-        np.isnan(groups)
-        if groups.dtype.kind == "f"
-        else np.array([is_missing(g) for g in groups.tolist()], dtype=bool)
-        if groups.dtype.kind == "O"
-        else np.zeros(len(groups), dtype=bool)
-    )
-    if missing.any():
-        raise ValueError(
-            f"groups has {int(missing.sum())} missing label(s) (first at row "
-            f"{int(np.argmax(missing))}); give every row a group or drop those rows."
-        )
+    missing_labels(groups, "groups")
     try:
         labels, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     except TypeError as exc:
