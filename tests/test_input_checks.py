@@ -234,7 +234,9 @@ def test_inner_steps_docs_agree_with_the_constraint():
     from skreptile._estimators.constraints import PARAMETER_CONSTRAINTS
 
     lowest = PARAMETER_CONSTRAINTS["inner_steps"][0].left
-    root = pathlib.Path(__file__).parent.parent
+    import skreptile
+
+    root = pathlib.Path(skreptile.__file__).parent.parent
     text = (root / "docs/user_guide/hyperparameters.rst").read_text()
     text += ReptileRegressor.__doc__ + ReptileClassifier.__doc__
     floors = {int(n) for n in re.findall(r"inner_steps`` must be at least (\d+)", text)}
@@ -246,7 +248,32 @@ def test_inner_steps_docs_agree_with_the_constraint():
 def test_a_rows_prediction_does_not_depend_on_the_other_rows():
     # Above about 2,000 rows predict took a float32 path: 8.9e-8 from row by row.
     X = np.linspace(-5, 5, 3000)[:, None]
-    model = ReptileRegressor(**FAST).meta_fit(_sampler()).fit(X[:10], np.sin(X[:10, 0]))
+    # The default width: the rows at which predict leaves numpy for torch depend on it.
+    params = {**FAST, "hidden_layer_sizes": (64, 64)}
+    model = ReptileRegressor(**params).meta_fit(_sampler()).fit(X[:10], np.sin(X[:10, 0]))
     together = model.predict(X)
     alone = np.concatenate([model.predict(X[i : i + 1]) for i in range(0, 3000, 7)])
     np.testing.assert_allclose(together[::7], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_a_classification_task_of_tensors_that_require_grad_is_taken_as_data():
+    rng = np.random.default_rng(0)
+    tasks = [(rng.normal(size=(10, 2)), np.arange(10) % 2) for _ in range(3)]
+    as_tensors = [(torch.tensor(X, requires_grad=True), torch.tensor(y)) for X, y in tasks]
+    got = ReptileClassifier(**FAST).meta_fit(as_tensors).meta_params_
+    np.testing.assert_array_equal(got, ReptileClassifier(**FAST).meta_fit(tasks).meta_params_)
+
+
+def test_a_baseline_that_cannot_fit_three_rows_is_named():
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from skreptile.evaluation import evaluate_few_shot
+
+    X, y = _sampler().sample_batch(np.random.default_rng(0), 3)
+    tasks = list(zip(X, y))
+    model = ReptileRegressor(**FAST).meta_fit(_sampler())
+    # KNeighborsRegressor's 5 neighbours do not fit in 3 support rows.
+    with pytest.raises(
+        ValueError, match=r"Baseline 'knn' failed on task 0 \(3 support.*n_neighbors"
+    ):
+        evaluate_few_shot(model, tasks, n_support=3, baselines={"knn": KNeighborsRegressor()})

@@ -10,6 +10,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 
 from .._training.interface import TaskFamily
 from ..tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
+from ..tasks._validation import host_array
 from .images import normalise_shape
 
 
@@ -101,9 +102,8 @@ class ClassTasks:
         where = f"Task {index}"
         if not is_pair(task):
             return task  # the task source names the problem
-        X, y = task
-        X = self.flatten(np.asarray(X), 1, where)
-        y = np.asarray(y)
+        X, y = (np.asarray(host_array(a)) for a in task)
+        X = self.flatten(X, 1, where)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
@@ -117,8 +117,8 @@ class ClassTasks:
 
     def encode_batch(self, X, y, first):
         where = f"Tasks {first} to {first + len(X) - 1}"
-        X = self.flatten(np.asarray(X), 2, where)
-        y = np.asarray(y)
+        X = self.flatten(np.asarray(host_array(X)), 2, where)
+        y = np.asarray(host_array(y))
         if y.ndim == 3 and y.shape[2] == 1:
             y = y[:, :, 0]
         if y.ndim != 2 or y.shape[0] != len(X):
