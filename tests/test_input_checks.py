@@ -68,13 +68,23 @@ def test_valid_hidden_layer_sizes_still_build_those_widths():
     assert model.meta_params_.shape == ((1 * 3 + 3) + (3 * 2 + 2) + (2 * 1 + 1),)
 
 
-def test_a_loaded_thread_count_is_checked_before_it_reaches_torch(monkeypatch):
+def _skops_round_trip(model):
+    sio = pytest.importorskip("skops.io")
+    data = sio.dumps(model)
+    # Only skreptile's own types to trust, as the persistence guide says to expect.
+    untrusted = sio.get_untrusted_types(data=data)
+    assert all(name.startswith("skreptile.") for name in untrusted), untrusted
+    return sio.loads(data, trusted=untrusted)
+
+
+@pytest.mark.parametrize("round_trip", [lambda m: pickle.loads(pickle.dumps(m)), _skops_round_trip])
+def test_a_loaded_thread_count_is_checked_before_it_reaches_torch(monkeypatch, round_trip):
     # A file can carry n_threads=10**6; predict never runs _validate_params, and
     # torch.set_num_threads(10**6) crashed the process.
     X = np.linspace(-1, 1, 10)[:, None]
     model = ReptileRegressor(**FAST).meta_fit(_sampler()).fit(X, X[:, 0])
     model.__dict__["n_threads"] = 10**6
-    loaded = pickle.loads(pickle.dumps(model))
+    loaded = round_trip(model)
     reached = []
     set_threads = torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: reached.append(n) or set_threads(1))
