@@ -96,8 +96,38 @@ def _start_intra_op_pool():
 SINGLE_THREAD_WORK = 1 << 23
 
 
+# The most threads ``n_threads`` may ask for.  A fixed number, not a multiple of
+# this machine's cores, so that a model saved on one machine is valid on any
+# other; far above any core count in use, and far below the counts (10**6) at
+# which creating OpenMP threads crashes the process instead of raising.
+MAX_THREADS = 1024
+
+
+def check_n_threads(n_threads):
+    """Raise unless ``n_threads`` is None, ``"auto"`` or an integer from 1 to ``MAX_THREADS``.
+
+    Checked where a count reaches torch (not only with the estimators'
+    parameters at ``fit``): a model loaded from a file reaches ``predict``
+    without ``fit``, and a huge count would crash the process.
+    """
+    if n_threads is None or (isinstance(n_threads, str) and n_threads == "auto"):
+        return
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, numbers.Integral):
+        raise TypeError(
+            f"n_threads must be an integer, 'auto' or None, got {n_threads!r}; "
+            "set_params(n_threads='auto') picks the count from the work."
+        )
+    if not 1 <= n_threads <= MAX_THREADS:
+        raise ValueError(
+            f"n_threads must be at least 1 and at most {MAX_THREADS}, got {n_threads}; "
+            "set_params(n_threads='auto') picks the count from the work, "
+            "or give the number of cores to use."
+        )
+
+
 def threads_for(n_threads, device, work):
     """The thread count a call runs with: None leaves the caller's."""
+    check_n_threads(n_threads)
     if device is not None and torch.device(device).type != "cpu":
         return None
     if n_threads == "auto":
@@ -160,8 +190,8 @@ def cpu_threads(n_threads):
     Parameters
     ----------
     n_threads : int
-        Number of threads torch uses for intra-op parallelism on the CPU, at
-        least 1.
+        Number of threads torch uses for intra-op parallelism on the CPU, from
+        1 to 1024.
 
     Yields
     ------
@@ -181,10 +211,9 @@ def cpu_threads(n_threads):
     >>> torch.get_num_threads() == before
     True
     """
-    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
+    if n_threads is None or isinstance(n_threads, str):
         raise TypeError(f"n_threads must be an integer, got {n_threads!r}.")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}.")
+    check_n_threads(n_threads)
     previous = torch.get_num_threads()
     torch.set_num_threads(int(n_threads))
     try:

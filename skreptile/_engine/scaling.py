@@ -65,10 +65,18 @@ class Scaling:
         return self.x_mean, self.x_scale, self.y_mean, self.y_scale
 
 
+# A column whose standard deviation is within this many float64 roundings of
+# its mean is constant: what spread it has is the rounding of the mean's own
+# computation.  Anything wider is data, however small its units (a spread of
+# 1e-13 around 0, or around 5, is scaled to unit variance like any other).
+_ROUNDINGS = 16
+
+
 def _mean_std(a, axis):
     mean, std = a.mean(axis=axis), a.std(axis=axis)
     # A constant column carries no scale: leave it unscaled rather than divide by 0.
-    constant = ~(std > 1e-12 * np.maximum(1.0, np.abs(mean)))
+    noise = _ROUNDINGS * np.finfo(np.float64).eps * np.abs(mean)
+    constant = ~((std > noise) & (std > np.finfo(np.float64).tiny))
     return mean, np.where(constant & np.isfinite(std), 1.0, std)
 
 

@@ -17,7 +17,6 @@ The two estimators differ only by the family hooks, the abstract methods of
 from __future__ import annotations
 
 import abc
-from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from .._training.interface import TaskFamily
 from .._training.loop import run_meta_fit
 from .adaptation import adapt_lr_for, adapt_steps_for, support_size
 from .batch_adaptation import BatchAdaptation, prepare_tasks
-from .constraints import PARAMETER_CONSTRAINTS
+from .constraints import PARAMETER_CONSTRAINTS, hidden_sizes
 from .doc_link import url_params
 from .few_shot import FewShotMixin
 from .learned_state import LearnedStateMixin, store_meta_fit, unchanged_on_error
@@ -71,14 +70,14 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
     _parameter_constraints = dict(PARAMETER_CONSTRAINTS)
 
     # ------------------------------------------------------------ the network
+    def _validate_params(self):
+        super()._validate_params()
+        # The entries of hidden_layer_sizes, which scikit-learn's constraints do not check.
+        if self.module is None:
+            self._hidden_sizes()
+
     def _hidden_sizes(self):
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, Integral):
-            return (int(sizes),)
-        sizes = tuple(int(s) for s in sizes)
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive, got {self.hidden_layer_sizes}.")
-        return sizes
+        return hidden_sizes(self.hidden_layer_sizes)
 
     def _build_net(self, n_features, n_outputs, seed, input_shape=None):
         """The batched network and its initial flat weights, seeded by ``seed``.

@@ -10,7 +10,9 @@ BLOCKS = {
     meta_lr_schedule : {"linear", "constant"}, default="linear"
         "linear" anneals ``eps`` linearly to 0 over ``n_meta_iter``, as in the paper.
     inner_steps : int, default=5
-        Gradient steps on each task per meta-iteration.
+        Gradient steps on each task per meta-iteration, at least 2 for
+        meta-learning: ``inner_steps=1`` is ordinary training on all tasks
+        pooled (a baseline to compare with).
     inner_batch_size : int or None, default=10
         Points per inner step, visited in shuffled passes over the task; None
         uses all of a task's points at every step.
@@ -55,7 +57,8 @@ BLOCKS = {
         runs small matrix products (under 2**23 multiply-adds, as for the
         default networks) on one torch thread, which is as fast on a quiet
         machine and many times faster on a busy one, and larger ones with the
-        caller's count; an integer pins the count.  None leaves torch's
+        caller's count; an integer (1 to 1024, checked again before a loaded
+        model's :meth:`predict`) pins the count.  None leaves torch's
         setting alone and adapts blocks on the calling thread only.  With
         torch's OpenMP backend the count belongs to the calling thread: other
         threads of the program keep theirs.

@@ -6,10 +6,11 @@ flattened and their shape recorded.
 """
 
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
 from .._training.interface import TaskFamily
 from ..tasks._base import TaskError, TaskSampler, is_pair, sampler_kind
+from ..tasks._validation import host_array
 from .images import normalise_shape
 
 
@@ -25,6 +26,21 @@ def encode_labels(y, n_outputs, where):
             f"on {len(classes)}-way tasks."
         )
     return classes, np.eye(n_outputs)[index]
+
+
+def check_task_labels(y, where):
+    """A ``TaskError`` unless ``y`` holds class labels (not a regression's targets)."""
+    try:
+        check_classification_targets(y)
+    except ValueError:
+        kind = type_of_target(y, input_name="y")
+        example = y[np.flatnonzero(y != np.round(y))[:1]] if y.dtype.kind == "f" else y[:1]
+        raise TaskError(
+            f"{where}: y must hold class labels, but its values are {kind} (e.g. "
+            f"{example.tolist()[0]!r}): every distinct value would become a class. For "
+            "numeric targets use ReptileRegressor; to classify them, bin them into classes "
+            "first (e.g. numpy.digitize)."
+        ) from None
 
 
 class ClassTasks:
@@ -86,23 +102,23 @@ class ClassTasks:
         where = f"Task {index}"
         if not is_pair(task):
             return task  # the task source names the problem
-        X, y = task
-        X = self.flatten(np.asarray(X), 1, where)
-        y = np.asarray(y)
+        X, y = (np.asarray(host_array(a)) for a in task)
+        X = self.flatten(X, 1, where)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
             raise TaskError(f"{where}: y must be a 1-D array of class labels; got {y.shape}.")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise TaskError(f"{where}: y contains NaN or infinity.")
+        check_task_labels(y, where)
         classes, y_index = np.unique(y, return_inverse=True)
         self.check_classes(len(classes), where)
         return X, np.eye(len(classes))[y_index]
 
     def encode_batch(self, X, y, first):
         where = f"Tasks {first} to {first + len(X) - 1}"
-        X = self.flatten(np.asarray(X), 2, where)
-        y = np.asarray(y)
+        X = self.flatten(np.asarray(host_array(X)), 2, where)
+        y = np.asarray(host_array(y))
         if y.ndim == 3 and y.shape[2] == 1:
             y = y[:, :, 0]
         if y.ndim != 2 or y.shape[0] != len(X):

@@ -78,6 +78,8 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
     standardize : bool, default=True
         Standardise inputs and targets with statistics of the meta-training tasks
         (or of the data given to ``fit`` when not meta-fitted), undone at predict.
+        However small a column's spread (data in small units), it is scaled to
+        unit variance; only a column constant to float64 rounding is left as is.
     {shared_run}
     base_estimator : "auto", scikit-learn regressor or None, default="auto"
         A pooled model under the network: fitted once by :meth:`meta_fit` on

@@ -123,9 +123,17 @@ def adapted_outputs(est, X):
         with fast_cpu_math(device, 0, est.n_threads):
             return backend.predict(est._lean_layers(net), scaling.x(X).astype(np.float64))
     params = est._cached_tensor("params_", device)
-    x = torch.as_tensor(scaling.x(X), dtype=torch.float32, device=device)
+    with_support = est._support_context(net) and hasattr(est, "support_X_")
+    # On the CPU the perceptron predicts in float64: BLAS picks kernels by
+    # matrix size, and in float32 a row's prediction would then depend (at
+    # 1e-6) on how many rows come with it.  Its inputs are not rounded to
+    # float32 on the way either, as the numpy backend of fewer rows does not.
+    exact = device.type == "cpu" and isinstance(net, BatchedMLP) and not with_support
+    x = torch.as_tensor(
+        scaling.x(X), dtype=torch.float64 if exact else torch.float32, device=device
+    )
     with torch.no_grad(), fast_cpu_math(device, net.work(1, max(len(X), 1)), est.n_threads):
-        if est._support_context(net) and hasattr(est, "support_X_"):
+        if with_support:
             support = torch.as_tensor(
                 scaling.x(est.support_X_.astype(np.float64)),
                 dtype=torch.float32,
@@ -133,10 +141,7 @@ def adapted_outputs(est, X):
             )
             out = outputs_with_support(net, params[None], support[None], x[None])[0]
         else:
-            if device.type == "cpu" and isinstance(net, BatchedMLP):
-                # On the CPU the perceptron predicts in float64: BLAS picks
-                # kernels by matrix size, and in float32 a row's prediction
-                # would then depend (at 1e-6) on how many rows come with it.
-                params, x = params.double(), x.double()
+            if exact:
+                params = params.double()
             out = net.predict(params, x)
     return out.cpu().numpy().astype(np.float64)

@@ -62,6 +62,18 @@ SUPPORT_SHOTS = (DEFAULT_N_SHOTS, 5)
 _HOLD_OUT_KEY, _FRESH_KEY, _SPLIT_KEY = 11, 12, 13
 
 
+class NumberedTasks(list):
+    """Some tasks of a user's sequence, with their indices there (``task_numbers``).
+
+    Errors about a task name it by the index the user gave it, not by its
+    place among the tasks left after others were held out.
+    """
+
+    def __init__(self, tasks, numbers):
+        super().__init__(tasks)
+        self.task_numbers = [int(i) for i in numbers]
+
+
 def _split(tasks, n_support, rng, n_splits):
     out = []
     for X, y in tasks:
@@ -148,11 +160,13 @@ def hold_out(settings, sampler, seed, by_class=False):
             return sampler, None, False
         held = np.sort(keyed_generator(seed, _HOLD_OUT_KEY).permutation(n)[:n_val])
         if kind == "sequence":
-            mask = np.zeros(n, dtype=bool)
-            mask[held] = True
-            source = TaskSource([sampler[i] for i in held], seed)
+            kept = np.setdiff1d(np.arange(n), held)
+            numbers = getattr(sampler, "task_numbers", range(n))
+            source = TaskSource(
+                NumberedTasks([sampler[i] for i in held], [numbers[i] for i in held]), seed
+            )
             tasks = source.tasks
-            train = [t for t, m in zip(sampler, mask) if not m]
+            train = NumberedTasks([sampler[i] for i in kept], [numbers[i] for i in kept])
         else:
             train, tasks = sampler._split_groups(held)
         splits = max(1, min(SPLITS_PER_TASK, MAX_SPLITS // n_val))

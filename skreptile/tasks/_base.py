@@ -1,4 +1,4 @@
-"""The task-sampler protocol and the validation of what samplers return.
+"""The task-sampler protocol, and the tasks of a run drawn from a sampler.
 
 A *task sampler* is any of:
 
@@ -23,10 +23,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array
 
 from .._typing import RandomStateLike, Task, TaskBatch
 from ._device import check_draw_on
+from ._validation import TaskError, is_pair, validate_task, validate_task_batch
 
 
 class TaskSampler:
@@ -120,91 +120,6 @@ def seed_from_random_state(random_state: RandomStateLike | np.random.Generator) 
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(np.iinfo(np.int32).max))
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-
-
-class TaskError(ValueError):
-    """A task sampler returned something that is not a valid task."""
-
-
-def _as_2d_targets(y):
-    return y[:, None] if y.ndim == 1 else y
-
-
-def validate_task(task, index, expected=None, min_points=2):
-    """Check one task and return ``(X, y)`` as 2-D float arrays.
-
-    ``index`` names the task in messages; ``expected`` is ``(n_features, n_outputs)``
-    of the tasks seen before, which this one must match.
-    """
-    where = f"Task {index}"
-    if not (isinstance(task, (tuple, list)) and len(task) == 2):
-        raise TaskError(
-            f"{where}: a task sampler must return a pair (X, y), got {type(task).__name__}"
-            + (f" of length {len(task)}" if hasattr(task, "__len__") else "")
-            + "."
-        )
-    X, y = task
-    try:
-        X = check_array(X, dtype=np.float64, input_name="X")
-        y = check_array(y, dtype=np.float64, ensure_2d=False, input_name="y")
-    except ValueError as exc:
-        raise TaskError(f"{where}: {exc}") from exc
-    if y.ndim not in (1, 2):
-        raise TaskError(f"{where}: y must be 1-D or 2-D, got {y.ndim} dimensions.")
-    if X.shape[0] != y.shape[0]:
-        raise TaskError(
-            f"{where}: X and y have different numbers of points ({X.shape[0]} and {y.shape[0]})."
-        )
-    if X.shape[0] < min_points:
-        raise TaskError(
-            f"{where} has {X.shape[0]} point(s); meta-training tasks need at least {min_points}."
-        )
-    y = _as_2d_targets(y)
-    _check_matches(where, X.shape[1], y.shape[1], expected)
-    return X, y
-
-
-def _check_matches(where, n_features, n_outputs, expected):
-    if expected is None:
-        return
-    if n_features != expected[0]:
-        raise TaskError(f"{where} has {n_features} features, but earlier tasks have {expected[0]}.")
-    if n_outputs != expected[1]:
-        raise TaskError(f"{where} has {n_outputs} outputs, but earlier tasks have {expected[1]}.")
-
-
-def validate_task_batch(X, y, first_index, expected=None, min_points=2, scan_values=True):
-    """Check stacked tasks ``X (n_tasks, n_points, n_features)`` and ``y``.
-
-    ``scan_values=False`` skips the scan for NaN and infinity (the batch's
-    largest cost), for samplers whose values were checked when they were built.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    where = f"Tasks {first_index} to {first_index + len(X) - 1}"
-    if X.ndim != 3 or y.ndim not in (2, 3) or X.shape[:2] != y.shape[:2]:
-        raise TaskError(
-            f"{where}: sample_batch must return X of shape (n_tasks, n_points, n_features) "
-            f"and y of shape (n_tasks, n_points[, n_outputs]); got {X.shape} and {y.shape}."
-        )
-    if X.shape[1] < min_points:
-        raise TaskError(
-            f"{where} have {X.shape[1]} point(s); meta-training tasks need at least {min_points}."
-        )
-    for name, arr in (("X", X), ("y", y)) if scan_values else ():
-        finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
-        if not finite.all():
-            bad = first_index + int(np.argmin(finite))
-            raise TaskError(f"Task {bad}: {name} contains NaN or infinity.")
-    if y.ndim == 2:
-        y = y[:, :, None]
-    _check_matches(where, X.shape[2], y.shape[2], expected)
-    return X, y
-
-
-def is_pair(task):
-    """Whether ``task`` has the shape of a task, a pair ``(X, y)``."""
-    return isinstance(task, (tuple, list)) and len(task) == 2
 
 
 def sampler_kind(sampler):
@@ -301,7 +216,9 @@ class TaskSource:
         if self.kind == "sequence":
             if len(sampler) == 0:
                 raise TaskError("The sequence of tasks is empty.")
-            self.tasks = [self._validate(task, i) for i, task in enumerate(sampler)]
+            # Errors name the user's own index: a part of their sequence carries it.
+            numbers = getattr(sampler, "task_numbers", range(len(sampler)))
+            self.tasks = [self._validate(task, numbers[i]) for i, task in enumerate(sampler)]
             self._pass = (None, None)  # (index, permutation) of the last shuffled pass
 
     # -- validation ----------------------------------------------------------
@@ -330,10 +247,18 @@ class TaskSource:
             if isinstance(drawn, list):  # tasks of different sizes
                 if len(drawn) != n_tasks:
                     raise TaskError(
-                        f"sample_batch returned {len(drawn)} tasks where {n_tasks} were asked for."
+                        f"{type(self.sampler).__name__}.sample_batch(rng, {n_tasks}) returned "
+                        f"{len(drawn)} tasks; it must return exactly n_tasks={n_tasks} tasks."
                     )
                 return self._validate_list(drawn, first)
-            X, y = validate_task_batch(*drawn, first, self.signature, scan_values=self._scan_values)
+            X, y = validate_task_batch(
+                *drawn,
+                first,
+                self.signature,
+                scan_values=self._scan_values,
+                n_tasks=n_tasks,
+                sampler_name=type(self.sampler).__name__,
+            )
             self.signature = (X.shape[2], y.shape[2])
             return X, y
         return self._validate_list((self.sampler(rng) for _ in range(n_tasks)), first)

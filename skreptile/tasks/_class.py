@@ -8,6 +8,7 @@ from sklearn.utils.validation import check_array, column_or_1d
 
 from .._typing import RandomStateLike
 from ._base import TaskSampler
+from ._columns import missing_labels
 from ._device import check_draw_on, on_device
 
 
@@ -99,6 +100,7 @@ class ClassTaskSampler(TaskSampler):
         y = np.asarray(column_or_1d(y, warn=True))
         if len(X) != len(y):
             raise ValueError(f"X and y have different lengths ({len(X)} and {len(y)}).")
+        missing_labels(y, "y")
         if X.ndim == 3:
             X = X[:, None]
         if X.ndim not in (2, 4):

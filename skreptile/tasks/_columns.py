@@ -1,8 +1,29 @@
 """The columns of a user's table: named columns, missing values, numeric checks."""
 
+import numpy as np
+
 
 def is_missing(value):
     return value is None or (isinstance(value, float) and value != value)
+
+
+def missing_labels(labels, name):
+    """A ``ValueError`` when the 1-D array ``labels`` has missing values (NaN or None).
+
+    np.unique would make each NaN a label (of a class, a group) of its own.
+    """
+    missing = (
+        np.isnan(labels)
+        if labels.dtype.kind == "f"
+        else np.array([is_missing(v) for v in labels.tolist()], dtype=bool)
+        if labels.dtype.kind == "O"
+        else np.zeros(len(labels), dtype=bool)
+    )
+    if missing.any():
+        raise ValueError(
+            f"{name} has {int(missing.sum())} missing label(s) (first at row "
+            f"{int(np.argmax(missing))}); give every row a label or drop those rows."
+        )
 
 
 def column(frame, name, what):
@@ -18,15 +39,46 @@ def column(frame, name, what):
     return frame[name]
 
 
+def check_unique_names(X):
+    """A ``ValueError`` naming the column names that ``X`` has more than once."""
+    columns = getattr(X, "columns", None)
+    if columns is None or columns.is_unique:
+        return
+    repeated = list(dict.fromkeys(columns[columns.duplicated()].tolist()))
+    raise ValueError(
+        f"X has several columns named {_listed(repeated)}; a column must be named once, "
+        "so that it can be told apart. Rename or drop the copies, e.g. "
+        "X = X.loc[:, ~X.columns.duplicated()] to keep the first of each."
+    )
+
+
+def _listed(names):
+    return ", ".join(repr(n) for n in names[:5]) + (
+        f" and {len(names) - 5} more" if len(names) > 5 else ""
+    )
+
+
 def check_columns(X):
     """A ``ValueError`` naming the first DataFrame column that is not numeric or has missing values."""
     if not hasattr(X, "columns") or not hasattr(X, "dtypes"):
         return
     import pandas as pd
 
+    check_unique_names(X)
     for name in X.columns:
         col = X[name]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+        # Numbers stored with dtype object (read from a mixed source, or built row by
+        # row) are numbers: check_array converts them.
+        numbers_as_objects = col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in (
+            "floating",
+            "integer",
+            "mixed-integer-float",
+        )
+        if not (
+            pd.api.types.is_numeric_dtype(col)
+            or pd.api.types.is_bool_dtype(col)
+            or numbers_as_objects
+        ):
             example = col.dropna().iloc[0] if col.notna().any() else None
             raise ValueError(
                 f"Column {name!r} of X is not numeric (dtype {col.dtype}, e.g. {example!r}). "

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 from sklearn.utils.validation import check_array
 
-from ._columns import check_columns, column, is_missing
+from ._columns import check_columns, check_unique_names, column, missing_labels
 from ._targets import fit_target_transformer
 
 
@@ -55,6 +55,13 @@ def prepare_table(sampler, X, y, groups):
         raise ValueError(f"n_points must be None or an integer >= 2, got {sampler.n_points!r}.")
     if sampler.small_groups not in ("error", "skip"):
         raise ValueError(f"small_groups must be 'error' or 'skip', got {sampler.small_groups!r}.")
+    check_unique_names(X)
+    if isinstance(y, str) and isinstance(groups, str) and y == groups:
+        raise ValueError(
+            f"y and groups both name the column {y!r}: a task's targets would be its group "
+            "label, the same number for every row. Pass the target column as y and the "
+            "column that tells the tasks apart as groups."
+        )
     drop = []
     if isinstance(y, str):
         drop.append(y)
@@ -83,18 +90,7 @@ def prepare_table(sampler, X, y, groups):
             f"X, y and groups have different numbers of rows "
             f"({len(X)}, {len(y)} and {len(groups)})."
         )
-    missing = (
-        np.isnan(groups)
-        if groups.dtype.kind == "f"
-        else np.array([is_missing(g) for g in groups.tolist()], dtype=bool)
-        if groups.dtype.kind == "O"
-        else np.zeros(len(groups), dtype=bool)
-    )
-    if missing.any():
-        raise ValueError(
-            f"groups has {int(missing.sum())} missing label(s) (first at row "
-            f"{int(np.argmax(missing))}); give every row a group or drop those rows."
-        )
+    missing_labels(groups, "groups")
     try:
         labels, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     except TypeError as exc:
