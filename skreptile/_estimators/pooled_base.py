@@ -37,6 +37,8 @@ from sklearn.preprocessing import StandardScaler
 
 from .._engine.random_effects import blup_intercept, intercept_variance_components
 from ..tasks._base import sampler_kind
+from ..tasks._validation import host_array
+from .adaptation import nearest_row
 
 N_FOLDS = 5
 # What is more complex must beat what is simpler by this factor on the held-out groups to be
@@ -87,11 +89,11 @@ def rows_of(sampler):
     if sampler_kind(sampler) != "sequence" or len(sampler) == 0:
         return None
     try:
-        X = np.concatenate([np.asarray(t[0], dtype=np.float64) for t in sampler])
-        y = np.concatenate([np.asarray(t[1], dtype=np.float64) for t in sampler])
-    except (TypeError, ValueError, IndexError):
+        X = np.concatenate([np.asarray(host_array(t[0]), dtype=np.float64) for t in sampler])
+        y = np.concatenate([np.asarray(host_array(t[1]), dtype=np.float64) for t in sampler])
+    except (TypeError, ValueError, IndexError, RuntimeError):
         return None  # malformed tasks: meta_fit's checks name the task at fault
-    if X.ndim != 2 or len(y) != len(X):
+    if X.ndim != 2 or len(y) != len(X) or not (np.isfinite(X).all() and np.isfinite(y).all()):
         return None
     return X, y, np.repeat(np.arange(len(sampler)), [len(t[0]) for t in sampler])
 
@@ -167,7 +169,7 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     auto = isinstance(spec, str)
     rows = rows_of(sampler)
     if rows is None:
-        if auto:
+        if auto or sampler_kind(sampler) == "sequence":  # a bad task: its checks name it
             return sampler, by_size, validation_tasks, None
         raise ValueError(
             "base_estimator needs the rows of a finite grouped table: a GroupTaskSampler or a "
@@ -242,3 +244,50 @@ def uncorrected_sizes(est, base):
         if MIN_GAIN * _mse(alone, splits) <= corrected:
             sizes.append(len(Xs[0]) if size is None else size)
     return sizes
+
+
+class PooledBaseMixin:
+    """The regressor's hooks for a base model: ``fit``, ``predict`` and ``few_shot_predict``
+    work on its residuals less the group's offset, and add both back."""
+
+    def _base_model(self):
+        """The fitted pooled model under the network, or None."""
+        return self.__dict__.get("base_estimator_")
+
+    def _pooled_base(self, sampler, by_size, validation_tasks):
+        return pooled_base(self.base_estimator, sampler, by_size, validation_tasks)
+
+    def _group_offset(self, residuals):
+        """The BLUP of a group's offset from its support residuals (0 without a base model)."""
+        if self._base_model() is None:
+            return 0.0
+        return group_offset(self.__dict__.get("random_intercept_"), residuals)
+
+    def _corrected(self, n_support):
+        """Whether the network's correction is used for ``n_support`` rows (see
+        ``uncorrected_sizes_``): the size nearest them decides."""
+        off = self.__dict__.get("uncorrected_sizes_")
+        if not off:
+            return True
+        rows = self.__dict__.get("adaptation_by_support_")
+        if rows is None:
+            return False
+        return int(rows[nearest_row(rows[:, 0], n_support), 0]) not in off
+
+    def _less_base(self, tasks):
+        model = self._base_model()
+        if model is None:
+            return tasks, [(0.0, True)] * len(tasks)
+        residuals = [Y - offsets(model, X) for X, Y in zip(tasks.X_support, tasks.Y_support)]
+        shifts = [(self._group_offset(r), self._corrected(len(r))) for r in residuals]
+        tasks.Y_support = [r - level for r, (level, _) in zip(residuals, shifts)]
+        return tasks, shifts
+
+    def _plus_base(self, pred, X, shift):
+        model = self._base_model()
+        if model is None:
+            return pred
+        level, corrected = shift
+        base = offsets(model, X) + level
+        base = base[:, 0] if pred.ndim == 1 else base
+        return pred + base if corrected else base

@@ -10,18 +10,17 @@ from sklearn.base import RegressorMixin
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .adaptation import nearest_row
 from .base import BaseReptile
 from .batch_adaptation import FewShotTasks
 from .docstrings import fill
-from .pooled_base import group_offset, offsets, pooled_base
+from .pooled_base import PooledBaseMixin, offsets
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 
 @fill
-class ReptileRegressor(RegressorMixin, BaseReptile):
+class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
     """Few-shot regressor whose initial weights are meta-learned with Reptile.
 
     :meth:`meta_fit` learns, over many small related tasks, weights from which a
@@ -310,49 +309,6 @@ class ReptileRegressor(RegressorMixin, BaseReptile):
         pred = self._decode(self._outputs(X), self._y_1d, "predict")
         shift = (self.__dict__.get("group_offset_", 0.0), self.__dict__.get("corrected_", True))
         return self._plus_base(pred, X, shift)
-
-    # ------------------------------------------------------ the base model
-    def _base_model(self):
-        """The fitted pooled model under the network, or None."""
-        return self.__dict__.get("base_estimator_")
-
-    def _pooled_base(self, sampler, by_size, validation_tasks):
-        return pooled_base(self.base_estimator, sampler, by_size, validation_tasks)
-
-    def _group_offset(self, residuals):
-        """The BLUP of a group's offset from its support residuals (0 without a base model)."""
-        if self._base_model() is None:
-            return 0.0
-        return group_offset(self.__dict__.get("random_intercept_"), residuals)
-
-    def _corrected(self, n_support):
-        """Whether the network's correction is used for ``n_support`` rows (see
-        ``uncorrected_sizes_``): the size nearest them decides."""
-        off = self.__dict__.get("uncorrected_sizes_")
-        if not off:
-            return True
-        rows = self.__dict__.get("adaptation_by_support_")
-        if rows is None:
-            return False
-        return int(rows[nearest_row(rows[:, 0], n_support), 0]) not in off
-
-    def _less_base(self, tasks):
-        model = self._base_model()
-        if model is None:
-            return tasks, [(0.0, True)] * len(tasks)
-        residuals = [Y - offsets(model, X) for X, Y in zip(tasks.X_support, tasks.Y_support)]
-        shifts = [(self._group_offset(r), self._corrected(len(r))) for r in residuals]
-        tasks.Y_support = [r - level for r, (level, _) in zip(residuals, shifts)]
-        return tasks, shifts
-
-    def _plus_base(self, pred, X, shift):
-        model = self._base_model()
-        if model is None:
-            return pred
-        level, corrected = shift
-        base = offsets(model, X) + level
-        base = base[:, 0] if pred.ndim == 1 else base
-        return pred + base if corrected else base
 
     def _quick_Xy(self, X, y):
         """``(X, y)`` when plainly valid (see :meth:`_quick_X`), else None for ``validate_data``."""

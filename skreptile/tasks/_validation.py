@@ -17,7 +17,7 @@ class TaskError(ValueError):
 _ONE_DATA_SET_HINT = (
     " A sequence of tasks is a list of (X, y) pairs: for one task, pass "
     "meta_fit([(X, y)]); to cut one data set into tasks by a group column, pass "
-    "GroupTaskSampler(data, target, group) (see its documentation)."
+    "meta_fit(X, y, groups=group) (or GroupTaskSampler(X, y, group) for its options)."
 )
 
 
