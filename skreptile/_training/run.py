@@ -93,6 +93,11 @@ class TrainingRun:
         self.bad_rounds = 0
         self.stop = False  # set by a callback to end meta-training after this iteration
         self.loss_state = np.zeros(2, dtype=np.float32)
+        # The step-size back-off (see stepsize): the halvings of inner_lr this run
+        # trains with, and whether it began from the initial weights, so that a
+        # divergence may restart it with smaller steps (not a warm start).
+        self.backoffs, self.fresh = 0, True
+        self.finished = False  # a kept checkpoint of a completed run: nothing to train
         self.saved = None  # the checkpoint to resume from
         self.saved_draws = None  # where its tasks were drawn
         if self.path is not None:
@@ -101,17 +106,26 @@ class TrainingRun:
             if os.path.exists(self.path):
                 self.saved = _checkpoint.load_run_state(self.path)
 
-    def attach(self, source, seed, warm):
+    def attach(self, source, seed, warm, restart=None):
         """Decide where training starts, now that the tasks are known.
 
         ``warm`` is the :class:`~skreptile._training.interface.WarmStart` to
         continue from when ``warm_start`` is set and the estimator was
-        meta-fitted, else None.
+        meta-fitted, else None.  ``restart``, the number of halvings of a
+        restart after a divergence, makes it a fresh start whatever is saved.
         """
         self.source, self.run_seed = source, seed
-        if self.saved is not None:
+        warm = warm if self.settings.warm_start else None
+        if self.saved is not None and self.saved["finished"] and warm is not None:
+            # A completed run's kept checkpoint: the warm start continues the estimator's
+            # run, and its checkpoints replace the file.
+            self.saved = None
+        if restart is not None:
+            # The diverged attempt's checkpoint holds its larger step size: never resumed.
+            self.saved, self.backoffs = None, restart
+        elif self.saved is not None:
             self._resume(self.saved)
-        elif self.settings.warm_start and warm is not None:
+        elif warm is not None:
             self._warm_start(warm)
 
     def _resume(self, state):
@@ -124,6 +138,13 @@ class TrainingRun:
             ("tasks", tasks, _fingerprints.fingerprint_tasks(self.source)),
         ):
             differ = _fingerprints.differences(then, now)
+            if differ and state["finished"]:
+                raise ValueError(
+                    f"The checkpoint {path} holds a completed meta_fit with other {what} "
+                    f"({'; '.join(differ)}); it is kept after meta_fit so that the model "
+                    "survives the process until it is saved. Once it is saved, delete the "
+                    "file (os.remove), or choose another checkpoint_path."
+                )
             if differ:
                 raise ValueError(
                     f"The checkpoint {path} was written by a meta_fit with other {what} "
@@ -151,6 +172,9 @@ class TrainingRun:
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.best = state["best"]
         self.bad_rounds = int(state["bad_rounds"])
+        self.backoffs, self.fresh = int(state["backoffs"]), bool(state["fresh"])
+        self.finished = bool(state["finished"])
+        _checkpoint.check_against_run(path, state, self.settings)
 
     def check_draws(self, on_device):
         """Record where the run draws its tasks; a resumed run must draw where it was written.
@@ -181,6 +205,8 @@ class TrainingRun:
         self.feature_names = warm.feature_names
         self.family_state = warm.family_state
         self.optimizer_state = warm.optimizer_state
+        # The halvings of the run it continues: the original step size diverged there.
+        self.backoffs, self.fresh = warm.backoffs, False
         if self.source.signature is not None and tuple(self.source.signature) != self.signature:
             raise ValueError(
                 f"warm_start=True: the tasks have {self.source.signature[0]} features and "
@@ -198,6 +224,11 @@ class TrainingRun:
         self.scaling = scaling
         self.signature = tuple(int(v) for v in signature)
         self.family_state = family_state
+
+    def discard_checkpoint(self):
+        """Remove the checkpoint of an attempt that diverged (its step size is abandoned)."""
+        if self.path is not None and self.writer and os.path.exists(self.path):
+            os.remove(self.path)
 
     def check_weights(self, n_params):
         """Refuse weights to continue from that do not fit the network."""
