@@ -18,6 +18,7 @@ every rank when they are saved or kept.
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -121,12 +122,32 @@ class TrainingRun:
             # run, and its checkpoints replace the file.
             self.saved = None
         if restart is not None:
-            # The diverged attempt's checkpoint holds its larger step size: never resumed.
-            self.saved, self.backoffs = None, restart
-        elif self.saved is not None:
+            # The diverged attempt's checkpoint holds its larger step size: never resumed;
+            # nor is a warm start (only a fresh run backs off).
+            self.saved, self.backoffs, warm = None, restart, None
+        elif self.path is not None and self.writer:  # warned once, not at every restart
+            self._check_resumable(self.saved is not None)
+        if self.saved is not None:
             self._resume(self.saved)
         elif warm is not None:
             self._warm_start(warm)
+
+    def _check_resumable(self, resuming):
+        """Refuse to resume, and warn before writing, the run of a generator-seeded sampler."""
+        if not _fingerprints.unsaved_generator(_fingerprints.fingerprint_tasks(self.source)):
+            return
+        advice = _fingerprints.unsaved_generator_advice()
+        if resuming:
+            raise ValueError(
+                f"The checkpoint {self.path} cannot be resumed: {advice}. Delete the file "
+                "or choose another checkpoint_path to start afresh."
+            )
+        warnings.warn(
+            f"checkpoint_path={self.path!r}: this run's checkpoints cannot be resumed: "
+            f"{advice}.",
+            RuntimeWarning,
+            stacklevel=6,
+        )
 
     def _resume(self, state):
         path = self.path
