@@ -8,8 +8,8 @@ the estimators calls an estimator's private method.
 """
 
 from .._training.fingerprints import fingerprint_params
-from .._training.stepsize import carried_backoffs
 from .._training.interface import MetaFitHooks, Settings, WarmStart
+from .._training.stepsize import carried_backoffs
 from .adaptation import fixed_adapt_lr
 
 

@@ -143,8 +143,7 @@ class TrainingRun:
                 "or choose another checkpoint_path to start afresh."
             )
         warnings.warn(
-            f"checkpoint_path={self.path!r}: this run's checkpoints cannot be resumed: "
-            f"{advice}.",
+            f"checkpoint_path={self.path!r}: this run's checkpoints cannot be resumed: {advice}.",
             RuntimeWarning,
             stacklevel=6,
         )
