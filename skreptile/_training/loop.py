@@ -117,7 +117,9 @@ def _check_validation(hooks, validation_tasks, early_stopping):
 def _run(hooks, task_sampler, validation_tasks, device, group, restart):
     settings = hooks.settings
     writer = group is None or group.rank == 0
-    resumed_seed = saved_seed(settings.checkpoint_path, writer)
+    # A restart never reads the file: it held the diverged attempt's state, and rank 0
+    # removes it while the other ranks would read it.
+    resumed_seed = None if restart is not None else saved_seed(settings.checkpoint_path, writer)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
     seed = (
         resumed_seed if resumed_seed is not None else seed_from_random_state(settings.random_state)
@@ -144,7 +146,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, restart):
     if monitored is None and early_stopping:
         monitored = auto_validation
     _check_validation(hooks, monitored, early_stopping)
-    run = TrainingRun(settings, hooks.fingerprint, monitored, group)
+    run = TrainingRun(settings, hooks.fingerprint, monitored, group, restart is None)
     source = TaskSource(sampler, int(task_seed))
     run.attach(source, seed, hooks.warm_start() if settings.warm_start else None, restart)
     # The halvings a checkpoint or a warm start carries on, or a restart's.

@@ -72,11 +72,13 @@ class TrainingRun:
         The held-out tasks scored at every monitor interval.
     group : Group or None
         The data-parallel group, or None in one process.
+    resume : bool
+        Whether to read the checkpoint (not in a restart after a divergence).
     """
 
     draws = "host"  # where the tasks are drawn, once check_draws has been told
 
-    def __init__(self, settings, fingerprint, validation, group=None):
+    def __init__(self, settings, fingerprint, validation, group=None, resume=True):
         self.settings, self.fingerprint, self.group = settings, fingerprint, group
         self.writer = group is None or group.rank == 0
         self.validation = validation
@@ -104,7 +106,7 @@ class TrainingRun:
         if self.path is not None:
             if self.writer:  # it writes probe files and removes stale ones
                 _checkpoint.check_checkpoint_path(self.path)
-            if os.path.exists(self.path):
+            if resume and os.path.exists(self.path):
                 self.saved = _checkpoint.load_run_state(self.path)
 
     def attach(self, source, seed, warm, restart=None):
