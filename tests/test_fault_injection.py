@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import finished_checkpoint, interrupting_meta_lr_at
 
 import skreptile
@@ -331,3 +332,35 @@ def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path):
         # No temporary file of a killed write is left once a run has started again.
         assert _temporary_files(directory) == []
     print("kills, while writing, per seed:", counts)
+
+
+# ------------------------------------------------------------------------ fork
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_the_fork_fix_of_the_persistence_guide_works():
+    # A parent whose torch ran on two threads (OpenMP's pool is up), then one thread
+    # before forking, as the guide says: the child's predict and matrix product finish.
+    model = ReptileRegressor(**dict(PARAMS, n_meta_iter=10)).meta_fit(Sines())
+    torch.set_num_threads(2)  # restored after the test by conftest
+    a = torch.randn(256, 256)
+    (a @ a).sum()
+    torch.set_num_threads(1)
+    x = np.linspace(-5, 5, 4000)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: exit at once, whatever happens
+        try:
+            model.fit(x[:10], np.sin(x[:10, 0])).predict(x)
+            (a @ a).sum()
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung: torch.set_num_threads(1) before forking did not help")
