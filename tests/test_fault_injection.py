@@ -232,11 +232,6 @@ def _saved_iteration(path):
         return json.loads(str(data["__header__"]))["iteration"]
 
 
-def test_the_matrix_has_every_cell():
-    # 4 faults x 8 ways, less the full disk of runs without checkpoints.
-    assert len(CELLS) == 4 * 8 - 4
-
-
 # --------------------------------------------------------------------- kill -9
 KILLED_RUN = dict(
     hidden_layer_sizes=(8,),
