@@ -237,3 +237,18 @@ def test_a_sampler_seeded_with_a_generator_is_not_resumed_into_other_tasks(tmp_p
         assert str(path) in str(exc)
     else:  # or resumed to the run it continues
         np.testing.assert_array_equal(resumed.meta_params_, straight.meta_params_)
+
+
+def test_an_optimiser_state_of_another_meta_batch_size_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "meta.ckpt"
+    params = dict(FAST, inner_optimizer="adam")
+    _interrupted(monkeypatch, path, **params)
+
+    def drop_a_row(header, arrays):
+        key = header["optimizer"]["v"]["__nd__"]
+        arrays[key] = arrays[key][:-1]
+
+    _edit(path, drop_a_row)
+    with pytest.raises(ValueError, match="malformed.*meta_batch_size=4") as info:
+        ReptileRegressor(checkpoint_path=path, **params).meta_fit(_sine())
+    assert str(path) in str(info.value)
