@@ -237,8 +237,10 @@ KILLED_RUN = dict(
     hidden_layer_sizes=(8,),
     meta_batch_size=2,
     inner_steps=2,
-    n_meta_iter=300,
-    monitor_interval=50,
+    # Long enough that no run ends before its kill (the kills' sleeps add to 1.6 s at
+    # most, and a write can take under 2 ms on a quiet disk); the rest runs without writes.
+    n_meta_iter=2000,
+    monitor_interval=500,
     validation_fraction=None,
     device="cpu",
     checkpoint_interval=1,  # a write every iteration: many kills land inside one
@@ -283,7 +285,10 @@ def _kill_runs(zygote, params, directory, rng):
         zygote.stdin.flush()
         pid = int(zygote.stdout.readline())
         time.sleep(rng.uniform(0.05, 0.4))  # into meta-training, at any point of it
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # the run ended first: counted as not killed below
+            pass
         status = int(zygote.stdout.readline())
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         kills += killed
