@@ -59,3 +59,11 @@ def interrupting_meta_lr_at(iteration):
         return real(meta_lr, schedule, at, n_meta_iter)
 
     return meta_lr_at
+
+
+def finished_checkpoint(path):
+    """Whether the checkpoint file at ``path`` holds a completed run (kept after meta_fit)."""
+    import json
+
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["__header__"]))["finished"] is True

@@ -139,6 +139,7 @@ def test_where_tasks_are_drawn_is_checked_on_resuming_not_the_draw_on_setting(tm
         resumed.meta_params_, whole.meta_fit(SineTaskSampler(draw_on="device")).meta_params_
     )
     # A host-drawn checkpoint resumes under "auto" on the CPU, which draws on the host.
+    path.unlink()  # the completed run's checkpoint, kept until removed
     _interrupt_at(9, params, SineTaskSampler(draw_on="host"))
     resumed = ReptileRegressor(**params).meta_fit(SineTaskSampler())
     whole = ReptileRegressor(**dict(params, checkpoint_path=None)).meta_fit(SineTaskSampler())

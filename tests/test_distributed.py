@@ -24,6 +24,7 @@ from _distributed_worker import (
     fit_device_drawn,
     validation_tasks,
 )
+from conftest import finished_checkpoint
 
 from skreptile import ReptileRegressor
 from skreptile.distributed import ProcessInfo, RankFailedError, init_from_env, is_main_process
@@ -126,7 +127,7 @@ def test_two_processes_give_the_weights_of_one_and_resume_its_checkpoint(tmp_pat
         # Identical on every rank, bit for bit, and the single-process fit up to summation order.
         np.testing.assert_array_equal(first.meta_params_, second.meta_params_)
         _same_fit(first, expected)
-    assert not checkpoint.exists()  # rank 0 removed it at the end of the resumed run
+    assert finished_checkpoint(checkpoint)  # rank 0 kept it, completed, at the end
     # Unpickled here, with no process group, the fitted estimators adapt and predict.
     X, y, X_query, _ = validation_tasks()[0]
     predicted = ranks[1]["validated"].fit(X, y).predict(X_query)

@@ -166,6 +166,7 @@ def test_the_training_loop_calls_no_private_method_of_an_estimator(tmp_path, dig
         model.meta_fit(GroupTaskSampler(X[groups < 20], y[groups < 20], groups[groups < 20]))
         model.set_params(n_meta_iter=80).meta_fit(tasks)  # a warm start
         model.set_params(warm_start=False, validation_fraction=None, early_stopping=True)
+        os.remove(tmp_path / "run.ckpt")  # the completed run's, kept until removed
         model.meta_fit(tasks, validation_tasks=split_support_query(tasks, 5, random_state=0))
         classifier, sampler, class_tasks = digits_tasks
         classifier.set_params(early_stopping=True, monitor_interval=10)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import finished_checkpoint
 
 import skreptile._engine.outer as engine_module
 import skreptile._training.checkpoint as checkpoint_module
@@ -209,7 +210,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path, mon
         reference.best_iteration_,
         reference.best_validation_loss_,
     )
-    assert not path.exists()  # a completed meta_fit removes its checkpoint
+    assert finished_checkpoint(path)  # a completed meta_fit keeps its checkpoint
 
 
 def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monkeypatch):
@@ -232,7 +233,8 @@ def test_interrupted_meta_fit_leaves_a_checkpoint_to_resume_from(tmp_path, monke
     # random_state=None: the seed drawn by the first run is in the checkpoint.
     resumed = ReptileRegressor(checkpoint_path=path, **params).meta_fit(_line_sampler)
     assert resumed.n_meta_iter_ == 40 and resumed.history_["meta_iter"] == [10, 20, 30, 40]
-    assert not path.exists()
+    assert finished_checkpoint(path)
+    path.unlink()  # the completed run's kept checkpoint, removed as the guide says
     # Interrupted inside meta-iteration 24 and resumed, a seeded run gives what the
     # same run gives uninterrupted, history included.
     seeded = dict(params, random_state=3)

@@ -91,8 +91,10 @@ BLOCKS = {
         writing keeps the previous one).  The path is checked before training
         starts.  If the file exists when :meth:`meta_fit` starts, it resumes
         from it, to the result an uninterrupted run would have had; the
-        parameters and the tasks must be the same.  The file is removed when
-        :meth:`meta_fit` completes.
+        parameters and the tasks must be the same.  The file is kept when
+        :meth:`meta_fit` completes, marked completed: the same call then
+        gives the model back without training; remove it once the model is
+        saved (see :doc:`/user_guide/persistence`).
     checkpoint_interval : int, default=1000
         Meta-iterations between two checkpoints.
     callbacks : list or None, default=None

@@ -9,6 +9,7 @@ the estimators calls an estimator's private method.
 
 from .._training.fingerprints import fingerprint_params
 from .._training.interface import MetaFitHooks, Settings, WarmStart
+from .._training.stepsize import carried_backoffs
 from .adaptation import fixed_adapt_lr
 
 
@@ -60,4 +61,5 @@ class EstimatorHooks(MetaFitHooks):
             optimizer_state=getattr(est, "inner_optimizer_state_", None),
             n_meta_iter_done=int(getattr(est, "n_meta_iter_", 0)),
             history=getattr(est, "history_", None) or {},
+            backoffs=carried_backoffs(getattr(est, "step_size_info_", None), est.inner_lr),
         )

@@ -17,11 +17,12 @@ callbacks (the estimators' ``callbacks`` parameter) run through
 """
 
 import math
-import os
 import warnings
 
 import numpy as np
+import torch
 
+from .._engine.outer import MetaDiverged
 from .._engine.packing import Initialisation
 from . import checkpoint as _checkpoint
 from . import fingerprints as _fingerprints
@@ -141,17 +142,24 @@ class ProgressBar(Callback):
 
 
 class Checkpoint(Callback):
-    """Writes the run's state every ``checkpoint_interval`` meta-iterations and on interruption.
+    """Writes the run's state every ``checkpoint_interval`` meta-iterations, on interruption
+    and at the end.
 
-    The file is removed once the run completes.  Rank 0 alone writes; the
-    optimiser's rows are gathered from every rank first.
+    Only finite weights are written: a checkpoint written before the
+    divergence check would be resumed by the restart with smaller steps, and
+    fail every rerun.  The completed run's checkpoint is kept (``finished``),
+    so that a process that dies before the model is saved loses nothing; the
+    user removes it.  Rank 0 alone writes; the optimiser's rows are gathered
+    from every rank first.
     """
 
     def on_iteration(self, run, iteration):
         if iteration % run.settings.checkpoint_interval == 0 and iteration < run.n_meta_iter:
+            if not _finite(run):  # the same weights on every rank: all raise
+                raise MetaDiverged(iteration)
             self.save(run, iteration)
 
-    def save(self, run, iteration):
+    def save(self, run, iteration, finished=False):
         """Write a checkpoint of the state after ``iteration`` meta-iterations."""
         optimizer = run.optimizer_rows()  # on every rank: it may gather
         if not run.writer:
@@ -177,20 +185,37 @@ class Checkpoint(Callback):
             "history": run.history,
             "best": run.best,
             "bad_rounds": run.bad_rounds,
+            "backoffs": run.backoffs,
+            "fresh": run.fresh,
+            "finished": finished,
         }
         _checkpoint.save_checkpoint(run.path, state)
 
     def on_interrupt(self, run):
         # Not in a data-parallel run: the other ranks are not at this point to
         # gather the optimiser's state; the last periodic checkpoint remains.
-        saved = run.iteration > run.start_iter and run.group is None
+        saved = run.iteration > run.start_iter and run.group is None and _finite(run)
         if saved:
             self.save(run, run.iteration)
         run.checkpoint_saved = saved
 
     def on_train_end(self, run):
-        if run.writer and os.path.exists(run.path):
-            os.remove(run.path)
+        if run.finished:  # resumed from the kept checkpoint: it is this run's already
+            return
+        try:
+            self.save(run, run.iteration, finished=True)
+        except OSError as exc:
+            # The run is done and its result returned: only the copy on disk is missing.
+            warnings.warn(
+                f"meta_fit completed, but its final checkpoint could not be written ({exc}); "
+                f"the checkpoint {run.path} holds the run as of its last periodic checkpoint.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+def _finite(run):
+    return bool(torch.isfinite(run.theta_t).all())
 
 
 def warn_interrupted(run):

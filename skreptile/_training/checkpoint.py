@@ -9,12 +9,13 @@ plain arrays, loadable with ``allow_pickle=False``:
   and a tuple as ``{"__tuple__": [...]}``;
 * ``a0``, ``a1``, ...: the arrays the header refers to.
 
-The header of format :data:`CHECKPOINT_FORMAT` (3) has the keys of
+The header of format :data:`CHECKPOINT_FORMAT` (4) has the keys of
 :data:`HEADER_SCHEMA`:
 
 ``format``
-    The integer 3.  Earlier formats (1: no task fingerprints; 2: generator
-    states instead of keyed tasks) are refused, not guessed at.
+    The integer 4.  Earlier formats (1: no task fingerprints; 2: generator
+    states instead of keyed tasks; 3: no step-size back-off) are refused, not
+    guessed at.
 ``params``
     ``{name: description}`` of the estimator parameters that decide what
     ``meta_fit`` computes (:func:`fingerprint_params`).
@@ -47,17 +48,33 @@ The header of format :data:`CHECKPOINT_FORMAT` (3) has the keys of
     ``{key: [values]}``, the history so far.
 ``best``
     Null, or ``{"loss", "iteration", "theta"}`` of the best validation.
+``backoffs``, ``fresh``
+    The halvings of ``inner_lr`` the run trains with
+    (:mod:`skreptile._training.stepsize`), and whether it began from the
+    initial weights (a divergence then restarts it with smaller steps; a
+    warm start's does not).
+``finished``
+    Whether the run completed: the checkpoint is kept after a successful
+    ``meta_fit``, and resuming it trains no further.
+
+No checkpoint holds NaN or infinite weights: the weights are checked before
+every write, and a file that holds such weights, or impossible values (an
+iteration beyond ``n_meta_iter``, a scale that is not positive), is refused
+with the file's name.  An archive with members its header does not name, or
+declaring more data than the file holds, is refused before any is read.
 
 Files are written to a temporary file in the checkpoint's directory, named
 ``.skreptile-ckpt-<file name>.<random>.tmp``, flushed to disk and moved into
 place with :func:`os.replace`, so that a crash while writing leaves the
-previous checkpoint intact.  A temporary file survives only a process killed
+previous checkpoint intact (a disk thus needs room for two checkpoints while
+one is written; a full disk's error names the file and the room needed).  A temporary file survives only a process killed
 while writing; :func:`check_checkpoint_path` removes those of its checkpoint
 when ``meta_fit`` starts.  Every file that cannot be used (not an archive,
 truncated, bad JSON, missing or ill-typed keys, weights of the wrong size)
 raises a :class:`ValueError` naming the file and what to do.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -66,9 +83,17 @@ import tempfile
 
 import numpy as np
 
-from .checkpoint_schema import HEADER_SCHEMA, is_int
+from .checkpoint_encoding import check_members, decode, encode, referenced
+from .checkpoint_schema import (
+    HEADER_SCHEMA,
+    is_int,
+    non_finite_weights,
+    run_problems,
+    value_problems,
+)
+from .stepsize import MAX_BACKOFFS
 
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 
 
 _TEMP_PREFIX = ".skreptile-ckpt-"
@@ -80,39 +105,6 @@ _MAX_NAME_IN_TEMP = 120
 _RANDOM_PART = r"[A-Za-z0-9_]+"
 
 _ADVICE = "delete it or choose another checkpoint_path to start afresh"
-
-
-# --------------------------------------------------------------- encoding
-def encode(obj, arrays):
-    """A JSON-able form of ``obj``, with its arrays moved into ``arrays``."""
-    if isinstance(obj, np.ndarray):
-        key = f"a{len(arrays)}"
-        arrays[key] = obj
-        return {"__nd__": key}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [encode(v, arrays) for v in obj]}
-    if isinstance(obj, list):
-        return [encode(v, arrays) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): encode(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"Cannot store {type(obj).__name__} in a checkpoint.")
-
-
-def decode(obj, arrays):
-    """The inverse of :func:`encode`; raises KeyError or TypeError on a malformed header."""
-    if isinstance(obj, dict):
-        if "__nd__" in obj:
-            return arrays[obj["__nd__"]]
-        if "__tuple__" in obj:
-            return tuple(decode(v, arrays) for v in obj["__tuple__"])
-        return {k: decode(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode(v, arrays) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------ files
@@ -141,19 +133,35 @@ def save_checkpoint(path, state):
         What to store.
     """
     arrays = {}
-    header = json.dumps(encode(state, arrays))
+    header = np.array(json.dumps(encode(state, arrays)))
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=directory)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __header__=np.array(header), **arrays)
+            np.savez(f, __header__=header, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, directory, header, arrays, exc) from exc
         raise
+
+
+def _no_space(path, directory, header, arrays, exc):
+    """The error of a full disk: the file, and the room one checkpoint needs."""
+    # The .npy headers and zip entries add well under 1 kB a member.
+    needed = header.nbytes + sum(a.nbytes for a in arrays.values()) + 1024 * (len(arrays) + 1)
+    return OSError(
+        exc.errno,
+        f"No space left to write the checkpoint {os.fspath(path)!r} ({exc.strerror}): it "
+        f"needs about {needed / 1e6:.3g} MB free in {directory!r}, besides the previous "
+        "checkpoint, which stays until the new one is complete. Free that much space, or "
+        "choose a checkpoint_path on another disk.",
+    )
 
 
 def load_checkpoint(path):
@@ -180,13 +188,17 @@ def load_checkpoint(path):
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("a single array in .npy format, not an .npz archive")
         with data:
-            if "__header__" not in data.files:
-                raise ValueError("no __header__ in the archive")
+            check_members(path, data)
             header = data["__header__"]
             if header.dtype.kind != "U" or header.ndim != 0:
                 raise ValueError("__header__ is not a string")
-            arrays = {k: data[k] for k in data.files if k != "__header__"}
-        state = decode(json.loads(str(header)), arrays)
+            encoded = json.loads(str(header))
+            names = referenced(encoded)
+            extra = sorted(set(data.files) - names - {"__header__"})
+            if extra:  # never read: an added member may be of any size
+                raise ValueError(f"members the header does not name: {', '.join(extra[:5])}")
+            arrays = {k: data[k] for k in names}
+        state = decode(encoded, arrays)
     except Exception as exc:  # whatever a damaged file raises: zip, JSON, numpy errors
         raise ValueError(
             f"checkpoint_path={os.fspath(path)!r} exists but is not a readable skreptile "
@@ -226,6 +238,13 @@ def check_checkpoint_path(path):
         raise ValueError(
             f"checkpoint_path={shown!r} is a directory; it must name a file, such as "
             f"{os.path.join(shown, 'meta.ckpt')!r}."
+        )
+    if os.path.exists(path) and not os.path.isfile(path):
+        # Never advise deleting it: it is not a file a checkpoint could have made.
+        raise ValueError(
+            f"checkpoint_path={shown!r} exists and is not a regular file (a device, a pipe "
+            "or a socket); checkpoints are files that meta_fit creates and replaces: choose "
+            "a path such as 'meta.ckpt' in a writable directory."
         )
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -304,8 +323,17 @@ def load_run_state(path):
     wrong = [k for k, ok in HEADER_SCHEMA.items() if not ok(state[k])]
     if wrong:
         raise malformed(path, "wrong type or value of " + ", ".join(wrong))
-    if state["last_record"] > state["iteration"]:
-        raise malformed(path, "inconsistent iteration counters")
+    diverged = non_finite_weights(state)
+    if diverged:
+        raise ValueError(
+            f"The checkpoint {path!r} holds NaN or infinite weights ({', '.join(diverged)}): "
+            "it was written by a run that diverged (skreptile before format "
+            f"{CHECKPOINT_FORMAT} wrote checkpoints before checking the weights), or damaged, "
+            f"and nothing can be resumed from it; {_ADVICE}."
+        )
+    problems = value_problems(state, MAX_BACKOFFS)
+    if problems:
+        raise malformed(path, "; ".join(problems))
     n_features, n_outputs = state["signature"]
     if [len(a) for a in state["scaling"]] != [n_features, n_features, n_outputs, n_outputs]:
         raise malformed(path, "scaling statistics of the wrong sizes for the signature")
@@ -313,6 +341,28 @@ def load_run_state(path):
     if names is not None and len(names) != n_features:
         raise malformed(path, "feature names of the wrong number for the signature")
     return state
+
+
+def check_against_run(path, state, settings):
+    """Refuse a checkpoint whose counters or shapes cannot belong to a run of ``settings``.
+
+    Parameters
+    ----------
+    path : str
+        The checkpoint file.
+    state : dict
+        Its state, from :func:`load_run_state`, with the run's parameters.
+    settings : Settings
+        The parameters of the ``meta_fit`` that resumes it.
+
+    Raises
+    ------
+    ValueError
+        If, say, its iteration is beyond ``n_meta_iter``.
+    """
+    problems = run_problems(state, settings)
+    if problems:
+        raise malformed(path, "; ".join(problems))
 
 
 def check_weights(path, state, n_params):

@@ -1,9 +1,13 @@
-"""The header of a checkpoint of format 3: every key and the test its value must pass.
+"""The header of a checkpoint of format 4: every key and the test its value must pass.
 
 :data:`HEADER_SCHEMA` maps each key of the header (described in
 :mod:`skreptile._training.checkpoint`) to a predicate on its decoded value;
 :func:`~skreptile._training.checkpoint.load_run_state` refuses a file whose
-header lacks a key or holds a value that fails its test.
+header lacks a key or holds a value that fails its test.  Values of the right
+type can still be impossible (a file edited by hand, or damaged):
+:func:`value_problems` and :func:`run_problems` name those, so that a
+tampered counter or scale is refused rather than resumed ("finished"
+untrained, or infinite predictions).
 """
 
 import numbers
@@ -70,7 +74,7 @@ def _is_best(v):
     )
 
 
-#: The keys of a format-3 header and a test of the type of each value.
+#: The keys of a format-4 header and a test of the type of each value.
 HEADER_SCHEMA = {
     "format": is_int,
     "params": _is_str_dict,
@@ -89,4 +93,85 @@ HEADER_SCHEMA = {
     "history": _is_history,
     "best": _is_best,
     "bad_rounds": _is_counter,
+    "backoffs": _is_counter,
+    "fresh": lambda v: isinstance(v, bool),
+    "finished": lambda v: isinstance(v, bool),
 }
+
+
+def _finite(a):
+    return bool(np.isfinite(a).all())
+
+
+def non_finite_weights(state):
+    """The names of the weight arrays of ``state`` that hold NaN or infinity."""
+    optimizer = state["optimizer"]
+    arrays = (
+        ("theta", state["theta"]),
+        ("best theta", (state["best"] or {}).get("theta")),
+        ("the optimiser's state", None if optimizer is None else optimizer["v"]),
+    )
+    return [name for name, a in arrays if a is not None and not _finite(a)]
+
+
+def value_problems(state, max_backoffs):
+    """What is impossible in a well-typed header ``state``, as phrases (empty if nothing).
+
+    Parameters
+    ----------
+    state : dict
+        A header that passed :data:`HEADER_SCHEMA`.
+    max_backoffs : int
+        The most halvings of the inner step size a run makes.
+
+    Returns
+    -------
+    problems : list of str
+    """
+    problems = []
+    iteration = state["iteration"]
+    x_mean, x_scale, y_mean, y_scale = state["scaling"]
+    if not all(_finite(a) for a in state["scaling"]):
+        problems.append("non-finite scaling statistics")
+    elif (x_scale <= 0).any() or (y_scale <= 0).any():
+        problems.append("scales that are not positive")
+    if state["last_record"] > iteration:
+        problems.append("inconsistent iteration counters")
+    if any(t > iteration for t in state["history"]["meta_iter"]):
+        problems.append("history entries beyond its iteration")
+    best = state["best"]
+    if best is not None and (best["iteration"] > iteration or np.isnan(best["loss"])):
+        problems.append("a best validation beyond its iteration or of NaN loss")
+    if np.isnan(state["loss_sums"]).any():
+        problems.append("NaN loss sums")
+    if state["backoffs"] > max_backoffs:
+        problems.append(f"{state['backoffs']} halvings of inner_lr, more than {max_backoffs}")
+    return problems
+
+
+def run_problems(state, settings):
+    """What in ``state`` cannot belong to a run of ``settings`` (its parameters match).
+
+    Parameters
+    ----------
+    state : dict
+        A header that passed :func:`value_problems`.
+    settings : Settings
+        The parameters of the ``meta_fit`` resuming it.
+
+    Returns
+    -------
+    problems : list of str
+    """
+    problems = []
+    if state["iteration"] > settings.n_meta_iter:
+        problems.append(
+            f"iteration {state['iteration']}, beyond n_meta_iter={settings.n_meta_iter}"
+        )
+    optimizer = state["optimizer"]
+    if optimizer is not None and optimizer["v"].shape[0] != settings.meta_batch_size:
+        problems.append(
+            f"an optimiser state of {optimizer['v'].shape[0]} rows for "
+            f"meta_batch_size={settings.meta_batch_size}"
+        )
+    return problems

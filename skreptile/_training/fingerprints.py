@@ -31,6 +31,11 @@ _NOT_FINGERPRINTED = {
 DRAWS_KEY = "draws"
 _NOT_DESCRIBED = {"draw_on"}
 
+# What a sampler seeded with a generator is described as.  The generator gives
+# the run its task seed when meta_fit starts, and a checkpoint cannot hold its
+# state: a resumed run would draw other tasks (see unsaved_generator).
+UNSAVED_STATE = "state not saved"
+
 
 def _array_description(a):
     a = np.asarray(a)
@@ -97,7 +102,9 @@ def _describe_object(obj):
     seen = set()
     for name, value in sorted(vars(obj).items()):
         if name == "random_state" and not isinstance(value, numbers.Integral):
-            continue  # a generator only gives a seed when the run starts; no state is saved
+            if value is not None:  # None: the run's seed seeds it, and the checkpoint has it
+                out[name] = f"{type(value).__name__} ({UNSAVED_STATE})"
+            continue
         if name in _NOT_DESCRIBED:
             continue
         if isinstance(value, np.ndarray):
@@ -198,3 +205,28 @@ def differences(then, now):
     if "sampler" in keys:
         keys = ["sampler"]
     return [f"{k}: {then.get(k, '(absent)')} then, {now.get(k, '(absent)')} now" for k in keys]
+
+
+def unsaved_generator(fingerprint):
+    """Whether tasks of ``fingerprint`` come from a generator whose state no checkpoint holds.
+
+    Parameters
+    ----------
+    fingerprint : dict of str to str
+        A :func:`fingerprint_tasks` description.
+
+    Returns
+    -------
+    unsaved : bool
+    """
+    return any(UNSAVED_STATE in v for v in fingerprint.values())
+
+
+def unsaved_generator_advice():
+    """How to make a run whose sampler holds a generator resumable."""
+    return (
+        "its task sampler is seeded with a numpy Generator or RandomState, whose state a "
+        "checkpoint cannot hold, so a resumed run would draw other tasks than the "
+        "interrupted one. Seed the sampler with an integer, or leave its random_state None "
+        "(the estimator's random_state then seeds it), to make the run resumable"
+    )

@@ -88,6 +88,7 @@ class WarmStart:
     optimizer_state: Any
     n_meta_iter_done: int
     history: dict
+    backoffs: int = 0  # the halvings of inner_lr it continues with (see stepsize)
 
 
 @dataclasses.dataclass

@@ -61,12 +61,12 @@ def run_meta_fit(hooks, task_sampler, validation_tasks):
     if group is not None:
         device = group.device
     with _distributed.guard(group):
-        backoffs = 0
+        restart = None  # the halvings of a restart; None: as a checkpoint or warm start says
         while True:
             try:
-                return _run(hooks, task_sampler, validation_tasks, device, group, backoffs)
-            except _Restart:
-                backoffs += 1
+                return _run(hooks, task_sampler, validation_tasks, device, group, restart)
+            except _Restart as exc:
+                restart = exc.args[0] + 1
 
 
 # Points a task of an inner step when inner_batch_size is None (full tasks),
@@ -85,7 +85,7 @@ def _step_work(settings, net):
 
 
 class _Restart(Exception):
-    """A fresh run diverged: start again with smaller steps."""
+    """A fresh run diverged: start again with smaller steps (``args[0]``: its halvings)."""
 
 
 def _step_sizes(settings, backoffs):
@@ -114,10 +114,12 @@ def _check_validation(hooks, validation_tasks, early_stopping):
         )
 
 
-def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
+def _run(hooks, task_sampler, validation_tasks, device, group, restart):
     settings = hooks.settings
     writer = group is None or group.rank == 0
-    resumed_seed = saved_seed(settings.checkpoint_path, writer)
+    # A restart never reads the file: it held the diverged attempt's state, and rank 0
+    # removes it while the other ranks would read it.
+    resumed_seed = None if restart is not None else saved_seed(settings.checkpoint_path, writer)
     # A resumed run keeps its seed (it matters when random_state is not an integer).
     seed = (
         resumed_seed if resumed_seed is not None else seed_from_random_state(settings.random_state)
@@ -146,9 +148,11 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
     if monitored is None and early_stopping:
         monitored = auto_validation
     _check_validation(hooks, monitored, early_stopping)
-    run = TrainingRun(settings, hooks.fingerprint, monitored, group)
+    run = TrainingRun(settings, hooks.fingerprint, monitored, group, restart is None)
     source = TaskSource(sampler, int(task_seed))
-    run.attach(source, seed, hooks.warm_start() if settings.warm_start else None)
+    run.attach(source, seed, hooks.warm_start() if settings.warm_start else None, restart)
+    # The halvings a checkpoint or a warm start carries on, or a restart's.
+    backoffs = run.backoffs
     if run.theta is None:  # a fresh start
         scaling = _tasks.statistics(hooks, source, family)
         run.start(scaling, source.signature, family.state())
@@ -209,34 +213,38 @@ def _run(hooks, task_sampler, validation_tasks, device, group, backoffs):
         for callback in callbacks:
             callback.on_train_begin(run)
         with fast_cpu_math(device, work, settings.n_threads):
-            outer.meta_train(
-                net,
-                loss,
-                theta,
-                chunks,
-                optimizer,
-                ws,
-                n_meta_iter=run.n_meta_iter,
-                meta_lr=settings.meta_lr,
-                meta_lr_schedule=settings.meta_lr_schedule,
-                inner_steps=settings.inner_steps,
-                start_iter=run.start_iter,
-                on_iteration=on_iteration,
-                loss_sums=run.loss_sums,
-                dropout_seed=int(init_seed),
-                n_threads=settings.n_threads,
-                reducer=reducer,
-                head_init=settings.head_init,
-            )
+            # A kept checkpoint of a completed run trains no further.
+            if not run.finished:
+                outer.meta_train(
+                    net,
+                    loss,
+                    theta,
+                    chunks,
+                    optimizer,
+                    ws,
+                    n_meta_iter=run.n_meta_iter,
+                    meta_lr=settings.meta_lr,
+                    meta_lr_schedule=settings.meta_lr_schedule,
+                    inner_steps=settings.inner_steps,
+                    start_iter=run.start_iter,
+                    on_iteration=on_iteration,
+                    loss_sums=run.loss_sums,
+                    dropout_seed=int(init_seed),
+                    n_threads=settings.n_threads,
+                    reducer=reducer,
+                    head_init=settings.head_init,
+                )
     except EarlyStop:
         pass
     except _engine.MetaDiverged as exc:
-        if run.start_iter == 0 and backoffs < _stepsize.MAX_BACKOFFS:
-            raise _Restart from None
+        if run.fresh and backoffs < _stepsize.MAX_BACKOFFS:
+            run.discard_checkpoint()
+            raise _Restart(backoffs) from None
         unscaled = not settings.standardize
+        resumed = "" if run.saved is None else f" (resumed from the checkpoint {run.path})"
         raise FloatingPointError(
             f"Meta-training diverged: the weights became NaN or infinite by meta-iteration "
-            f"{exc.args[0]}. The step sizes are likely too large for this data "
+            f"{exc.args[0]}{resumed}. The step sizes are likely too large for this data "
             f"(inner_lr={settings.inner_lr}, halved {backoffs} times to {inner_lr:.3g}; "
             f"meta_lr={settings.meta_lr}"
             + (", standardize=False" if unscaled else "")

@@ -18,6 +18,7 @@ every rank when they are saved or kept.
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -71,11 +72,13 @@ class TrainingRun:
         The held-out tasks scored at every monitor interval.
     group : Group or None
         The data-parallel group, or None in one process.
+    resume : bool
+        Whether to read the checkpoint (not in a restart after a divergence).
     """
 
     draws = "host"  # where the tasks are drawn, once check_draws has been told
 
-    def __init__(self, settings, fingerprint, validation, group=None):
+    def __init__(self, settings, fingerprint, validation, group=None, resume=True):
         self.settings, self.fingerprint, self.group = settings, fingerprint, group
         self.writer = group is None or group.rank == 0
         self.validation = validation
@@ -93,26 +96,59 @@ class TrainingRun:
         self.bad_rounds = 0
         self.stop = False  # set by a callback to end meta-training after this iteration
         self.loss_state = np.zeros(2, dtype=np.float32)
+        # The step-size back-off (see stepsize): the halvings of inner_lr this run
+        # trains with, and whether it began from the initial weights, so that a
+        # divergence may restart it with smaller steps (not a warm start).
+        self.backoffs, self.fresh = 0, True
+        self.finished = False  # a kept checkpoint of a completed run: nothing to train
         self.saved = None  # the checkpoint to resume from
         self.saved_draws = None  # where its tasks were drawn
         if self.path is not None:
             if self.writer:  # it writes probe files and removes stale ones
                 _checkpoint.check_checkpoint_path(self.path)
-            if os.path.exists(self.path):
+            if resume and os.path.exists(self.path):
                 self.saved = _checkpoint.load_run_state(self.path)
 
-    def attach(self, source, seed, warm):
+    def attach(self, source, seed, warm, restart=None):
         """Decide where training starts, now that the tasks are known.
 
         ``warm`` is the :class:`~skreptile._training.interface.WarmStart` to
         continue from when ``warm_start`` is set and the estimator was
-        meta-fitted, else None.
+        meta-fitted, else None.  ``restart``, the number of halvings of a
+        restart after a divergence, makes it a fresh start whatever is saved.
         """
         self.source, self.run_seed = source, seed
+        warm = warm if self.settings.warm_start else None
+        if self.saved is not None and self.saved["finished"] and warm is not None:
+            # A completed run's kept checkpoint: the warm start continues the estimator's
+            # run, and its checkpoints replace the file.
+            self.saved = None
+        if restart is not None:
+            # The diverged attempt's checkpoint holds its larger step size: never resumed;
+            # nor is a warm start (only a fresh run backs off).
+            self.saved, self.backoffs, warm = None, restart, None
+        elif self.path is not None and self.writer:  # warned once, not at every restart
+            self._check_resumable(self.saved is not None)
         if self.saved is not None:
             self._resume(self.saved)
-        elif self.settings.warm_start and warm is not None:
+        elif warm is not None:
             self._warm_start(warm)
+
+    def _check_resumable(self, resuming):
+        """Refuse to resume, and warn before writing, the run of a generator-seeded sampler."""
+        if not _fingerprints.unsaved_generator(_fingerprints.fingerprint_tasks(self.source)):
+            return
+        advice = _fingerprints.unsaved_generator_advice()
+        if resuming:
+            raise ValueError(
+                f"The checkpoint {self.path} cannot be resumed: {advice}. Delete the file "
+                "or choose another checkpoint_path to start afresh."
+            )
+        warnings.warn(
+            f"checkpoint_path={self.path!r}: this run's checkpoints cannot be resumed: {advice}.",
+            RuntimeWarning,
+            stacklevel=6,
+        )
 
     def _resume(self, state):
         path = self.path
@@ -124,6 +160,13 @@ class TrainingRun:
             ("tasks", tasks, _fingerprints.fingerprint_tasks(self.source)),
         ):
             differ = _fingerprints.differences(then, now)
+            if differ and state["finished"]:
+                raise ValueError(
+                    f"The checkpoint {path} holds a completed meta_fit with other {what} "
+                    f"({'; '.join(differ)}); it is kept after meta_fit so that the model "
+                    "survives the process until it is saved. Once it is saved, delete the "
+                    "file (os.remove), or choose another checkpoint_path."
+                )
             if differ:
                 raise ValueError(
                     f"The checkpoint {path} was written by a meta_fit with other {what} "
@@ -151,6 +194,9 @@ class TrainingRun:
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.best = state["best"]
         self.bad_rounds = int(state["bad_rounds"])
+        self.backoffs, self.fresh = int(state["backoffs"]), bool(state["fresh"])
+        self.finished = bool(state["finished"])
+        _checkpoint.check_against_run(path, state, self.settings)
 
     def check_draws(self, on_device):
         """Record where the run draws its tasks; a resumed run must draw where it was written.
@@ -181,6 +227,8 @@ class TrainingRun:
         self.feature_names = warm.feature_names
         self.family_state = warm.family_state
         self.optimizer_state = warm.optimizer_state
+        # The halvings of the run it continues: the original step size diverged there.
+        self.backoffs, self.fresh = warm.backoffs, False
         if self.source.signature is not None and tuple(self.source.signature) != self.signature:
             raise ValueError(
                 f"warm_start=True: the tasks have {self.source.signature[0]} features and "
@@ -198,6 +246,11 @@ class TrainingRun:
         self.scaling = scaling
         self.signature = tuple(int(v) for v in signature)
         self.family_state = family_state
+
+    def discard_checkpoint(self):
+        """Remove the checkpoint of an attempt that diverged (its step size is abandoned)."""
+        if self.path is not None and self.writer and os.path.exists(self.path):
+            os.remove(self.path)
 
     def check_weights(self, n_params):
         """Refuse weights to continue from that do not fit the network."""
