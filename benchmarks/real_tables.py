@@ -244,6 +244,8 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
                 n_meta_iter_=model.n_meta_iter_,
                 best_iteration=getattr(model, "best_iteration_", None),
                 backoffs=model.step_size_info_["backoffs"],
+                base=type(model.__dict__.get("base_estimator_")).__name__,
+                uncorrected_sizes=model.__dict__.get("uncorrected_sizes_"),
                 adapt_steps_=model.adapt_steps_,
                 adapt_lr_=model.adapt_lr_,
                 # (n_support, steps, lr) for 4, 10 and 25 support rows: fit picks by its rows.

@@ -220,28 +220,47 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     return sampler, by_size, validation_tasks, PooledBase(model, name, scores, variances, held_out)
 
 
-def _mse(preds, splits):
-    return float(
-        np.mean([np.mean((np.ravel(s[3]) - np.ravel(p)) ** 2) for p, s in zip(preds, splits)])
-    )
+def _task_errors(preds, splits):
+    return np.array([np.mean((np.ravel(s[3]) - np.ravel(p)) ** 2) for p, s in zip(preds, splits)])
+
+
+def _group_means(values, splits):
+    """``values`` of the splits averaged per held-out group: the splits of one group hold the
+    same rows, so they are not independent evidence."""
+    keys = [(len(s[0]) + len(s[2]), round(float(np.sum(s[0]) + np.sum(s[2])), 6)) for s in splits]
+    by_group = {}
+    for key, value in zip(keys, values):
+        by_group.setdefault(key, []).append(value)
+    return np.array([np.mean(v) for v in by_group.values()])
+
+
+def _network_pays(alone, corrected, splits):
+    """Whether the network's correction lowers the held-out error clearly: by ``1 - MIN_GAIN``
+    of it at least, and by more than two standard errors of the per-group differences (the
+    network was early-stopped on these same groups, so a small gain may be luck)."""
+    gains = _group_means(alone - corrected, splits)
+    if corrected.mean() > MIN_GAIN * alone.mean():
+        return False
+    if len(gains) < 2:
+        return True
+    return gains.mean() > 2.0 * gains.std(ddof=1) / np.sqrt(len(gains))
 
 
 def uncorrected_sizes(est, base):
-    """Support sizes at which the pooled model and the group's offset alone beat them plus the
-    network's adapted correction on the held-out groups: there the network is left out, so the
-    model nests the mixed model instead of racing it."""
+    """Support sizes at which the network's adapted correction does not clearly beat the pooled
+    model and the group's offset alone on the held-out groups (:func:`_network_pays`): there
+    the network is left out, so the model nests the mixed model instead of racing it."""
     if base.model is None or not base.held_out:
         return []
     sizes = []
     for size, splits in base.held_out.items():
         Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
-        corrected = _mse(est.few_shot_predict(Xs, ys, Xq), splits)
+        corrected = _task_errors(est.few_shot_predict(Xs, ys, Xq), splits)
         alone = []
         for X_s, y_s, X_q in zip(Xs, ys, Xq):
             level = group_offset(base.variances, np.ravel(y_s) - offsets(base.model, X_s)[:, 0])
             alone.append(offsets(base.model, X_q)[:, 0] + level)
-        # The network was early-stopped on these same groups: its gain must clear MIN_GAIN.
-        if MIN_GAIN * _mse(alone, splits) <= corrected:
+        if not _network_pays(_task_errors(alone, splits), corrected, splits):
             sizes.append(len(Xs[0]) if size is None else size)
     return sizes
 
