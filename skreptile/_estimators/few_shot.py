@@ -31,10 +31,6 @@ class FewShotMixin(abc.ABC):
         """Held-out tasks validated and encoded (:class:`FewShotTasks`)."""
 
     @abc.abstractmethod
-    def _quick_tasks(self, X_support, y_support, X_query):
-        """:class:`FewShotTasks` from plainly valid stacked arrays, or None."""
-
-    @abc.abstractmethod
     def _adaptation_curve(self, tasks, steps, init=None, lr=None, indices=None):
         """Scaled query outputs after each number of ``steps`` (:meth:`BatchAdaptation.curve`)."""
 
