@@ -15,11 +15,12 @@ meta-training groups (``N_FOLDS`` folds).  The held-out validation groups
 (and ``fit``, ``predict`` and ``few_shot_predict`` on new groups) use the model
 fitted on every meta-training row, which never saw them.
 
-``"auto"`` fits each candidate of ``CANDIDATES`` on the meta-training rows and
-scores it on the held-out validation groups as a data scientist would use it:
-the pooled prediction plus the group's mean residual on its support rows,
-against the support mean alone (no base).  A candidate is used only when its
-query error is below ``MIN_GAIN`` times that of the support mean; otherwise,
+``"auto"`` cross-fits each candidate of ``CANDIDATES`` and scores it on the
+groups each fold held out as a statistician would use it: the expected error
+on a new group of the pooled prediction plus the BLUP of the group's offset
+from the monitored number of support rows (:func:`_expected_error`), against
+the same for the overall mean (no base).  A candidate is used only when its
+error is below ``MIN_GAIN`` times that of the mean; otherwise,
 and whenever nothing is held out (infinite samplers, too few groups,
 ``validation_fraction=None``) or the targets have several outputs, there is
 no base model, so the sine demo and generated tasks are unchanged.
@@ -129,14 +130,21 @@ def residual_splits(model, variances, splits):
     return [_residual_split(model, variances, s) for s in splits]
 
 
-def _held_out_error(model, splits):
-    """Mean query MSE of the pooled prediction plus each task's mean support residual."""
-    errors = []
-    for Xs, ys, Xq, yq in splits:
-        ys, yq = np.ravel(ys).astype(np.float64), np.ravel(yq).astype(np.float64)
-        base_s, base_q = offsets(model, Xs)[:, 0], offsets(model, Xq)[:, 0]
-        errors.append(np.mean((yq - base_q - np.mean(ys - base_s)) ** 2))
-    return float(np.mean(errors))
+def _cross_fitted(model, X, y, groups, n_folds, name):
+    """Out-of-group predictions of every row (``GroupKFold`` cross-fitting)."""
+    try:
+        return cross_val_predict(clone(model), X, y, groups=groups, cv=GroupKFold(n_folds))
+    except Exception as exc:
+        raise _unfittable(name, exc) from exc
+
+
+def _expected_error(residuals, groups, k):
+    """The expected squared error on a new group's rows of a pooled prediction plus the BLUP
+    of its offset from ``k`` rows, under the random intercept model of ``residuals``:
+    ``within + between * within / (k between + within)``."""
+    v = intercept_variances(residuals, groups)
+    spread = k * v["between"] + v["within"]
+    return v["within"] + (v["between"] * v["within"] / spread if spread > 0 else 0.0)
 
 
 def _candidates(spec):
@@ -149,11 +157,15 @@ def _fit(model, X, y, name):
     try:
         return model.fit(X, y)
     except Exception as exc:
-        raise ValueError(
-            f"base_estimator {name} could not be fitted on the meta-training rows "
-            f"({type(exc).__name__}: {exc}). Pass another scikit-learn regressor, or "
-            "base_estimator=None for none."
-        ) from exc
+        raise _unfittable(name, exc) from exc
+
+
+def _unfittable(name, exc):
+    return ValueError(
+        f"base_estimator {name} could not be fitted on the meta-training rows "
+        f"({type(exc).__name__}: {exc}). Pass another scikit-learn regressor, or "
+        "base_estimator=None for none."
+    )
 
 
 def pooled_base(spec, sampler, by_size, validation_tasks):
@@ -194,23 +206,27 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     )
     if auto and not scoring:
         return sampler, by_size, validation_tasks, None
-    fitted = {name: _fit(model, X, y_flat, name) for name, model in _candidates(spec).items()}
-    scores = None
-    if auto:
-        scores = {"support mean": _held_out_error(None, scoring)}
-        scores.update({name: _held_out_error(m, scoring) for name, m in fitted.items()})
-        best = min(fitted, key=scores.__getitem__)
-        if scores[best] >= MIN_GAIN * scores["support mean"]:
-            return sampler, by_size, validation_tasks, PooledBase(None, None, scores)
-        fitted = {best: fitted[best]}
-    name, model = next(iter(fitted.items()))
     n_folds = min(N_FOLDS, int(groups.max()) + 1)
     if n_folds < 2:
         raise ValueError("base_estimator needs tasks from at least 2 groups to cross-fit.")
-    # Out-of-group predictions: no task meta-trains on a fit of its own rows.
-    unfitted = clone(model)
-    cross = cross_val_predict(unfitted, X, y_flat, groups=groups, cv=GroupKFold(n_folds))
-    residuals = y_flat - cross
+    # Out-of-group predictions: no task meta-trains on a fit of its own rows, and "auto"
+    # scores each candidate on groups its fit never saw.
+    cross = {
+        name: _cross_fitted(model, X, y_flat, groups, n_folds, name)
+        for name, model in _candidates(spec).items()
+    }
+    scores = None
+    if auto:
+        k = len(scoring[0][0])  # the monitored support size
+        scores = {"support mean": _expected_error(y_flat - y_flat.mean(), groups, k)}
+        scores.update({name: _expected_error(y_flat - c, groups, k) for name, c in cross.items()})
+        best = min(cross, key=scores.__getitem__)
+        if scores[best] >= MIN_GAIN * scores["support mean"]:
+            return sampler, by_size, validation_tasks, PooledBase(None, None, scores)
+        cross = {best: cross[best]}
+    name, predictions = next(iter(cross.items()))
+    model = _fit(_candidates(spec)[name] if auto else clone(spec), X, y_flat, name)
+    residuals = y_flat - predictions
     variances = intercept_variances(residuals, groups)
     sampler = _with_targets(sampler, residuals.reshape(y.shape))
     held_out = by_size if validation_tasks is None else {None: validation_tasks}

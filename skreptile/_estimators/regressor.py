@@ -87,9 +87,9 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         adapts a group's random effect.  Meta-training tasks see out-of-group
         (``GroupKFold`` cross-fitted) predictions, never a fit of their own
         rows.  "auto" chooses among none, a ridge and a histogram
-        gradient-boosted model by their error on the held-out validation groups
-        (pooled prediction plus the group's mean support residual), and uses
-        one only if it beats the support mean by 5%; none for generated tasks
+        gradient-boosted model by their cross-fitted error on groups they never
+        saw (pooled prediction plus the BLUP of the group's offset), and uses
+        one only if it beats the overall mean by 5%; none for generated tasks
         (an infinite sampler), without held-out groups, or with several
         targets.  An explicit regressor needs a ``GroupTaskSampler`` or a list
         of tasks, and one target.
@@ -119,8 +119,8 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         The fitted pooled model whose predictions the network corrects; None
         without one.
     base_scores_ : dict or None
-        With ``base_estimator="auto"`` and held-out groups: the held-out error
-        of each candidate (and of the support mean) that chose it.
+        With ``base_estimator="auto"`` and held-out groups: the cross-fitted
+        error of each candidate (and of the overall mean) that chose it.
     random_intercept_ : dict or None
         ``{"between", "within"}``: the variances of the groups' offsets from
         the base model and of the rows around them (ANOVA moments of the
