@@ -97,9 +97,10 @@ def test_the_random_intercept_variances_and_offset_are_the_anova_and_blup_formul
     assert group_offset({"between": 1.0, "within": 0.0}, [5.0, 7.0]) == pytest.approx(6.0)
 
 
-def test_defaults_are_within_3_percent_of_the_oracle_blup_on_a_random_intercept_model():
+def test_auto_base_is_within_3_percent_of_the_oracle_blup_on_a_random_intercept_model():
     X, y, g = linear_with_intercepts(60, 20, seed=0)
-    model = ReptileRegressor(random_state=0, device="cpu").meta_fit(X, y, groups=g)
+    model = ReptileRegressor(base_estimator="auto", random_state=0, device="cpu")
+    model.meta_fit(X, y, groups=g)
     assert model.base_estimator_ is not None  # "auto" found the pooled linear trend
     Xs, ys, Xq, yq = new_groups(*linear_with_intercepts(150, 20, seed=100), k=5)
     error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
@@ -121,9 +122,9 @@ def curves_per_group(n_groups, n_rows, seed):
 
 def test_groups_with_their_own_nonlinear_curves_beat_the_blup_clearly():
     X, y, g = curves_per_group(40, 20, seed=0)
-    model = ReptileRegressor(random_state=0, device="cpu", n_meta_iter=1500).meta_fit(
-        X, y, groups=g
-    )
+    model = ReptileRegressor(
+        base_estimator="auto", random_state=0, device="cpu", n_meta_iter=1500
+    ).meta_fit(X, y, groups=g)
     Xs, ys, Xq, yq = new_groups(*curves_per_group(60, 20, seed=100), k=5)
     error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
     # The statistician's model: pooled least squares plus the BLUP of each group's intercept.
@@ -153,7 +154,8 @@ def test_fit_predict_equals_few_shot_predict_and_survives_clone_and_pickle():
 
 
 def test_auto_has_no_base_for_generated_tasks_and_an_explicit_one_is_refused():
-    model = ReptileRegressor(**SMALL).meta_fit(SineTaskSampler(random_state=0))
+    auto = dict(SMALL, base_estimator="auto")
+    model = ReptileRegressor(**auto).meta_fit(SineTaskSampler(random_state=0))
     assert model.__dict__.get("base_estimator_") is None
     with pytest.raises(ValueError, match="finite grouped table"):
         ReptileRegressor(base_estimator=LinearRegression(), **SMALL).meta_fit(
