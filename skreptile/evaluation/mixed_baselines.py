@@ -232,9 +232,9 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
 
     Attributes
     ----------
-    x_mean_, x_scale_ : ndarray of shape (n_features_in_,)
+    x_mean_, x_scale_ : ndarray of shape (`n_features_in_`,)
         The standardisation of the features (a constant feature keeps scale 1).
-    fixed_effects_ : ndarray of shape (n_features_in_ + 1,)
+    fixed_effects_ : ndarray of shape (`n_features_in_` + 1,)
         ``beta``: intercept, then the slopes of the standardised features.
     G_ : ndarray of shape (q, q)
         Covariance of the random effects (``q`` is 1 without random slopes).
@@ -244,7 +244,7 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
         Number of meta-training groups.
     n_features_in_ : int
         Number of features.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         The features' names, when ``X`` had string column names.
     meta_config_ : str
         A hash of the parameters that shaped ``meta_fit``.
@@ -355,7 +355,7 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X):
-        """Predictions with the group's fixed plus random effects.
+        """Predict with the group's fixed plus random effects.
 
         Parameters
         ----------
