@@ -203,3 +203,23 @@ def test_a_checkpointed_run_with_a_base_model_resumes_to_the_uninterrupted_resul
     np.testing.assert_array_equal(model.meta_params_, reference.meta_params_)
     np.testing.assert_array_equal(model.base_estimator_.coef_, reference.base_estimator_.coef_)
     assert model.random_intercept_ == reference.random_intercept_
+
+
+class CountingLinear(LinearRegression):
+    """A least-squares fit that counts its fits on the class."""
+
+    fits = 0
+
+    def fit(self, X, y):
+        type(self).fits += 1
+        return super().fit(X, y)
+
+
+def test_a_step_size_back_off_reuses_the_base_models_fit():
+    X, y, g = linear_with_intercepts(20, 10, seed=5)
+    params = dict(SMALL, n_meta_iter=300, hidden_layer_sizes=(32, 32), early_stopping=False)
+    CountingLinear.fits = 0
+    model = ReptileRegressor(base_estimator=CountingLinear(), inner_lr=3.0, **params)
+    model.meta_fit(X, y, groups=g)
+    assert model.step_size_info_["backoffs"] >= 1  # else this test could not tell
+    assert CountingLinear.fits == 5 + 1  # cross-fitting over 5 folds, then the final fit, once

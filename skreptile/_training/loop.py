@@ -62,9 +62,10 @@ def run_meta_fit(hooks, task_sampler, validation_tasks):
         device = group.device
     with _distributed.guard(group):
         restart = None  # the halvings of a restart; None: as a checkpoint or warm start says
+        bases = {}  # pooled base models by task seed: a restart with the same seed reuses its fit
         while True:
             try:
-                return _run(hooks, task_sampler, validation_tasks, device, group, restart)
+                return _run(hooks, task_sampler, validation_tasks, device, group, restart, bases)
             except _Restart as exc:
                 restart = exc.args[0] + 1
 
@@ -114,7 +115,7 @@ def _check_validation(hooks, validation_tasks, early_stopping):
         )
 
 
-def _run(hooks, task_sampler, validation_tasks, device, group, restart):
+def _run(hooks, task_sampler, validation_tasks, device, group, restart, bases):
     settings = hooks.settings
     writer = group is None or group.rank == 0
     # A restart never reads the file: it held the diverged attempt's state, and rank 0
@@ -135,7 +136,13 @@ def _run(hooks, task_sampler, validation_tasks, device, group, restart):
             settings, sampler, int(task_seed), hooks.shots_per_class
         )
     # A pooled model under the network (the regressor's base_estimator): targets become residuals.
-    sampler, by_size, validation_tasks, base = hooks.pooled_base(sampler, by_size, validation_tasks)
+    # The hold-out is a function of the seed, so the same seed gives the same fit.
+    prepared = bases.get(int(task_seed))
+    if prepared is None:
+        prepared = hooks.pooled_base(sampler, by_size, validation_tasks)
+        if prepared[3] is not None:
+            bases[int(task_seed)] = prepared
+    sampler, by_size, validation_tasks, base = prepared
     if by_size is not None:  # the monitored size comes first
         auto_validation = next(iter(by_size.values()))
     early_stopping = settings.early_stopping
