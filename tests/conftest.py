@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,33 @@ def finished_checkpoint(path):
 
     with np.load(path, allow_pickle=False) as data:
         return json.loads(str(data["__header__"]))["finished"] is True
+
+
+def learned_snapshot(est):
+    """Every learned value of ``est`` (attributes ending in ``_``), arrays copied."""
+    return {
+        k: (v.copy() if isinstance(v, np.ndarray) else repr(v))
+        for k, v in vars(est).items()
+        if k.endswith("_") and not k.startswith("_")
+    }
+
+
+def assert_unchanged(before, est):
+    """``est`` holds exactly the learned values of the snapshot ``before``."""
+    after = learned_snapshot(est)
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(after[k], v, err_msg=k)
+        else:
+            assert after[k] == v, k
+
+
+def edit_checkpoint(path, edit):
+    """Rewrite the checkpoint at ``path`` after ``edit(header, arrays)`` changed it in place."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(str(arrays.pop("__header__")))
+    edit(header, arrays)
+    with open(path, "wb") as f:
+        np.savez(f, __header__=np.array(json.dumps(header)), **arrays)

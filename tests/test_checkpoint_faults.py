@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import interrupting_meta_lr_at
+from conftest import edit_checkpoint, interrupting_meta_lr_at
 
 import skreptile._engine.outer as engine_module
 from skreptile import ReptileRegressor, SineTaskSampler
@@ -33,15 +33,6 @@ def _interrupted(monkeypatch, path, at=7, sampler=None, **params):
         with pytest.raises(KeyboardInterrupt):
             ReptileRegressor(checkpoint_path=path, **params).meta_fit(sampler or _sine())
     assert os.path.exists(path)
-
-
-def _edit(path, edit):
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    header = json.loads(str(arrays.pop("__header__")))
-    edit(header, arrays)
-    with open(path, "wb") as f:
-        np.savez(f, __header__=np.array(json.dumps(header)), **arrays)
 
 
 def _no_training(monkeypatch):
@@ -88,7 +79,7 @@ def test_a_nan_checkpoint_of_an_older_run_is_refused_naming_the_file(tmp_path, m
     def poison(header, arrays):
         arrays[header["theta"]["__nd__"]][:] = np.nan
 
-    _edit(path, poison)
+    edit_checkpoint(path, poison)
     # Not "the step sizes are likely too large": the file is named, and what to do.
     with pytest.raises(ValueError, match="NaN") as info:
         ReptileRegressor(checkpoint_path=path, **FAST).meta_fit(_sine())
@@ -190,7 +181,7 @@ TAMPERED = {
 def test_a_tampered_header_value_is_refused(tmp_path, monkeypatch, tamper):
     path = tmp_path / "meta.ckpt"
     _interrupted(monkeypatch, path, **FAST)
-    _edit(path, TAMPERED[tamper])
+    edit_checkpoint(path, TAMPERED[tamper])
     with pytest.raises(ValueError, match="malformed") as info:
         ReptileRegressor(checkpoint_path=path, **FAST).meta_fit(_sine())
     assert str(path) in str(info.value)
@@ -248,7 +239,7 @@ def test_an_optimiser_state_of_another_meta_batch_size_is_refused(tmp_path, monk
         key = header["optimizer"]["v"]["__nd__"]
         arrays[key] = arrays[key][:-1]
 
-    _edit(path, drop_a_row)
+    edit_checkpoint(path, drop_a_row)
     with pytest.raises(ValueError, match="malformed.*meta_batch_size=4") as info:
         ReptileRegressor(checkpoint_path=path, **params).meta_fit(_sine())
     assert str(path) in str(info.value)

@@ -6,7 +6,6 @@ only, so that they run (and fail) against a skreptile without ``_checkpoint``.
 """
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import finished_checkpoint
+from conftest import edit_checkpoint, finished_checkpoint
 
 import skreptile
 import skreptile._engine.outer as engine_module
@@ -251,15 +250,6 @@ def test_temporary_files_of_a_killed_writer_are_removed_at_the_next_start(tmp_pa
 
 
 # --------------------------------------------------------- (d) malformed files
-def _edit(path, edit):
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    header = json.loads(str(arrays.pop("__header__")))
-    edit(header, arrays)
-    with open(path, "wb") as f:
-        np.savez(f, __header__=np.array(json.dumps(header)), **arrays)
-
-
 def _shorten(name):
     def edit(header, arrays):
         target = header[name] if name == "theta" else header["best"]["theta"]
@@ -304,7 +294,7 @@ def test_a_malformed_checkpoint_is_a_clear_error(tmp_path, monkeypatch, defect):
             ReptileRegressor(checkpoint_path=path, **params).meta_fit(
                 _line_sampler, validation_tasks=val
             )
-    _edit(path, MALFORMED[defect])
+    edit_checkpoint(path, MALFORMED[defect])
     before = path.read_bytes()
     model = ReptileRegressor(checkpoint_path=path, **params)
     with pytest.raises(ValueError, match=ADVICE) as info:
@@ -333,7 +323,7 @@ def test_an_unreadable_or_old_checkpoint_is_a_clear_error(tmp_path, monkeypatch,
         with open(path, "wb") as f:
             np.save(f, np.arange(3.0))
     else:
-        _edit(path, lambda h, a: (h.pop("seed"), h.update(format=2)))
+        edit_checkpoint(path, lambda h, a: (h.pop("seed"), h.update(format=2)))
     with pytest.raises(ValueError, match=ADVICE) as info:
         ReptileRegressor(checkpoint_path=path, **FAST).meta_fit(sampler)
     assert repr(str(path)) in str(info.value)

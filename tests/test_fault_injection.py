@@ -34,7 +34,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import finished_checkpoint, interrupting_meta_lr_at
+from conftest import (
+    assert_unchanged,
+    finished_checkpoint,
+    interrupting_meta_lr_at,
+    learned_snapshot,
+)
 
 import skreptile
 import skreptile._engine.outer as engine_module
@@ -72,25 +77,6 @@ class Sines(TaskSampler):
         if DRAWS["count"] == DRAWS["fail_at"]:
             raise RuntimeError("the data store went away")
         return SineTaskSampler().sample_batch(rng, n_tasks)
-
-
-def _learned(est):
-    """Every learned value, arrays copied."""
-    return {
-        k: (v.copy() if isinstance(v, np.ndarray) else repr(v))
-        for k, v in vars(est).items()
-        if k.endswith("_") and not k.startswith("_")
-    }
-
-
-def _assert_unchanged(before, est):
-    after = _learned(est)
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        if isinstance(v, np.ndarray):
-            np.testing.assert_array_equal(after[k], v, err_msg=k)
-        else:
-            assert after[k] == v, k
 
 
 def _diverging(monkeypatch, *at):
@@ -184,7 +170,7 @@ def test_a_fault_loses_nothing(tmp_path, monkeypatch, fault, warm, checkpoint, b
     case = Case(tmp_path, monkeypatch, warm, checkpoint, backoff)
     reference, n_draws, n_writes = _uninterrupted(case, tmp_path)
     model = case.estimator()
-    before = _learned(model)
+    before = learned_snapshot(model)
     fail_at = None
     with monkeypatch.context() as m:
         if fault == "sampler":
@@ -214,7 +200,7 @@ def test_a_fault_loses_nothing(tmp_path, monkeypatch, fault, warm, checkpoint, b
         np.testing.assert_array_equal(model.meta_params_, straight.meta_params_)
         assert model.step_size_info_["backoffs"] == halvings
         return
-    _assert_unchanged(before, model)
+    assert_unchanged(before, model)
     if checkpoint and fault != "diverge":
         # The progress is kept, up to the fault: 128 before the last draw, 130 when
         # interrupted, 136 before the write of 144 failed.

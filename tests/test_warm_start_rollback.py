@@ -2,32 +2,13 @@
 
 import numpy as np
 import pytest
-from conftest import interrupting_meta_lr_at
+from conftest import assert_unchanged, interrupting_meta_lr_at, learned_snapshot
 
 import skreptile._engine.outer as engine_module
 from skreptile import ReptileRegressor, SineTaskSampler
 from skreptile.tasks import TaskSampler
 
 R = dict(device="cpu", random_state=0)
-
-
-def _arrays(est):
-    """Every learned value, arrays copied, as a comparable snapshot."""
-    return {
-        k: (v.copy() if isinstance(v, np.ndarray) else repr(v))
-        for k, v in vars(est).items()
-        if k.endswith("_") and not k.startswith("_")
-    }
-
-
-def _assert_same(before, est):
-    after = _arrays(est)
-    assert after.keys() == before.keys()
-    for k, v in before.items():
-        if isinstance(v, np.ndarray):
-            np.testing.assert_array_equal(after[k], v, err_msg=k)
-        else:
-            assert after[k] == v, k
 
 
 def _fitted():
@@ -39,13 +20,13 @@ def _fitted():
 
 def test_a_diverging_warm_start_leaves_the_weights_as_they_were():
     model, sampler = _fitted()
-    before = _arrays(model)
+    before = learned_snapshot(model)
     # A warm start keeps the run's halved inner_lr (issue 24, item 3); a larger
     # inner_lr set by the user is taken as it is, and diverges.
     with pytest.raises(FloatingPointError, match="diverged"):
         model.set_params(n_meta_iter=600, warm_start=True, inner_lr=0.6).meta_fit(sampler)
     assert np.isfinite(model.meta_params_).all()
-    _assert_same(before, model)
+    assert_unchanged(before, model)
 
 
 class FailsAt(TaskSampler):
@@ -64,12 +45,12 @@ class FailsAt(TaskSampler):
 def test_a_sampler_error_or_an_interrupt_in_a_warm_start_changes_nothing(monkeypatch):
     params = dict(hidden_layer_sizes=(16,), n_meta_iter=130, meta_batch_size=4, **R)
     model = ReptileRegressor(**params).meta_fit(FailsAt(10**9))
-    before = _arrays(model)
+    before = learned_snapshot(model)
     model.set_params(n_meta_iter=400, warm_start=True)
     with pytest.raises(RuntimeError, match="went away"):
         model.meta_fit(FailsAt(3))  # after one draw of 64 iterations has been trained on
-    _assert_same(before, model)
+    assert_unchanged(before, model)
     monkeypatch.setattr(engine_module, "meta_lr_at", interrupting_meta_lr_at(200))
     with pytest.warns(RuntimeWarning, match="interrupted"), pytest.raises(KeyboardInterrupt):
         model.meta_fit(FailsAt(10**9))
-    _assert_same(before, model)
+    assert_unchanged(before, model)
