@@ -305,7 +305,10 @@ def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path):
     for seed in SEEDS:
         directory = tmp_path / str(seed)
         params = dict(KILLED_RUN, random_state=seed, checkpoint_path=str(directory / "c"))
-        assert counts[seed][0] >= KILLS - 1  # killed in meta-training, not after it
+        # The first kill lands in meta-training on any machine (at most 0.4 s into a run of
+        # 2000 checkpoint writes); later ones may come after a fast machine has finished,
+        # and the resume must be bit-identical either way.
+        assert counts[seed][0] >= 1
         assert (directory / "c").exists()
         # The rest without a write every iteration (about 9 ms each): the interval is
         # not part of what must match to resume.
@@ -322,6 +325,10 @@ def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path):
 
 # ------------------------------------------------------------------------ fork
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.is_initialized(),
+    reason="CUDA is initialised in this process: a forked child cannot use it at all",
+)
 def test_the_fork_fix_of_the_persistence_guide_works():
     # A parent whose torch ran on two threads (OpenMP's pool is up), then one thread
     # before forking, as the guide says: the child's predict and matrix product finish.
