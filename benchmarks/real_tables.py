@@ -221,7 +221,7 @@ def _reptile_errors(model, tasks):
     return [np.mean((t[3] - p) ** 2) for t, p in zip(tasks, preds)]
 
 
-def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
+def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print, base="default"):
     from skreptile import GroupTaskSampler, ReptileRegressor
 
     X, y, groups = TABLES[name][0]()
@@ -236,7 +236,9 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
         sampler = GroupTaskSampler(X[train], y[train], groups[train], small_groups="skip")
         t0 = time.perf_counter()
         # skreptile with every default (n_meta_iter capped for the benchmark's time).
-        model = ReptileRegressor(random_state=split, n_meta_iter=n_meta_iter).meta_fit(sampler)
+        own = {} if base == "default" else {"base_estimator": None if base == "none" else base}
+        model = ReptileRegressor(random_state=split, n_meta_iter=n_meta_iter, **own)
+        model.meta_fit(sampler)
         t1 = time.perf_counter()
         # The same network trained on the pooled rows (Reptile with one inner
         # step is plain minibatch SGD on them), fine-tuned with 'auto' steps
@@ -254,6 +256,7 @@ def run_table(name, n_splits, ks, n_meta_iter, test_fraction=0.25, log=print):
                 backoffs=model.step_size_info_["backoffs"],
                 base=type(model.__dict__.get("base_estimator_")).__name__,
                 uncorrected_sizes=model.__dict__.get("uncorrected_sizes_"),
+                base_scores=model.__dict__.get("base_scores_"),
                 adapt_steps_=model.adapt_steps_,
                 adapt_lr_=model.adapt_lr_,
                 # (n_support, steps, lr) for 4, 10 and 25 support rows: fit picks by its rows.
@@ -321,6 +324,12 @@ def main(argv=None):
     parser.add_argument("--k", type=int, nargs="*", default=[4, 10])
     parser.add_argument("--n-meta-iter", type=int, default=3000)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument(
+        "--base-estimator",
+        choices=["default", "auto", "none"],
+        default="default",
+        help="skreptile's base_estimator (default: the estimator's default)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.splits, args.n_meta_iter = 1, 300
@@ -331,7 +340,9 @@ def main(argv=None):
     rows, infos = [], {}
     for name in tables:
         t = time.perf_counter()
-        results, info = run_table(name, args.splits, args.k, args.n_meta_iter)
+        results, info = run_table(
+            name, args.splits, args.k, args.n_meta_iter, base=args.base_estimator
+        )
         infos[name] = info
         rows.extend(table_rows(name, results))
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)

@@ -102,6 +102,10 @@ def test_auto_base_is_within_3_percent_of_the_oracle_blup_on_a_random_intercept_
     model = ReptileRegressor(base_estimator="auto", random_state=0, device="cpu")
     model.meta_fit(X, y, groups=g)
     assert model.base_estimator_ is not None  # "auto" found the pooled linear trend
+    # ... and kept it because the network on it beat the network alone on the held-out groups.
+    scores = model.base_scores_
+    with_base = scores["held-out error, network on the base model"]
+    assert all(with_base[k] < scores["held-out error, network alone"][k] for k in with_base)
     Xs, ys, Xq, yq = new_groups(*linear_with_intercepts(150, 20, seed=100), k=5)
     error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
     # The oracle: the true coefficients and variances (tau2 = sigma2 = 1).
@@ -122,9 +126,14 @@ def curves_per_group(n_groups, n_rows, seed):
 
 def test_groups_with_their_own_nonlinear_curves_beat_the_blup_clearly():
     X, y, g = curves_per_group(40, 20, seed=0)
-    model = ReptileRegressor(
-        base_estimator="auto", random_state=0, device="cpu", n_meta_iter=1500
-    ).meta_fit(X, y, groups=g)
+    params = dict(random_state=0, device="cpu", n_meta_iter=1500)
+    model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
+    # The cross-fitted pooled models beat the mean, but the network on their residuals lost to
+    # the network alone on the held-out groups: "auto" kept the network alone, bit for bit.
+    assert model.base_scores_["hist_gradient_boosting"] < 0.95 * model.base_scores_["support mean"]
+    assert "base_estimator_" not in model.__dict__
+    alone = ReptileRegressor(base_estimator=None, **params).meta_fit(X, y, groups=g)
+    np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)
     Xs, ys, Xq, yq = new_groups(*curves_per_group(60, 20, seed=100), k=5)
     error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
     # The statistician's model: pooled least squares plus the BLUP of each group's intercept.
@@ -222,4 +231,56 @@ def test_a_step_size_back_off_reuses_the_base_models_fit():
     model = ReptileRegressor(base_estimator=CountingLinear(), inner_lr=3.0, **params)
     model.meta_fit(X, y, groups=g)
     assert model.step_size_info_["backoffs"] >= 1  # else this test could not tell
-    assert CountingLinear.fits == 5 + 1  # cross-fitting over 5 folds, then the final fit, once
+    # Cross-fitting over 5 folds, the fit for the decisions, the refit on every row: once each.
+    assert CountingLinear.fits == 5 + 1 + 1
+
+
+class RowCounting(LinearRegression):
+    """A least-squares fit that records the number of rows of each of its fits."""
+
+    rows = []
+
+    def fit(self, X, y):
+        type(self).rows.append(len(X))
+        return super().fit(X, y)
+
+
+def test_the_kept_base_model_is_refitted_on_every_row_held_out_groups_included():
+    X, y, g = linear_with_intercepts(20, 10, seed=6)
+    RowCounting.rows = []
+    model = ReptileRegressor(base_estimator=RowCounting(), **SMALL).meta_fit(X, y, groups=g)
+    # 4 of the 20 groups were held out for the decisions; the final fit sees all 200 rows.
+    assert RowCounting.rows[-2] == 160 and RowCounting.rows[-1] == 200
+    reference = LinearRegression().fit(X, y)
+    np.testing.assert_allclose(model.base_estimator_.coef_, reference.coef_)
+
+
+def test_auto_keeps_the_network_alone_where_it_wins_and_a_warm_start_continues_it(monkeypatch):
+    import skreptile._estimators.pooled_base as pooled_base
+
+    X, y, g = linear_with_intercepts(20, 10, seed=7)
+    params = dict(SMALL, n_meta_iter=200, early_stopping=False)
+    decided = []
+
+    def network_alone_wins(with_base, without):
+        decided.append((with_base, without))
+        return False
+
+    monkeypatch.setattr(pooled_base, "base_pays", network_alone_wins)
+    model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
+    assert len(decided) == 1 and sorted(decided[0][0]) == [4, 10, 25]  # every support size
+    for attr in ("base_estimator_", "random_intercept_", "uncorrected_sizes_"):
+        assert attr not in model.__dict__, attr
+    assert set(model.base_scores_) >= {"ridge", "held-out error, network alone"}
+    alone = ReptileRegressor(base_estimator=None, **params).meta_fit(X, y, groups=g)
+    np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)
+    again = pickle.loads(pickle.dumps(model))
+    Xs, ys, Xq, _ = new_groups(*linear_with_intercepts(3, 10, seed=8), k=4)
+    np.testing.assert_array_equal(
+        again.few_shot_predict(Xs, ys, Xq), alone.few_shot_predict(Xs, ys, Xq)
+    )
+    # A warm start goes on without the base model, as the network alone would.
+    for m in (model, alone):
+        m.set_params(warm_start=True, n_meta_iter=300).meta_fit(X, y, groups=g)
+    assert "base_estimator_" not in model.__dict__ and len(decided) == 1
+    np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)

@@ -3,15 +3,12 @@
 The learned state is kept in numpy arrays (``meta_params_``, ``params_`` and the
 scaling statistics) so that estimators pickle, clone and move between machines
 without torch objects; the torch network and the tensors on the device are a
-cache rebuilt on demand.
-
-``meta_fit`` hands the training loop (:mod:`skreptile._training`) the
-estimator's settings and :class:`~skreptile._estimators.meta_fit_hooks.EstimatorHooks`
-and stores the result.  ``fit`` adapts on the backend the engine chooses
-(:mod:`skreptile._estimators.single_task`); many tasks at once (``few_shot_predict``,
-evaluation, validation) go through :mod:`skreptile._estimators.batch_adaptation`.
-The two estimators differ only by the family hooks, the abstract methods of
-:class:`BaseReptile`.
+cache rebuilt on demand.  ``meta_fit`` hands the training loop
+(:mod:`skreptile._training`) the estimator's settings and
+:class:`~skreptile._estimators.meta_fit_hooks.EstimatorHooks` and stores the result.
+``fit`` adapts on the backend the engine chooses (:mod:`skreptile._estimators.single_task`);
+many tasks at once go through :mod:`skreptile._estimators.batch_adaptation`.  The two
+estimators differ only by the family hooks, the abstract methods of :class:`BaseReptile`.
 """
 
 from __future__ import annotations
@@ -211,6 +208,9 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         """A pooled model under the network (:meth:`MetaFitHooks.pooled_base`): none by default."""
         return sampler, by_size, validation_tasks, None
 
+    def _settle_base(self, task_sampler, validation_tasks, result, continued):
+        """Settle the pooled model once ``meta_fit`` stored ``result``: none by default."""
+
     def _meta_family_state(self):
         """The family's part of the meta-learned state, as its :class:`TaskFamily` gives it."""
         return {}
@@ -257,9 +257,11 @@ class BaseReptile(LearnedStateMixin, FewShotMixin, BaseEstimator, metaclass=abc.
         """
         self._validate_params()
         task_sampler = task_sampler_of(task_sampler, y, groups)
+        continued = self.warm_start and self._is_meta_fitted()
         with self._unchanged_on_error():
             result = run_meta_fit(EstimatorHooks(self), task_sampler, validation_tasks)
             store_meta_fit(self, result)
+            self._settle_base(task_sampler, validation_tasks, result, continued)
         return self
 
     # ------------------------------------------------------------ adaptation

@@ -31,7 +31,6 @@ import torch
 
 from .._engine.device import resolve_device
 from .._version import __version__
-from .pooled_base import uncorrected_sizes
 
 # Parameters that shape the meta-learned initialisation: changing one after
 # meta_fit makes fit and predict refuse until meta_fit is called again.
@@ -285,13 +284,24 @@ def store_meta_fit(est, result):
     for attr in ("base_estimator_", "base_scores_", "random_intercept_"):
         state.pop(attr, None)
     state.pop("uncorrected_sizes_", None)
-    if result.base is not None:
+    if result.base is not None:  # uncorrected_sizes_ is the family's to settle
         state.update(result.base.attributes())
-        state["uncorrected_sizes_"] = uncorrected_sizes(est, result.base)
     if result.adaptation_by_support is None:
         state.pop("adaptation_by_support_", None)
     else:
         est.adaptation_by_support_ = result.adaptation_by_support
+
+
+def adopt_meta_state(est, other):
+    """Give ``est`` what ``other`` meta-learned (its parameters and ``meta_config_`` stay)."""
+    for attr in META_STATE:
+        if attr == "meta_config_":
+            continue
+        if attr in other.__dict__:
+            est.__dict__[attr] = other.__dict__[attr]
+        else:
+            est.__dict__.pop(attr, None)
+    est._cache = dict(other._cache)
 
 
 def _snapshot(value):

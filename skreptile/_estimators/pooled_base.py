@@ -5,22 +5,31 @@ row, the group ignored) plus the new group's offset.  With a base model the
 network meta-learns and adapts the *correction* of the pooled model per group:
 ``predict(X) = base.predict(X) + network(X)``.
 
-The base model is fitted once, on the meta-training rows (the held-out
-validation groups excluded).  The tasks the network meta-trains on must not
-see fits of their own rows: a pooled model fitted on a group predicts that
+The tasks the network meta-trains on must not see fits of their own rows: a
+pooled model fitted on a group predicts that
 group better than it will predict a new one, and a correction learned from
 such leaked fits would be too small.  So meta-training targets are the
 residuals of *out-of-group* predictions: ``GroupKFold`` cross-fitting over the
 meta-training groups (``N_FOLDS`` folds).  The held-out validation groups
-(and ``fit``, ``predict`` and ``few_shot_predict`` on new groups) use the model
-fitted on every meta-training row, which never saw them.
+use the model fitted on every meta-training row, which never saw them.  Once
+every choice made on them is made, the model is refitted on every row, the
+held-out groups included, for ``fit``, ``predict`` and ``few_shot_predict`` on
+new groups: more groups make a better pooled model (the statistician's
+gradient-boosted model plus BLUP offset fitted on 80% of the training groups
+had a 2% higher error on kc_house's new groups, 4% on txhousing's).
 
 ``"auto"`` cross-fits each candidate of ``CANDIDATES`` and scores it on the
 groups each fold held out as a statistician would use it: the expected error
 on a new group of the pooled prediction plus the BLUP of the group's offset
 from the monitored number of support rows (:func:`_expected_error`), against
 the same for the overall mean (no base).  A candidate is used only when its
-error is below ``MIN_GAIN`` times that of the mean; otherwise,
+error is below ``MIN_GAIN`` times that of the mean.  That score judges the
+pooled model as a statistician would use it, not what the network makes of
+its residuals (on daily temperature curves the network on a gradient-boosted
+model's residuals lost to the network alone by 40%), so the network is then
+meta-trained again without the base model, from the same seed and on the same
+held-out groups, and the base model is kept only if the network on it scores
+better there (:func:`base_pays`).  With no base model chosen,
 and whenever nothing is held out (infinite samplers, too few groups,
 ``validation_fraction=None``) or the targets have several outputs, there is
 no base model, so the sine demo and generated tasks are unchanged.
@@ -40,6 +49,7 @@ from .._engine.random_effects import blup_intercept, intercept_variance_componen
 from ..tasks._base import sampler_kind
 from ..tasks._validation import host_array
 from .adaptation import nearest_row
+from .learned_state import adopt_meta_state
 
 N_FOLDS = 5
 # What is more complex must beat what is simpler by this factor on the held-out groups to be
@@ -236,6 +246,27 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     return sampler, by_size, validation_tasks, PooledBase(model, name, scores, variances, held_out)
 
 
+def held_out_errors(est, held_out):
+    """``{support size: every held-out task's query MSE}`` of ``est`` adapting as
+    ``few_shot_predict`` does."""
+    errors = {}
+    for size, splits in held_out.items():
+        Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
+        errors[size] = _task_errors(est.few_shot_predict(Xs, ys, Xq), splits)
+    return errors
+
+
+def _means(errors):
+    return {size: float(e.mean()) for size, e in errors.items()}
+
+
+def base_pays(with_base, without):
+    """Whether the held-out error with the base model is lower: the geometric mean over the
+    support sizes of the ratio of mean errors below 1."""
+    ratios = [with_base[k].mean() / without[k].mean() for k in with_base]
+    return bool(np.mean(np.log(ratios)) < 0.0)
+
+
 def _task_errors(preds, splits):
     return np.array([np.mean((np.ravel(s[3]) - np.ravel(p)) ** 2) for p, s in zip(preds, splits)])
 
@@ -290,7 +321,42 @@ class PooledBaseMixin:
         return self.__dict__.get("base_estimator_")
 
     def _pooled_base(self, sampler, by_size, validation_tasks):
-        return pooled_base(self.base_estimator, sampler, by_size, validation_tasks)
+        spec = self.base_estimator
+        if isinstance(spec, str) and self.warm_start and self._is_meta_fitted():
+            # A warm start continues what meta_fit settled on, base model or none.
+            spec = spec if self._base_model() is not None else None
+        return pooled_base(spec, sampler, by_size, validation_tasks)
+
+    def _settle_base(self, task_sampler, validation_tasks, result, continued):
+        """With ``"auto"``, keep the base model only if the network on it beats the network
+        alone on the held-out tasks (:func:`base_pays`); refit a kept one on every row."""
+        base = result.base
+        if base is None:
+            return
+        self.uncorrected_sizes_ = uncorrected_sizes(self, base)
+        if base.model is None:
+            return
+        if isinstance(self.base_estimator, str) and base.held_out and not continued:
+            # The same run without a base model: same seed, so the same held-out tasks.
+            alone = clone(self).set_params(
+                base_estimator=None, random_state=result.seed, checkpoint_path=None
+            )
+            alone.meta_fit(task_sampler, validation_tasks=validation_tasks)
+            with_base = held_out_errors(self, base.held_out)
+            without = held_out_errors(alone, base.held_out)
+            scores = dict(self.base_scores_ or {})
+            scores["held-out error, network on the base model"] = _means(with_base)
+            scores["held-out error, network alone"] = _means(without)
+            if not base_pays(with_base, without):
+                adopt_meta_state(self, alone)
+                self.base_scores_ = scores
+                return
+            self.base_scores_ = scores
+        if validation_tasks is None:
+            # Decisions made, the held-out groups' rows join the base model's fit.
+            X, y, _ = rows_of(task_sampler)
+            model = _candidates(self.base_estimator)[base.name]
+            self.base_estimator_ = _fit(model, X, y.reshape(len(y)), base.name)
 
     def _group_offset(self, residuals):
         """The BLUP of a group's offset from its support residuals (0 without a base model)."""

@@ -81,20 +81,23 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         unit variance; only a column constant to float64 rounding is left as is.
     {shared_run}
     base_estimator : "auto", scikit-learn regressor or None, default=None
-        A pooled model under the network: fitted once by :meth:`meta_fit` on
-        every meta-training row (groups ignored), it predicts, and the network
+        A pooled model under the network: it predicts, and the network
         meta-learns and adapts the correction per group, as a mixed model
         adapts a group's random effect.  Meta-training tasks see out-of-group
         (``GroupKFold`` cross-fitted) predictions, never a fit of their own
-        rows.  "auto" chooses among none, a ridge and a histogram
+        rows.  Once the choices below are made on the held-out groups, the
+        model is refitted on every row of the table, held-out groups
+        included.  "auto" chooses among none, a ridge and a histogram
         gradient-boosted model by their cross-fitted error on groups they never
         saw (pooled prediction plus the BLUP of the group's offset), and uses
-        one only if it beats the overall mean by 5%; none for generated tasks
-        (an infinite sampler), without held-out groups, or with several
-        targets.  An explicit regressor needs a ``GroupTaskSampler`` or a list
-        of tasks, and one target.  Not the default: measured on the five
-        shared tables, "auto" helped on chem97 and kc_house and hurt on
-        txhousing and Beijing (see the real-data page).
+        one only if it beats the overall mean by 5%; it then meta-trains the
+        network again without it (same seed, same held-out groups, no
+        checkpoint) and keeps the base model only if the network on it has the
+        lower held-out error (geometric mean over the support sizes), so
+        "auto" can take two meta-trainings.  None for generated tasks (an
+        infinite sampler), without held-out groups, or with several targets.
+        An explicit regressor needs a ``GroupTaskSampler`` or a list of tasks,
+        and one target.
 
     Attributes
     ----------
@@ -122,7 +125,10 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         without one.
     base_scores_ : dict or None
         With ``base_estimator="auto"`` and held-out groups: the cross-fitted
-        error of each candidate (and of the overall mean) that chose it.
+        error of each candidate (and of the overall mean) that chose it and,
+        where one was chosen, ``"held-out error, network on the base model"``
+        and ``"held-out error, network alone"`` (mean query MSE by support
+        size) that decided whether to keep it.
     random_intercept_ : dict or None
         ``{"between", "within"}``: the variances of the groups' offsets from
         the base model and of the rows around them (ANOVA moments of the

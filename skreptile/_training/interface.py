@@ -113,6 +113,7 @@ class MetaFitResult:
     net: Any
     device: Any
     base: Any = None  # what pooled_base learned (opaque to the loop)
+    seed: int | None = None  # the run's seed: a second run from it holds out the same tasks
 
 
 class MetaFitHooks(abc.ABC):

@@ -298,6 +298,7 @@ def _run(hooks, task_sampler, validation_tasks, device, group, restart, bases):
         net=net,
         device=device,
         base=base,
+        seed=int(seed),
     )
     if group is not None:
         group.finish()  # every rank got here: none can fail any more
