@@ -80,7 +80,7 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         However small a column's spread (data in small units), it is scaled to
         unit variance; only a column constant to float64 rounding is left as is.
     {shared_run}
-    base_estimator : "auto", scikit-learn regressor or None, default=None
+    base_estimator : "auto", scikit-learn regressor or None, default="auto"
         A pooled model under the network: it predicts, and the network
         meta-learns and adapts the correction per group, as a mixed model
         adapts a group's random effect.  Meta-training tasks see out-of-group
@@ -219,7 +219,7 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         checkpoint_path=None,
         checkpoint_interval=1000,
         callbacks=None,
-        base_estimator=None,
+        base_estimator="auto",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
