@@ -94,10 +94,10 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         network again without it (same seed, same held-out groups, no
         checkpoint) and keeps the base model only if the network on it has the
         lower held-out error (geometric mean over the support sizes), so
-        "auto" can take two meta-trainings.  None for generated tasks (an
-        infinite sampler), without held-out groups, or with several targets.
-        An explicit regressor needs a ``GroupTaskSampler`` or a list of tasks,
-        and one target.
+        "auto" can take two meta-trainings (``callbacks`` and ``verbose`` see
+        both).  None for generated tasks (an infinite sampler), without
+        held-out groups, or with several targets.  An explicit regressor needs
+        a ``GroupTaskSampler`` or a list of tasks, and one target.
 
     Attributes
     ----------
