@@ -7,7 +7,8 @@ episodes on classes 5-9.  Omniglot's minimal sets: meta-train on
 that the first lacks.  Each episode has ``--n-query`` query examples per
 class; accuracies are means over episodes with 95% confidence intervals.
 
-Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``), ``before``
+Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``), ``convnet`` (the
+same with ``module=ConvNet``), ``before``
 (the defaults before issue 22: 50 adaptation steps at ``inner_lr``, no
 hold-out, no early stopping) and, on Omniglot, ``paper`` (the paper's
 ConvNet with Adam inner steps, 10 examples per class in meta-training
@@ -128,6 +129,10 @@ def main():
                         random_state=seed,
                     )  # fmt: skip
                     model, seconds = paper_model(n_way, seed, shots, budget)
+                elif recipe == "convnet":  # every default but the paper's ConvNet
+                    from skreptile.nn import ConvNet
+
+                    model, seconds = meta_fitted(dict(random_state=seed, module=ConvNet), sampler)
                 else:
                     params = dict(random_state=seed, **({} if recipe == "defaults" else BEFORE))
                     model, seconds = meta_fitted(params, sampler)
