@@ -253,6 +253,12 @@ def test_the_kept_base_model_is_refitted_on_every_row_held_out_groups_included()
     assert RowCounting.rows[-2] == 160 and RowCounting.rows[-1] == 200
     reference = LinearRegression().fit(X, y)
     np.testing.assert_allclose(model.base_estimator_.coef_, reference.coef_)
+    # With nothing held out, the one fit already saw every row: no second fit.
+    RowCounting.rows = []
+    ReptileRegressor(base_estimator=RowCounting(), validation_fraction=None, **SMALL).meta_fit(
+        X, y, groups=g
+    )
+    assert RowCounting.rows[5:] == [200]  # after the 5 cross-fits
 
 
 def test_auto_keeps_the_network_alone_where_it_wins_and_a_warm_start_continues_it(monkeypatch):

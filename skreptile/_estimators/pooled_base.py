@@ -6,9 +6,8 @@ network meta-learns and adapts the *correction* of the pooled model per group:
 ``predict(X) = base.predict(X) + network(X)``.
 
 The tasks the network meta-trains on must not see fits of their own rows: a
-pooled model fitted on a group predicts that
-group better than it will predict a new one, and a correction learned from
-such leaked fits would be too small.  So meta-training targets are the
+pooled model fitted on a group predicts that group better than it will predict
+a new one, and a correction learned from such leaked fits would be too small.  So meta-training targets are the
 residuals of *out-of-group* predictions: ``GroupKFold`` cross-fitting over the
 meta-training groups (``N_FOLDS`` folds).  The held-out validation groups
 use the model fitted on every meta-training row, which never saw them.  Once
@@ -29,10 +28,10 @@ its residuals (on daily temperature curves the network on a gradient-boosted
 model's residuals lost to the network alone by 40%), so the network is then
 meta-trained again without the base model, from the same seed and on the same
 held-out groups, and the base model is kept only if the network on it scores
-better there (:func:`base_pays`).  With no base model chosen,
-and whenever nothing is held out (infinite samplers, too few groups,
-``validation_fraction=None``) or the targets have several outputs, there is
-no base model, so the sine demo and generated tasks are unchanged.
+better there (:func:`base_pays`).  Whenever nothing is held out (infinite
+samplers, too few groups, ``validation_fraction=None``) or the targets have
+several outputs, "auto" gives no base model, so the sine demo and generated
+tasks are unchanged.
 """
 
 from __future__ import annotations
@@ -352,8 +351,9 @@ class PooledBaseMixin:
                 self.base_scores_ = scores
                 return
             self.base_scores_ = scores
-        if validation_tasks is None:
-            # Decisions made, the held-out groups' rows join the base model's fit.
+        if validation_tasks is None and base.held_out:
+            # Decisions made, the held-out groups' rows join the base model's fit (with
+            # nothing held out, the model already saw every row).
             X, y, _ = rows_of(task_sampler)
             model = _candidates(self.base_estimator)[base.name]
             self.base_estimator_ = _fit(model, X, y.reshape(len(y)), base.name)
