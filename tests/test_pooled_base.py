@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.linear_model import LinearRegression
 
 from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
+from skreptile.evaluation import PooledRandomIntercept
 from skreptile._estimators.pooled_base import group_offset, intercept_variances
 
 BETA = np.array([1.0, -2.0, 0.5])
@@ -231,8 +232,9 @@ def test_a_step_size_back_off_reuses_the_base_models_fit():
     model = ReptileRegressor(base_estimator=CountingLinear(), inner_lr=3.0, **params)
     model.meta_fit(X, y, groups=g)
     assert model.step_size_info_["backoffs"] >= 1  # else this test could not tell
-    # Cross-fitting over 5 folds, the fit for the decisions, the refit on every row: once each.
-    assert CountingLinear.fits == 5 + 1 + 1
+    # Cross-fitting over 5 folds, the fit for the decisions, then the variances' cross-fitting
+    # and the refit on every row: once each.
+    assert CountingLinear.fits == 5 + 1 + 5 + 1
 
 
 class RowCounting(LinearRegression):
@@ -249,10 +251,18 @@ def test_the_kept_base_model_is_refitted_on_every_row_held_out_groups_included()
     X, y, g = linear_with_intercepts(20, 10, seed=6)
     RowCounting.rows = []
     model = ReptileRegressor(base_estimator=RowCounting(), **SMALL).meta_fit(X, y, groups=g)
-    # 4 of the 20 groups were held out for the decisions; the final fit sees all 200 rows.
-    assert RowCounting.rows[-2] == 160 and RowCounting.rows[-1] == 200
+    # 4 of the 20 groups were held out for the decisions; the final fit sees all 200 rows, and
+    # the variances of the offsets come from cross-fitting over every group, as the
+    # statistician's pooled model with a random intercept estimates them.
+    assert RowCounting.rows[5] == 160 and RowCounting.rows[-1] == 200
+    assert sum(RowCounting.rows[-6:-1]) == 4 * 200  # 5 folds of the 200 rows
     reference = LinearRegression().fit(X, y)
     np.testing.assert_allclose(model.base_estimator_.coef_, reference.coef_)
+    statistician = PooledRandomIntercept(LinearRegression()).meta_fit(X, y, g)
+    np.testing.assert_allclose(
+        [model.random_intercept_["between"], model.random_intercept_["within"]],
+        [statistician.tau2_, statistician.sigma2_],
+    )
     # With nothing held out, the one fit already saw every row: no second fit.
     RowCounting.rows = []
     ReptileRegressor(base_estimator=RowCounting(), validation_fraction=None, **SMALL).meta_fit(

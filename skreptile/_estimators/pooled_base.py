@@ -352,11 +352,16 @@ class PooledBaseMixin:
                 return
             self.base_scores_ = scores
         if validation_tasks is None and base.held_out:
-            # Decisions made, the held-out groups' rows join the base model's fit (with
-            # nothing held out, the model already saw every row).
-            X, y, _ = rows_of(task_sampler)
+            # Decisions made, the held-out groups' rows join the base model's fit and the
+            # estimate of its offsets' variances, as the statistician's model uses every
+            # group (with nothing held out, both already saw every row).
+            X, y, groups = rows_of(task_sampler)
+            y = y.reshape(len(y))
             model = _candidates(self.base_estimator)[base.name]
-            self.base_estimator_ = _fit(model, X, y.reshape(len(y)), base.name)
+            n_folds = min(N_FOLDS, int(groups.max()) + 1)
+            residuals = y - _cross_fitted(model, X, y, groups, n_folds, base.name)
+            self.random_intercept_ = intercept_variances(residuals, groups)
+            self.base_estimator_ = _fit(model, X, y, base.name)
 
     def _group_offset(self, residuals):
         """The BLUP of a group's offset from its support residuals (0 without a base model)."""

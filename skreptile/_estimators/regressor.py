@@ -132,7 +132,8 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
     random_intercept_ : dict or None
         ``{"between", "within"}``: the variances of the groups' offsets from
         the base model and of the rows around them (ANOVA moments of the
-        cross-fitted residuals).  A new group's offset is the mean residual
+        cross-fitted residuals of every group, held-out ones included).  A new
+        group's offset is the mean residual
         of its ``K`` support rows shrunk by ``K between / (K between +
         within)``, the BLUP of a random intercept; the network adapts to what
         remains.
