@@ -8,7 +8,8 @@ that the first lacks.  Each episode has ``--n-query`` query examples per
 class; accuracies are means over episodes with 95% confidence intervals.
 
 Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``), ``convnet`` (the
-same with ``module=ConvNet``), ``before``
+same with ``module=ConvNet``), ``convnet-8-steps`` (the same with
+``adapt_steps=8``: validation adapts 8 steps instead of up to 128), ``before``
 (the defaults before issue 22: 50 adaptation steps at ``inner_lr``, no
 hold-out, no early stopping) and, on Omniglot, ``paper`` (the paper's
 ConvNet with Adam inner steps, 10 examples per class in meta-training
@@ -129,10 +130,13 @@ def main():
                         random_state=seed,
                     )  # fmt: skip
                     model, seconds = paper_model(n_way, seed, shots, budget)
-                elif recipe == "convnet":  # every default but the paper's ConvNet
+                elif recipe in ("convnet", "convnet-8-steps"):  # every default but these
                     from skreptile.nn import ConvNet
 
-                    model, seconds = meta_fitted(dict(random_state=seed, module=ConvNet), sampler)
+                    params = dict(random_state=seed, module=ConvNet)
+                    if recipe == "convnet-8-steps":
+                        params["adapt_steps"] = 8  # fixed a priori: validation adapts 8 steps
+                    model, seconds = meta_fitted(params, sampler)
                 else:
                     params = dict(random_state=seed, **({} if recipe == "defaults" else BEFORE))
                     model, seconds = meta_fitted(params, sampler)

@@ -9,8 +9,8 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.linear_model import LinearRegression
 
 from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
-from skreptile.evaluation import PooledRandomIntercept
 from skreptile._estimators.pooled_base import group_offset, intercept_variances
+from skreptile.evaluation import PooledRandomIntercept
 
 BETA = np.array([1.0, -2.0, 0.5])
 SMALL = dict(n_meta_iter=100, hidden_layer_sizes=(8,), device="cpu", random_state=0)
