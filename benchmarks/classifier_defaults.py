@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--n-query", type=int, default=1)
     parser.add_argument("--recipes", nargs="+", default=["defaults", "before"])
+    parser.add_argument("--ways", type=int, nargs="+", default=[5, 20], help="Omniglot's N")
     default_dir = Path(__file__).resolve().parents[2] / "shared/data/omniglot"
     parser.add_argument("--data-dir", default=str(default_dir))
     args = parser.parse_args()
@@ -109,7 +110,7 @@ def main():
         keep = np.isin(np.asarray(other.alphabet_names)[other.alphabet], held)
         X_train, y_train = background.images, background.target
         X_test, y_test = other.images[keep], other.target[keep]
-        ways, augment = (5, 20), "rot90"
+        ways, augment = tuple(args.ways), "rot90"
     rows = []
     for n_way in ways:
         test = ClassTaskSampler(X_test, y_test, n_way=n_way, k_shot=1)
