@@ -9,7 +9,9 @@ class; accuracies are means over episodes with 95% confidence intervals.
 
 Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``), ``convnet`` (the
 same with ``module=ConvNet``), ``convnet-8-steps`` (the same with
-``adapt_steps=8``: validation adapts 8 steps instead of up to 128), ``before``
+``adapt_steps=8``: validation adapts 8 steps instead of up to 128),
+``convnet-8-steps-10-shot`` (the same on meta-training tasks of 10 examples
+per class, as the paper's), ``before``
 (the defaults before issue 22: 50 adaptation steps at ``inner_lr``, no
 hold-out, no early stopping) and, on Omniglot, ``paper`` (the paper's
 ConvNet with Adam inner steps, 10 examples per class in meta-training
@@ -131,13 +133,19 @@ def main():
                         random_state=seed,
                     )  # fmt: skip
                     model, seconds = paper_model(n_way, seed, shots, budget)
-                elif recipe in ("convnet", "convnet-8-steps"):  # every default but these
+                elif recipe.startswith("convnet"):  # every default but these
                     from skreptile.nn import ConvNet
 
                     params = dict(random_state=seed, module=ConvNet)
-                    if recipe == "convnet-8-steps":
+                    if recipe != "convnet":
                         params["adapt_steps"] = 8  # fixed a priori: validation adapts 8 steps
-                    model, seconds = meta_fitted(params, sampler)
+                    tasks = sampler
+                    if recipe == "convnet-8-steps-10-shot":  # the paper's meta-training tasks
+                        tasks = ClassTaskSampler(
+                            X_train, y_train, n_way=n_way, k_shot=10, augment=augment,
+                            random_state=seed,
+                        )  # fmt: skip
+                    model, seconds = meta_fitted(params, tasks)
                 else:
                     params = dict(random_state=seed, **({} if recipe == "defaults" else BEFORE))
                     model, seconds = meta_fitted(params, sampler)
