@@ -11,7 +11,8 @@ Recipes: ``defaults`` (``ReptileClassifier(random_state=seed)``), ``convnet`` (t
 same with ``module=ConvNet``), ``convnet-8-steps`` (the same with
 ``adapt_steps=8``: validation adapts 8 steps instead of up to 128),
 ``convnet-8-steps-10-shot`` (the same on meta-training tasks of 10 examples
-per class, as the paper's), ``before``
+per class, as the paper's), ``defaults-10-shot`` (every default on those
+tasks), ``before``
 (the defaults before issue 22: 50 adaptation steps at ``inner_lr``, no
 hold-out, no early stopping) and, on Omniglot, ``paper`` (the paper's
 ConvNet with Adam inner steps, 10 examples per class in meta-training
@@ -146,6 +147,12 @@ def main():
                             random_state=seed,
                         )  # fmt: skip
                     model, seconds = meta_fitted(params, tasks)
+                elif recipe == "defaults-10-shot":  # on the paper's meta-training tasks
+                    tasks = ClassTaskSampler(
+                        X_train, y_train, n_way=n_way, k_shot=10, augment=augment,
+                        random_state=seed,
+                    )  # fmt: skip
+                    model, seconds = meta_fitted(dict(random_state=seed), tasks)
                 else:
                     params = dict(random_state=seed, **({} if recipe == "defaults" else BEFORE))
                     model, seconds = meta_fitted(params, sampler)
