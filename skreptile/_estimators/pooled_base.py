@@ -139,6 +139,11 @@ def residual_splits(model, variances, splits):
     return [_residual_split(model, variances, s) for s in splits]
 
 
+def _n_folds(groups):
+    """Folds of the grouped cross-fitting: ``N_FOLDS``, or one per group when fewer."""
+    return min(N_FOLDS, int(groups.max()) + 1)
+
+
 def _cross_fitted(model, X, y, groups, n_folds, name):
     """Out-of-group predictions of every row (``GroupKFold`` cross-fitting)."""
     try:
@@ -215,7 +220,7 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     )
     if auto and not scoring:
         return sampler, by_size, validation_tasks, None
-    n_folds = min(N_FOLDS, int(groups.max()) + 1)
+    n_folds = _n_folds(groups)
     if n_folds < 2:
         raise ValueError("base_estimator needs tasks from at least 2 groups to cross-fit.")
     # Out-of-group predictions: no task meta-trains on a fit of its own rows, and "auto"
@@ -358,8 +363,7 @@ class PooledBaseMixin:
             X, y, groups = rows_of(task_sampler)
             y = y.reshape(len(y))
             model = _candidates(self.base_estimator)[base.name]
-            n_folds = min(N_FOLDS, int(groups.max()) + 1)
-            residuals = y - _cross_fitted(model, X, y, groups, n_folds, base.name)
+            residuals = y - _cross_fitted(model, X, y, groups, _n_folds(groups), base.name)
             self.random_intercept_ = intercept_variances(residuals, groups)
             self.base_estimator_ = _fit(model, X, y, base.name)
 
