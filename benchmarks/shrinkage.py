@@ -35,7 +35,9 @@ def measure(model, X, y, K):
     """(effective shrinkage, query MSE) of ``model`` on new groups with ``K`` support rows.
 
     The shrinkage is measured for the network alone; with a base model the offset
-    is the BLUP by construction (``random_intercept_``), and NaN is printed.
+    is the BLUP by construction (``random_intercept_``), averaged with the
+    network at the weights printed after the row (``network_weights_``), and
+    NaN is printed.
     """
     Xs, ys, Xq, yq = X[:, :K], y[:, :K], X[:, K:], y[:, K:]
     adapted = model.few_shot_predict(Xs, ys, Xq)
@@ -77,7 +79,12 @@ def main(argv=None):
                     oracle_q = Xn[:, K:] @ BETA + blup * resid.mean(axis=1, keepdims=True)
                     oracle = np.mean((oracle_q - yn[:, K:]) ** 2)
                     cells.append(f"   {slope:5.2f} ({blup:4.2f}) {mse / oracle:5.3f}")
-                print(f"{tau:3.1f} {seed:4d} {name:17s}" + "".join(cells), flush=True)
+                weights = model.__dict__.get("network_weights_")
+                print(
+                    f"{tau:3.1f} {seed:4d} {name:17s}" + "".join(cells),
+                    f"  network weights {weights}" if weights else "",
+                    flush=True,
+                )
     return 0
 
 

@@ -103,10 +103,13 @@ def test_auto_base_is_within_3_percent_of_the_oracle_blup_on_a_random_intercept_
     model = ReptileRegressor(base_estimator="auto", random_state=0, device="cpu")
     model.meta_fit(X, y, groups=g)
     assert model.base_estimator_ is not None  # "auto" found the pooled linear trend
-    # ... and kept it because the network on it beat the network alone on the held-out groups.
+    # ... and the network alone scored worse on the held-out groups than the mixed model, at
+    # every support size, so every weight beside it is 0: the model is the mixed model.
     scores = model.base_scores_
-    with_base = scores["held-out error, network on the base model"]
-    assert all(with_base[k] < scores["held-out error, network alone"][k] for k in with_base)
+    network = scores["held-out error, network"]
+    averaged = scores["held-out error, network averaged with the base model"]
+    assert all(averaged[k] < network[k] for k in network)
+    assert model.base_mode_ == "average" and set(model.network_weights_.values()) == {0.0}
     Xs, ys, Xq, yq = new_groups(*linear_with_intercepts(150, 20, seed=100), k=5)
     error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
     # The oracle: the true coefficients and variances (tau2 = sigma2 = 1).
@@ -129,10 +132,12 @@ def test_groups_with_their_own_nonlinear_curves_beat_the_blup_clearly():
     X, y, g = curves_per_group(40, 20, seed=0)
     params = dict(random_state=0, device="cpu", n_meta_iter=1500)
     model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
-    # The cross-fitted pooled models beat the mean, but the network on their residuals lost to
-    # the network alone on the held-out groups: "auto" kept the network alone, bit for bit.
+    # The cross-fitted pooled models beat the mean, but any average with them scored worse on
+    # the held-out groups than the network alone: "auto" dropped them, and the model is the
+    # network alone, bit for bit.
     assert model.base_scores_["hist_gradient_boosting"] < 0.95 * model.base_scores_["support mean"]
-    assert "base_estimator_" not in model.__dict__
+    for attr in ("base_estimator_", "base_mode_", "network_weights_", "random_intercept_"):
+        assert attr not in model.__dict__, attr
     alone = ReptileRegressor(base_estimator=None, **params).meta_fit(X, y, groups=g)
     np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)
     Xs, ys, Xq, yq = new_groups(*curves_per_group(60, 20, seed=100), k=5)
@@ -271,32 +276,56 @@ def test_the_kept_base_model_is_refitted_on_every_row_held_out_groups_included()
     assert RowCounting.rows[5:] == [200]  # after the 5 cross-fits
 
 
-def test_auto_keeps_the_network_alone_where_it_wins_and_a_warm_start_continues_it(monkeypatch):
-    import skreptile._estimators.pooled_base as pooled_base
+def statisticians(model, Xs, ys, Xq):
+    """The fitted base model plus each task's BLUP offset: the network's weight-0 prediction."""
+    base, variances = model.base_estimator_, model.random_intercept_
+    return np.stack(
+        [
+            base.predict(xq) + group_offset(variances, y_ - base.predict(xs))
+            for xs, y_, xq in zip(Xs, ys, Xq)
+        ]
+    )
 
+
+def test_auto_averages_the_network_alone_with_the_base_model_and_a_warm_start_continues_it():
     X, y, g = linear_with_intercepts(20, 10, seed=7)
     params = dict(SMALL, n_meta_iter=200, early_stopping=False)
-    decided = []
-
-    def network_alone_wins(with_base, without):
-        decided.append((with_base, without))
-        return False
-
-    monkeypatch.setattr(pooled_base, "base_pays", network_alone_wins)
     model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
-    assert len(decided) == 1 and sorted(decided[0][0]) == [4, 10, 25]  # every support size
-    for attr in ("base_estimator_", "random_intercept_", "uncorrected_sizes_"):
-        assert attr not in model.__dict__, attr
-    assert set(model.base_scores_) >= {"ridge", "held-out error, network alone"}
+    assert model.base_mode_ == "average" and sorted(model.network_weights_) == [4, 10, 25]
+    # The network meta-trained on the targets themselves: the run without a base model.
     alone = ReptileRegressor(base_estimator=None, **params).meta_fit(X, y, groups=g)
     np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)
-    again = pickle.loads(pickle.dumps(model))
+    # Every prediction is the statistician's plus the network's weight times the difference
+    # (weights set here, so that every one of them is tested whatever was chosen).
+    model.network_weights_ = {4: 0.25, 10: 0.75, 25: 1.0}
     Xs, ys, Xq, _ = new_groups(*linear_with_intercepts(3, 10, seed=8), k=4)
-    np.testing.assert_array_equal(
-        again.few_shot_predict(Xs, ys, Xq), alone.few_shot_predict(Xs, ys, Xq)
-    )
-    # A warm start goes on without the base model, as the network alone would.
+    mixed = statisticians(model, Xs, ys, Xq)
+    expected = mixed + 0.25 * (alone.few_shot_predict(Xs, ys, Xq) - mixed)
+    for again in (model, pickle.loads(pickle.dumps(model))):
+        np.testing.assert_allclose(again.few_shot_predict(Xs, ys, Xq), expected, rtol=1e-6)
+        fitted = again.fit(Xs[0], ys[0])
+        np.testing.assert_allclose(fitted.predict(Xq[0]), expected[0], rtol=1e-5, atol=1e-6)
+        assert fitted.network_weight_ == 0.25
+    # A warm start goes on with the network alone, still averaged with the base model.
     for m in (model, alone):
         m.set_params(warm_start=True, n_meta_iter=300).meta_fit(X, y, groups=g)
-    assert "base_estimator_" not in model.__dict__ and len(decided) == 1
+    assert model.base_mode_ == "average" and sorted(model.network_weights_) == [4, 10, 25]
     np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)
+
+
+def test_the_networks_weight_scales_its_correction_of_the_base_model():
+    X, y, g = linear_with_intercepts(20, 10, seed=9)
+    model = ReptileRegressor(base_estimator=LinearRegression(), **SMALL).meta_fit(X, y, groups=g)
+    assert model.base_mode_ == "residuals" and sorted(model.network_weights_) == [4, 10, 25]
+    Xs, ys, Xq, _ = new_groups(*linear_with_intercepts(3, 10, seed=10), k=4)
+    preds = {}
+    for weight in (0.0, 0.5, 1.0):
+        model.network_weights_ = {4: weight, 10: 1.0, 25: 1.0}
+        preds[weight] = model.few_shot_predict(Xs, ys, Xq)
+        np.testing.assert_allclose(
+            model.fit(Xs[1], ys[1]).predict(Xq[1]), preds[weight][1], rtol=1e-5, atol=1e-6
+        )
+    # Weight 0 is the pooled model plus the BLUP offset; 0.5 halves the network's correction.
+    np.testing.assert_allclose(preds[0.0], statisticians(model, Xs, ys, Xq), rtol=1e-6)
+    np.testing.assert_allclose(preds[0.5], (preds[0.0] + preds[1.0]) / 2, rtol=1e-5)
+    assert np.abs(preds[1.0] - preds[0.0]).max() > 1e-3  # else this test could not tell

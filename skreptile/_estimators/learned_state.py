@@ -76,7 +76,8 @@ META_STATE = (
     "base_estimator_",
     "base_scores_",
     "random_intercept_",
-    "uncorrected_sizes_",
+    "base_mode_",
+    "network_weights_",
 )
 
 _VERSION_KEY = "_skreptile_version"
@@ -256,7 +257,7 @@ def store_meta_fit(est, result):
         "_y_1d",
         "feature_names_in_",
         "group_offset_",
-        "corrected_",
+        "network_weight_",
     ):
         state.pop(attr, None)
     est.meta_params_ = result.meta_params
@@ -281,10 +282,10 @@ def store_meta_fit(est, result):
     est.inner_lr_, est.step_size_info_ = result.inner_lr, result.step_size_info
     est.adapt_steps_, est.adapt_lr_ = result.adapt_steps, result.adapt_lr
     est.adaptation_scores_ = result.adaptation_scores
-    for attr in ("base_estimator_", "base_scores_", "random_intercept_"):
+    for attr in ("base_estimator_", "base_scores_", "random_intercept_", "base_mode_"):
         state.pop(attr, None)
-    state.pop("uncorrected_sizes_", None)
-    if result.base is not None:  # uncorrected_sizes_ is the family's to settle
+    state.pop("network_weights_", None)
+    if result.base is not None:  # network_weights_ is the family's to settle
         state.update(result.base.attributes())
     if result.adaptation_by_support is None:
         state.pop("adaptation_by_support_", None)

@@ -1,21 +1,24 @@
-"""The pooled model under the network (``base_estimator``): fitted once, cross-fitted for meta-training.
+"""The pooled model beside the network (``base_estimator``): fitted once, cross-fitted for meta-training.
 
 A data scientist's first model of a grouped table is a pooled one (every
 row, the group ignored) plus the new group's offset.  With a base model the
 network meta-learns and adapts the *correction* of the pooled model per group:
-``predict(X) = base.predict(X) + network(X)``.
+``predict(X) = base.predict(X) + offset + network(X)``; the network's weight
+in that sum is chosen per support size on the held-out groups (a weight of 0
+is the statistician's mixed model alone, see :mod:`.base_choice`).
 
 The tasks the network meta-trains on must not see fits of their own rows: a
 pooled model fitted on a group predicts that group better than it will predict
-a new one, and a correction learned from such leaked fits would be too small.  So meta-training targets are the
-residuals of *out-of-group* predictions: ``GroupKFold`` cross-fitting over the
-meta-training groups (``N_FOLDS`` folds).  The held-out validation groups
-use the model fitted on every meta-training row, which never saw them.  Once
-every choice made on them is made, the model is refitted on every row, the
-held-out groups included, for ``fit``, ``predict`` and ``few_shot_predict`` on
-new groups: more groups make a better pooled model (the statistician's
-gradient-boosted model plus BLUP offset fitted on 80% of the training groups
-had a 2% higher error on kc_house's new groups, 4% on txhousing's).
+a new one, and a correction learned from such leaked fits would be too small.
+So meta-training targets are the residuals of *out-of-group* predictions:
+``GroupKFold`` cross-fitting over the meta-training groups (``N_FOLDS``
+folds).  The held-out validation groups use the model fitted on every
+meta-training row, which never saw them.  Once every choice made on them is
+made, the model is refitted on every row, the held-out groups included, for
+``fit``, ``predict`` and ``few_shot_predict`` on new groups: more groups make
+a better pooled model (the statistician's gradient-boosted model plus BLUP
+offset fitted on 80% of the training groups had a 2% higher error on
+kc_house's new groups, 4% on txhousing's).
 
 ``"auto"`` cross-fits each candidate of ``CANDIDATES`` and scores it on the
 groups each fold held out as a statistician would use it: the expected error
@@ -23,15 +26,16 @@ on a new group of the pooled prediction plus the BLUP of the group's offset
 from the monitored number of support rows (:func:`_expected_error`), against
 the same for the overall mean (no base).  A candidate is used only when its
 error is below ``MIN_GAIN`` times that of the mean.  That score judges the
-pooled model as a statistician would use it, not what the network makes of
-its residuals (on daily temperature curves the network on a gradient-boosted
-model's residuals lost to the network alone by 40%), so the network is then
-meta-trained again without the base model, from the same seed and on the same
-held-out groups, and the base model is kept only if the network on it scores
-better there (:func:`base_pays`).  Whenever nothing is held out (infinite
-samplers, too few groups, ``validation_fraction=None``) or the targets have
-several outputs, "auto" gives no base model, so the sine demo and generated
-tasks are unchanged.
+pooled model as a statistician would use it, not what a network makes of its
+residuals (on daily temperature curves the network on a gradient-boosted
+model's residuals lost to the network alone by 40%), so with ``"auto"`` the
+network meta-trains on the targets themselves and its adapted prediction is
+*averaged* with the pooled model and offset (``base_mode_="average"``), at
+weights chosen per support size on the held-out groups.  A pooled model that
+gets weight 1 at every size is dropped.  Whenever nothing is held out
+(infinite samplers, too few groups, ``validation_fraction=None``) or the
+targets have several outputs, "auto" gives no base model, so the sine demo
+and generated tasks are unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from .._engine.random_effects import blup_intercept, intercept_variance_componen
 from ..tasks._base import sampler_kind
 from ..tasks._validation import host_array
 from .adaptation import nearest_row
-from .learned_state import adopt_meta_state
+from .base_choice import choose_weight, means
 
 N_FOLDS = 5
 # What is more complex must beat what is simpler by this factor on the held-out groups to be
@@ -62,18 +66,23 @@ CANDIDATES = {
 
 class PooledBase:
     """What ``meta_fit`` learned about the base model: the fitted model (or None), the scores
-    that chose it, and the variances of the groups' offsets from it (``{"between", "within"}``)."""
+    that chose it, the variances of the groups' offsets from it (``{"between", "within"}``)
+    and whether the network meta-trains on its residuals (``mode="residuals"``) or on the
+    targets, to be averaged with it (``"average"``, see :mod:`.base_choice`)."""
 
-    def __init__(self, model, name, scores, variances=None, held_out=None):
+    def __init__(self, model, name, scores, variances=None, held_out=None, mode="residuals"):
         self.model, self.name, self.scores, self.variances = model, name, scores, variances
         self.held_out = held_out  # the held-out splits by support size, in the targets' units
+        self.mode = mode
 
-    def attributes(self):
-        """The estimator's learned ``base_estimator_``, ``base_scores_`` and ``random_intercept_``."""
+    def attributes(self, mode=None):
+        """The estimator's learned ``base_estimator_``, ``base_scores_``, ``random_intercept_``
+        and ``base_mode_`` (``mode`` if given)."""
         return {
             "base_estimator_": self.model,
             "base_scores_": self.scores,
             "random_intercept_": self.variances,
+            "base_mode_": mode or self.mode,
         }
 
 
@@ -186,9 +195,11 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
     """``(sampler, by_size, validation_tasks, PooledBase or None)`` of a ``meta_fit`` run.
 
     ``spec`` is the estimator's ``base_estimator``; ``by_size`` the held-out
-    splits (:func:`skreptile._training.selftune.hold_out`).  With a base model
-    the sampler's targets become out-of-group residuals and every held-out
-    task's targets residuals of the model fitted on all meta-training rows.
+    splits (:func:`skreptile._training.selftune.hold_out`).  With an explicit
+    base model the sampler's targets become out-of-group residuals and every
+    held-out task's targets residuals of the model fitted on all
+    meta-training rows; with ``"auto"`` (a network averaged with the base
+    model) the tasks are left as they are.
     """
     if spec is None:
         return sampler, by_size, validation_tasks, None
@@ -240,89 +251,58 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
         cross = {best: cross[best]}
     name, predictions = next(iter(cross.items()))
     model = _fit(_candidates(spec)[name] if auto else clone(spec), X, y_flat, name)
-    residuals = y_flat - predictions
-    variances = intercept_variances(residuals, groups)
-    sampler = _with_targets(sampler, residuals.reshape(y.shape))
+    variances = intercept_variances(y_flat - predictions, groups)
     held_out = by_size if validation_tasks is None else {None: validation_tasks}
+    if auto:
+        base = PooledBase(model, name, scores, variances, held_out, mode="average")
+        return sampler, by_size, validation_tasks, base
+    sampler = _with_targets(sampler, (y_flat - predictions).reshape(y.shape))
     if by_size is not None:
         by_size = {k: residual_splits(model, variances, v) for k, v in by_size.items()}
     validation_tasks = residual_splits(model, variances, validation_tasks)
     return sampler, by_size, validation_tasks, PooledBase(model, name, scores, variances, held_out)
 
 
-def held_out_errors(est, held_out):
-    """``{support size: every held-out task's query MSE}`` of ``est`` adapting as
-    ``few_shot_predict`` does."""
-    errors = {}
-    for size, splits in held_out.items():
-        Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
-        errors[size] = _task_errors(est.few_shot_predict(Xs, ys, Xq), splits)
-    return errors
+def statistician_predictions(model, variances, Xs, ys, Xq):
+    """The pooled model plus each group's offset (the BLUP from its support residuals) for
+    every task's query rows: the statistician's mixed model."""
+    preds = []
+    for X_s, y_s, X_q in zip(Xs, ys, Xq):
+        level = group_offset(variances, np.ravel(y_s) - offsets(model, X_s)[:, 0])
+        preds.append(offsets(model, X_q)[:, 0] + level)
+    return preds
 
 
-def _means(errors):
-    return {size: float(e.mean()) for size, e in errors.items()}
-
-
-def base_pays(with_base, without):
-    """Whether the held-out error with the base model is lower: the geometric mean over the
-    support sizes of the ratio of mean errors below 1."""
-    ratios = [with_base[k].mean() / without[k].mean() for k in with_base]
-    return bool(np.mean(np.log(ratios)) < 0.0)
-
-
-def _task_errors(preds, splits):
-    return np.array([np.mean((np.ravel(s[3]) - np.ravel(p)) ** 2) for p, s in zip(preds, splits)])
-
-
-def _group_means(values, splits):
-    """``values`` of the splits averaged per held-out group: the splits of one group hold the
-    same rows, so they are not independent evidence."""
-    keys = [(len(s[0]) + len(s[2]), round(float(np.sum(s[0]) + np.sum(s[2])), 6)) for s in splits]
-    by_group = {}
-    for key, value in zip(keys, values):
-        by_group.setdefault(key, []).append(value)
-    return np.array([np.mean(v) for v in by_group.values()])
-
-
-def _network_pays(alone, corrected, splits):
-    """Whether the network's correction lowers the held-out error clearly: by ``1 - MIN_GAIN``
-    of it at least, and by more than two standard errors of the per-group differences (the
-    network was early-stopped on these same groups, so a small gain may be luck)."""
-    gains = _group_means(alone - corrected, splits)
-    if corrected.mean() > MIN_GAIN * alone.mean():
-        return False
-    if len(gains) < 2:
-        return True
-    return gains.mean() > 2.0 * gains.std(ddof=1) / np.sqrt(len(gains))
-
-
-def uncorrected_sizes(est, base):
-    """Support sizes at which the network's adapted correction does not clearly beat the pooled
-    model and the group's offset alone on the held-out groups (:func:`_network_pays`): there
-    the network is left out, so the model nests the mixed model instead of racing it."""
-    if base.model is None or not base.held_out:
-        return []
-    sizes = []
+def weights_on_held_out(est, base, nested):
+    """``({support size: weight}, {size: task errors at it}, {size: the network's own})``: the
+    network's weight beside the statistician's model chosen on the held-out groups
+    (:func:`~skreptile._estimators.base_choice.choose_weight`, ``nested`` for a network on the
+    base model's residuals).  ``est`` has no weights yet, so its ``few_shot_predict`` is the
+    network's whole prediction."""
+    weights, chosen, own = {}, {}, {}
     for size, splits in base.held_out.items():
         Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
-        corrected = _task_errors(est.few_shot_predict(Xs, ys, Xq), splits)
-        alone = []
-        for X_s, y_s, X_q in zip(Xs, ys, Xq):
-            level = group_offset(base.variances, np.ravel(y_s) - offsets(base.model, X_s)[:, 0])
-            alone.append(offsets(base.model, X_q)[:, 0] + level)
-        if not _network_pays(_task_errors(alone, splits), corrected, splits):
-            sizes.append(len(Xs[0]) if size is None else size)
-    return sizes
+        network = est.few_shot_predict(Xs, ys, Xq)
+        statistician = statistician_predictions(base.model, base.variances, Xs, ys, Xq)
+        key = len(Xs[0]) if size is None else size
+        weights[key], chosen[key], errors = choose_weight(network, statistician, splits, nested)
+        own[key] = errors[1.0]
+    return weights, chosen, own
 
 
 class PooledBaseMixin:
     """The regressor's hooks for a base model: ``fit``, ``predict`` and ``few_shot_predict``
-    work on its residuals less the group's offset, and add both back."""
+    average the network with the base model plus the group's offset (:mod:`.base_choice`);
+    a network meta-trained on the base model's residuals adapts to the residuals less the
+    offset."""
 
     def _base_model(self):
-        """The fitted pooled model under the network, or None."""
+        """The fitted pooled model beside the network, or None."""
         return self.__dict__.get("base_estimator_")
+
+    def _on_residuals(self):
+        """Whether the network was meta-trained on the base model's residuals."""
+        return self.__dict__.get("base_mode_", "residuals") == "residuals"
 
     def _pooled_base(self, sampler, by_size, validation_tasks):
         spec = self.base_estimator
@@ -332,30 +312,27 @@ class PooledBaseMixin:
         return pooled_base(spec, sampler, by_size, validation_tasks)
 
     def _settle_base(self, task_sampler, validation_tasks, result, continued):
-        """With ``"auto"``, keep the base model only if the network on it beats the network
-        alone on the held-out tasks (:func:`base_pays`); refit a kept one on every row."""
+        """Choose the network's weight beside the base model on the held-out groups
+        (:func:`weights_on_held_out`) and refit the base model on every row; with
+        ``"auto"``, drop a base model that gets weight 1 at every support size."""
         base = result.base
-        if base is None:
+        if base is None or base.model is None:
             return
-        self.uncorrected_sizes_ = uncorrected_sizes(self, base)
-        if base.model is None:
-            return
-        if isinstance(self.base_estimator, str) and base.held_out and not continued:
-            # The same run without a base model: same seed, so the same held-out tasks.
-            alone = clone(self).set_params(
-                base_estimator=None, random_state=result.seed, checkpoint_path=None
-            )
-            alone.meta_fit(task_sampler, validation_tasks=validation_tasks)
-            with_base = held_out_errors(self, base.held_out)
-            without = held_out_errors(alone, base.held_out)
-            scores = dict(self.base_scores_ or {})
-            scores["held-out error, network on the base model"] = _means(with_base)
-            scores["held-out error, network alone"] = _means(without)
-            if not base_pays(with_base, without):
-                adopt_meta_state(self, alone)
+        if base.held_out:
+            nested = base.mode == "residuals"
+            weights, errors, own = weights_on_held_out(self, base, nested)
+            self.network_weights_ = weights
+            if not nested:
+                scores = dict(self.base_scores_ or {})
+                scores["held-out error, network"] = means(own)
+                scores["held-out error, network averaged with the base model"] = means(errors)
                 self.base_scores_ = scores
-                return
-            self.base_scores_ = scores
+                if all(w == 1.0 for w in weights.values()):
+                    # The network alone, bit for bit: nothing of the base model is used.
+                    for attr in ("base_estimator_", "random_intercept_", "base_mode_"):
+                        del self.__dict__[attr]
+                    del self.network_weights_
+                    return
         if validation_tasks is None and base.held_out:
             # Decisions made, the held-out groups' rows join the base model's fit and the
             # estimate of its offsets' variances, as the statistician's model uses every
@@ -373,31 +350,40 @@ class PooledBaseMixin:
             return 0.0
         return group_offset(self.__dict__.get("random_intercept_"), residuals)
 
-    def _corrected(self, n_support):
-        """Whether the network's correction is used for ``n_support`` rows (see
-        ``uncorrected_sizes_``): the size nearest them decides."""
-        off = self.__dict__.get("uncorrected_sizes_")
-        if not off:
-            return True
-        rows = self.__dict__.get("adaptation_by_support_")
-        if rows is None:
-            return False
-        return int(rows[nearest_row(rows[:, 0], n_support), 0]) not in off
+    def _network_weight(self, n_support):
+        """The network's weight beside the base model for ``n_support`` rows (see
+        ``network_weights_``): that of the held-out support size nearest them."""
+        weights = self.__dict__.get("network_weights_")
+        if not weights:
+            return 1.0
+        sizes = np.array(sorted(weights), dtype=float)
+        return float(weights[int(sizes[nearest_row(sizes, n_support)])])
 
-    def _less_base(self, tasks):
+    def _support_targets(self, X, Y):
+        """``(targets the network adapts to, the group's offset, the network's weight)`` of
+        support rows ``X``, ``Y`` (encoded, in the targets' units)."""
         model = self._base_model()
         if model is None:
-            return tasks, [(0.0, True)] * len(tasks)
-        residuals = [Y - offsets(model, X) for X, Y in zip(tasks.X_support, tasks.Y_support)]
-        shifts = [(self._group_offset(r), self._corrected(len(r))) for r in residuals]
-        tasks.Y_support = [r - level for r, (level, _) in zip(residuals, shifts)]
-        return tasks, shifts
+            return Y, 0.0, 1.0
+        residuals = Y - offsets(model, X)
+        level = self._group_offset(residuals)
+        target = residuals - level if self._on_residuals() else Y
+        return target, level, self._network_weight(len(Y))
+
+    def _less_base(self, tasks):
+        if self._base_model() is None:
+            return tasks, [(0.0, 1.0)] * len(tasks)
+        adapted = [self._support_targets(X, Y) for X, Y in zip(tasks.X_support, tasks.Y_support)]
+        tasks.Y_support = [target for target, _, _ in adapted]
+        return tasks, [(level, weight) for _, level, weight in adapted]
 
     def _plus_base(self, pred, X, shift):
         model = self._base_model()
         if model is None:
             return pred
-        level, corrected = shift
+        level, weight = shift
         base = offsets(model, X) + level
         base = base[:, 0] if pred.ndim == 1 else base
-        return pred + base if corrected else base
+        if self._on_residuals():  # the network's prediction is its correction
+            return base + weight * pred
+        return base + weight * (pred - base)

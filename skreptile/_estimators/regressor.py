@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .base import BaseReptile
 from .batch_adaptation import FewShotTasks
 from .docstrings import fill
-from .pooled_base import PooledBaseMixin, offsets
+from .pooled_base import PooledBaseMixin
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -81,23 +81,30 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         unit variance; only a column constant to float64 rounding is left as is.
     {shared_run}
     base_estimator : "auto", scikit-learn regressor or None, default="auto"
-        A pooled model under the network: it predicts, and the network
-        meta-learns and adapts the correction per group, as a mixed model
-        adapts a group's random effect.  Meta-training tasks see out-of-group
-        (``GroupKFold`` cross-fitted) predictions, never a fit of their own
-        rows.  Once the choices below are made on the held-out groups, the
-        model is refitted on every row of the table, held-out groups
-        included.  "auto" chooses among none, a ridge and a histogram
-        gradient-boosted model by their cross-fitted error on groups they never
-        saw (pooled prediction plus the BLUP of the group's offset), and uses
-        one only if it beats the overall mean by 5%; it then meta-trains the
-        network again without it (same seed, same held-out groups, no
-        checkpoint) and keeps the base model only if the network on it has the
-        lower held-out error (geometric mean over the support sizes), so
-        "auto" can take two meta-trainings (``callbacks`` and ``verbose`` see
-        both).  None for generated tasks (an infinite sampler), without
-        held-out groups, or with several targets.  An explicit regressor needs
-        a ``GroupTaskSampler`` or a list of tasks, and one target.
+        A pooled model beside the network, the statistician's first model of
+        a grouped table: its prediction plus the new group's offset, the BLUP
+        of a random intercept (the mean support residual shrunk by the
+        variances between and within groups, ``random_intercept_``).  Every
+        prediction is ``pooled + offset + weight * (network - pooled -
+        offset)``, the network's weight (0, 0.25, 0.5, 0.75 or 1; 0 is the
+        mixed model alone) chosen per support size on the held-out groups
+        (``network_weights_``).  "auto" chooses among none, a ridge and a
+        histogram gradient-boosted model by their cross-fitted error on
+        groups they never saw (pooled prediction plus the BLUP of the group's
+        offset), uses one only if it beats the overall mean by 5%, averages
+        it with the network meta-trained on the targets themselves
+        (``base_mode_="average"``), at the weights with the lowest held-out
+        error, and drops it where the network gets weight 1 at every support
+        size.  None for generated tasks (an infinite sampler), without
+        held-out groups, or with several targets.  An explicit regressor is
+        used under the network instead: the network meta-learns and adapts
+        the per-group correction of it (``base_mode_="residuals"``), from
+        out-of-group (``GroupKFold`` cross-fitted) residuals, never a fit of
+        a group's own rows; a weight above 0 is used only where it beats 0 on
+        the held-out groups by two standard errors of the per-group gains. It
+        needs a ``GroupTaskSampler`` or a list of tasks, and one target.
+        Either way the pooled model is refitted on every row of the table,
+        held-out groups included, once the weights are chosen.
 
     Attributes
     ----------
@@ -119,31 +126,36 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         :meth:`few_shot_predict`, per task) then uses the row whose size is
         nearest the number of rows it is given, on a log scale.
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
-        Target standardisation (of the residuals of ``base_estimator_``).
+        Target standardisation (of the residuals of ``base_estimator_`` when
+        ``base_mode_="residuals"``).
     base_estimator_ : regressor or None
-        The fitted pooled model whose predictions the network corrects; None
-        without one.
+        The fitted pooled model beside the network; None without one.
+    base_mode_ : {"residuals", "average"}
+        With a base model: whether the network was meta-trained on its
+        residuals (and predicts the group's correction) or on the targets
+        themselves (and its prediction is averaged with the pooled model and
+        offset).
     base_scores_ : dict or None
         With ``base_estimator="auto"`` and held-out groups: the cross-fitted
         error of each candidate (and of the overall mean) that chose it and,
-        where one was chosen, ``"held-out error, network on the base model"``
-        and ``"held-out error, network alone"`` (mean query MSE by support
-        size) that decided whether to keep it.
+        where one was chosen, the mean held-out query MSE by support size of
+        the network alone and averaged with the base model at the chosen
+        weights.
     random_intercept_ : dict or None
         ``{"between", "within"}``: the variances of the groups' offsets from
         the base model and of the rows around them (ANOVA moments of the
         cross-fitted residuals of every group, held-out ones included).  A new
-        group's offset is the mean residual
-        of its ``K`` support rows shrunk by ``K between / (K between +
-        within)``, the BLUP of a random intercept; the network adapts to what
-        remains.
-    uncorrected_sizes_ : list of int
-        With a base model: the support sizes at which the base model and the
-        offset alone scored better on the held-out groups than with the
-        network's correction; ``fit`` with about that many rows leaves the
-        network out (the model nests the mixed model).
-    group_offset_, corrected_ : float, bool
-        The offset of the last :meth:`fit` and whether it used the network.
+        group's offset is the mean residual of its ``K`` support rows shrunk
+        by ``K between / (K between + within)``, the BLUP of a random
+        intercept.
+    network_weights_ : dict
+        With a base model and held-out groups: ``{support size: weight}``, the
+        network's weight in ``pooled + offset + weight * (network - pooled -
+        offset)`` chosen on the held-out groups; ``fit`` with ``K`` rows uses
+        that of the size nearest ``K`` (log scale).  A weight of 0 leaves the
+        network out: the model is the mixed model.
+    group_offset_, network_weight_ : float
+        The offset and the network's weight of the last :meth:`fit`.
     n_outputs_ : int
         Number of targets.
     support_X_ : ndarray of shape (n_samples, n_features), float32
@@ -291,12 +303,11 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
             else:
                 X, y = quick
             Y, y_1d = self._encode_targets(y, self.n_outputs_ if meta_fitted else None, "y")
-            # With a base model the network adapts its correction: the residuals
-            # less the group's shrunk offset (its random intercept).
-            Y = Y - offsets(self._base_model(), X)
-            level = self._group_offset(Y)
-            self._fit(X, Y - level, y_1d)
-            self.group_offset_, self.corrected_ = level, self._corrected(len(Y))
+            # With a base model the prediction averages the network with it and the
+            # group's shrunk offset (its random intercept).
+            target, level, weight = self._support_targets(X, Y)
+            self._fit(X, target, y_1d)
+            self.group_offset_, self.network_weight_ = level, weight
         return self
 
     def predict(self, X: ArrayLike) -> np.ndarray:
@@ -316,7 +327,7 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         quick = self._quick_X(X)
         X = validate_data(self, X, reset=False, dtype=np.float64) if quick is None else quick
         pred = self._decode(self._outputs(X), self._y_1d, "predict")
-        shift = (self.__dict__.get("group_offset_", 0.0), self.__dict__.get("corrected_", True))
+        shift = (self.__dict__.get("group_offset_", 0.0), self.__dict__.get("network_weight_", 1.0))
         return self._plus_base(pred, X, shift)
 
     def _quick_Xy(self, X, y):
