@@ -14,9 +14,9 @@ statistician`` is its correction, and a weight below 1 shrinks it) or was
 meta-trained on the targets themselves (``"average"``: a model average).
 The two models err differently (the network where a group's curve differs
 from the pool, the pooled model where a handful of rows mislead an
-adaptation), so their average can beat both: on every shared grouped table
-where a pooled model passed ``"auto"``'s score, some weight strictly between 0
-and 1 beat both ends on the new groups.
+adaptation), so their average can beat both: with 4 labelled rows, on every shared
+grouped table where a pooled model passed ``"auto"``'s score, a weight
+strictly between 0 and 1 beat both ends on the new groups (``docs/real_data.md``).
 
 These functions see predictions and held-out splits only, never an estimator.
 """
