@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.linear_model import LinearRegression
 
 from skreptile import GroupTaskSampler, ReptileRegressor, SineTaskSampler
+from skreptile._engine.linear_mixed import LinearMixedEffects
 from skreptile._estimators.pooled_base import group_offset, intercept_variances
 from skreptile.evaluation import PooledRandomIntercept
 
@@ -107,9 +108,10 @@ def test_auto_base_is_within_3_percent_of_the_oracle_blup_on_a_random_intercept_
     # every support size, so every weight beside it is 0: the model is the mixed model.
     scores = model.base_scores_
     network = scores["held-out error, network"]
-    averaged = scores["held-out error, network averaged with the base model"]
+    averaged = scores["held-out error, network averaged with ridge"]  # the partner kept
     assert all(averaged[k] < network[k] for k in network)
     assert model.base_mode_ == "average" and set(model.network_weights_.values()) == {0.0}
+    assert "held-out error, network averaged with linear_mixed_model" in scores
     Xs, ys, Xq, yq = new_groups(*linear_with_intercepts(150, 20, seed=100), k=5)
     error = np.mean((model.few_shot_predict(Xs, ys, Xq) - yq) ** 2)
     # The oracle: the true coefficients and variances (tau2 = sigma2 = 1).
@@ -132,12 +134,12 @@ def test_groups_with_their_own_nonlinear_curves_beat_the_blup_clearly():
     X, y, g = curves_per_group(40, 20, seed=0)
     params = dict(random_state=0, device="cpu", n_meta_iter=1500)
     model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
-    # The cross-fitted pooled models beat the mean, but any average with them scored worse on
-    # the held-out groups than the network alone: "auto" dropped them, and the model is the
-    # network alone, bit for bit.
+    # The network alone is far better than any statistician's model here: it keeps weight 1
+    # wherever there are 10 rows or more, and is averaged only with 4 (with the linear mixed
+    # model, whose random slopes follow a curve's local trend).
     assert model.base_scores_["hist_gradient_boosting"] < 0.95 * model.base_scores_["support mean"]
-    for attr in ("base_estimator_", "base_mode_", "network_weights_", "random_intercept_"):
-        assert attr not in model.__dict__, attr
+    assert isinstance(model.base_estimator_, LinearMixedEffects)
+    assert model.network_weights_ == {4: 0.75, 10: 1.0, 25: 1.0}
     alone = ReptileRegressor(base_estimator=None, **params).meta_fit(X, y, groups=g)
     np.testing.assert_array_equal(model.meta_params_, alone.meta_params_)
     Xs, ys, Xq, yq = new_groups(*curves_per_group(60, 20, seed=100), k=5)
@@ -329,3 +331,64 @@ def test_the_networks_weight_scales_its_correction_of_the_base_model():
     np.testing.assert_allclose(preds[0.0], statisticians(model, Xs, ys, Xq), rtol=1e-6)
     np.testing.assert_allclose(preds[0.5], (preds[0.0] + preds[1.0]) / 2, rtol=1e-5)
     assert np.abs(preds[1.0] - preds[0.0]).max() > 1e-3  # else this test could not tell
+
+
+def test_auto_drops_a_base_model_that_the_network_outweighs_everywhere(monkeypatch):
+    import skreptile._estimators.statistician as statistician
+
+    real = statistician.choose_weight
+
+    def network_wins(network, mixed, splits, nested):
+        weight, errors, by_weight = real(network, mixed, splits, nested)
+        return 1.0, by_weight[1.0], by_weight
+
+    monkeypatch.setattr(statistician, "choose_weight", network_wins)
+    X, y, g = linear_with_intercepts(20, 10, seed=11)
+    params = dict(SMALL, n_meta_iter=200, early_stopping=False)
+    model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
+    for attr in ("base_estimator_", "base_mode_", "network_weights_", "random_intercept_"):
+        assert attr not in model.__dict__, attr
+    assert "held-out error, network" in model.base_scores_  # what decided it is kept
+    alone = ReptileRegressor(base_estimator=None, **params).meta_fit(X, y, groups=g)
+    Xs, ys, Xq, _ = new_groups(*linear_with_intercepts(3, 10, seed=12), k=4)
+    np.testing.assert_array_equal(
+        model.few_shot_predict(Xs, ys, Xq), alone.few_shot_predict(Xs, ys, Xq)
+    )
+
+
+def test_auto_averages_with_a_linear_mixed_model_where_slopes_differ_by_group():
+    # Every group its own slopes: no pooled regressor beats the mean by 5%, but the linear
+    # mixed model's random slopes do, and "auto" keeps it beside the network.
+    rng = np.random.default_rng(13)
+    groups = np.repeat(np.arange(40), 20)
+    X = rng.normal(size=(800, 2))
+    slopes = rng.normal(scale=2.0, size=(40, 2))[groups]
+    y = (X * slopes).sum(axis=1) + 0.3 * rng.normal(size=800)
+    model = ReptileRegressor(base_estimator="auto", random_state=0, device="cpu", n_meta_iter=300)
+    model.meta_fit(X, y, groups=groups)
+    scores = model.base_scores_
+    assert min(scores["ridge"], scores["hist_gradient_boosting"]) > 0.95 * scores["support mean"]
+    assert [k for k in scores if "averaged" in k] == [
+        "held-out error, network averaged with linear_mixed_model"
+    ]
+    assert model.base_mode_ == "average"
+    assert isinstance(model.base_estimator_, LinearMixedEffects)
+    assert model.random_intercept_ is None
+    # Its predictions for a new group are the statistician's plus the network's weight times
+    # the difference, the statistician's being the BLUP of the group's intercept and slopes.
+    Xn = rng.normal(size=(2, 30, 2))
+    yn = (Xn * rng.normal(scale=2.0, size=(2, 1, 2))).sum(axis=2)
+    Xs, ys, Xq = Xn[:, :10], yn[:, :10], Xn[:, 10:]
+    mixed = np.stack(
+        [
+            model.base_estimator_.predict_group(q, model.base_estimator_.group_effects(a, b))
+            for a, b, q in zip(Xs, ys, Xq)
+        ]
+    )
+    weight = model.network_weights_[10]
+    model.network_weights_ = {4: 0.0, 10: 0.0, 25: 0.0}
+    np.testing.assert_allclose(model.few_shot_predict(Xs, ys, Xq), mixed, rtol=1e-6, atol=1e-9)
+    assert 0.0 <= weight <= 1.0
+    # The mixed model alone recovers slopes of a new group from 10 rows far better than the
+    # pooled mean: its error is below a tenth of the targets' variance.
+    assert np.mean((mixed - yn[:, 10:]) ** 2) < 0.1 * yn[:, 10:].var()

@@ -48,11 +48,20 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .._engine.random_effects import blup_intercept, intercept_variance_components
 from ..tasks._base import sampler_kind
 from ..tasks._validation import host_array
 from .adaptation import nearest_row
-from .base_choice import choose_weight, means
+from .base_choice import means
+from .statistician import (
+    LINEAR_MIXED,
+    group_offset,
+    group_prediction,
+    group_state,
+    intercept_variances,
+    linear_mixed_model,
+    offsets,
+    weights_on_held_out,
+)
 
 N_FOLDS = 5
 # What is more complex must beat what is simpler by this factor on the held-out groups to be
@@ -70,10 +79,14 @@ class PooledBase:
     and whether the network meta-trains on its residuals (``mode="residuals"``) or on the
     targets, to be averaged with it (``"average"``, see :mod:`.base_choice`)."""
 
-    def __init__(self, model, name, scores, variances=None, held_out=None, mode="residuals"):
+    def __init__(
+        self, model, name, scores, variances=None, held_out=None, mode="residuals", partners=None
+    ):
         self.model, self.name, self.scores, self.variances = model, name, scores, variances
         self.held_out = held_out  # the held-out splits by support size, in the targets' units
         self.mode = mode
+        # "average": every statistician's model to weigh, {name: (model, variances)}.
+        self.partners = partners or {name: (model, variances)}
 
     def attributes(self, mode=None):
         """The estimator's learned ``base_estimator_``, ``base_scores_``, ``random_intercept_``
@@ -84,21 +97,6 @@ class PooledBase:
             "random_intercept_": self.variances,
             "base_mode_": mode or self.mode,
         }
-
-
-def intercept_variances(residuals, groups):
-    """``{"between": tau2, "within": sigma2}`` of a random intercept (ANOVA moments,
-    :func:`skreptile._engine.random_effects.intercept_variance_components`)."""
-    between, within = intercept_variance_components(residuals, groups)
-    return {"between": float(between), "within": float(within)}
-
-
-def group_offset(variances, support_residuals):
-    """The BLUP of a new group's offset from its support residuals: their mean, shrunk."""
-    if variances is None:
-        return 0.0
-    r = np.ravel(support_residuals)
-    return float(blup_intercept(r, variances["between"], variances["within"])) if len(r) else 0.0
 
 
 def rows_of(sampler):
@@ -122,14 +120,6 @@ def _with_targets(sampler, y):
         return sampler._with_targets(y)
     bounds = np.cumsum([0] + [len(t[0]) for t in sampler])
     return [(t[0], y[a:b]) for t, a, b in zip(sampler, bounds[:-1], bounds[1:])]
-
-
-def offsets(model, X):
-    """The base model's predictions as a column ``(n_samples, 1)`` (zeros without a model)."""
-    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
-    if model is None or len(X) == 0:
-        return np.zeros((len(X), 1))
-    return np.asarray(model.predict(X), dtype=np.float64).reshape(len(X), 1)
 
 
 def _residual_split(model, variances, split):
@@ -246,48 +236,28 @@ def pooled_base(spec, sampler, by_size, validation_tasks):
         scores = {"support mean": _expected_error(y_flat - y_flat.mean(), groups, k)}
         scores.update({name: _expected_error(y_flat - c, groups, k) for name, c in cross.items()})
         best = min(cross, key=scores.__getitem__)
-        if scores[best] >= MIN_GAIN * scores["support mean"]:
+        partners = {}
+        if scores[best] < MIN_GAIN * scores["support mean"]:
+            model = _fit(_candidates(spec)[best], X, y_flat, best)
+            partners[best] = (model, intercept_variances(y_flat - cross[best], groups))
+        mixed = linear_mixed_model(X, y_flat, groups)
+        if mixed is not None:
+            partners[LINEAR_MIXED] = (mixed, None)
+        if not partners:
             return sampler, by_size, validation_tasks, PooledBase(None, None, scores)
-        cross = {best: cross[best]}
+        name, (model, variances) = next(iter(partners.items()))
+        held_out = by_size if validation_tasks is None else {None: validation_tasks}
+        base = PooledBase(model, name, scores, variances, held_out, "average", partners)
+        return sampler, by_size, validation_tasks, base
     name, predictions = next(iter(cross.items()))
-    model = _fit(_candidates(spec)[name] if auto else clone(spec), X, y_flat, name)
+    model = _fit(clone(spec), X, y_flat, name)
     variances = intercept_variances(y_flat - predictions, groups)
     held_out = by_size if validation_tasks is None else {None: validation_tasks}
-    if auto:
-        base = PooledBase(model, name, scores, variances, held_out, mode="average")
-        return sampler, by_size, validation_tasks, base
     sampler = _with_targets(sampler, (y_flat - predictions).reshape(y.shape))
     if by_size is not None:
         by_size = {k: residual_splits(model, variances, v) for k, v in by_size.items()}
     validation_tasks = residual_splits(model, variances, validation_tasks)
     return sampler, by_size, validation_tasks, PooledBase(model, name, scores, variances, held_out)
-
-
-def statistician_predictions(model, variances, Xs, ys, Xq):
-    """The pooled model plus each group's offset (the BLUP from its support residuals) for
-    every task's query rows: the statistician's mixed model."""
-    preds = []
-    for X_s, y_s, X_q in zip(Xs, ys, Xq):
-        level = group_offset(variances, np.ravel(y_s) - offsets(model, X_s)[:, 0])
-        preds.append(offsets(model, X_q)[:, 0] + level)
-    return preds
-
-
-def weights_on_held_out(est, base, nested):
-    """``({support size: weight}, {size: task errors at it}, {size: the network's own})``: the
-    network's weight beside the statistician's model chosen on the held-out groups
-    (:func:`~skreptile._estimators.base_choice.choose_weight`, ``nested`` for a network on the
-    base model's residuals).  ``est`` has no weights yet, so its ``few_shot_predict`` is the
-    network's whole prediction."""
-    weights, chosen, own = {}, {}, {}
-    for size, splits in base.held_out.items():
-        Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
-        network = est.few_shot_predict(Xs, ys, Xq)
-        statistician = statistician_predictions(base.model, base.variances, Xs, ys, Xq)
-        key = len(Xs[0]) if size is None else size
-        weights[key], chosen[key], errors = choose_weight(network, statistician, splits, nested)
-        own[key] = errors[1.0]
-    return weights, chosen, own
 
 
 class PooledBaseMixin:
@@ -314,18 +284,31 @@ class PooledBaseMixin:
     def _settle_base(self, task_sampler, validation_tasks, result, continued):
         """Choose the network's weight beside the base model on the held-out groups
         (:func:`weights_on_held_out`) and refit the base model on every row; with
-        ``"auto"``, drop a base model that gets weight 1 at every support size."""
+        ``"auto"``, choose the statistician's model too, and drop it where the network gets
+        weight 1 at every support size."""
         base = result.base
         if base is None or base.model is None:
             return
+        name = base.name
         if base.held_out:
             nested = base.mode == "residuals"
-            weights, errors, own = weights_on_held_out(self, base, nested)
+            scores = dict(self.base_scores_ or {})
+            chosen = {}
+            for partner, (model, variances) in base.partners.items():
+                weights, errors, own = weights_on_held_out(
+                    self, base.held_out, model, variances, nested
+                )
+                chosen[partner] = (weights, errors)
+                if not nested:
+                    scores["held-out error, network"] = means(own)
+                    scores[f"held-out error, network averaged with {partner}"] = means(errors)
+            # The statistician's model with the lower held-out error, over the support sizes.
+            name = min(
+                chosen, key=lambda p: np.mean([np.log(e.mean()) for e in chosen[p][1].values()])
+            )
+            weights = chosen[name][0]
             self.network_weights_ = weights
             if not nested:
-                scores = dict(self.base_scores_ or {})
-                scores["held-out error, network"] = means(own)
-                scores["held-out error, network averaged with the base model"] = means(errors)
                 self.base_scores_ = scores
                 if all(w == 1.0 for w in weights.values()):
                     # The network alone, bit for bit: nothing of the base model is used.
@@ -333,16 +316,21 @@ class PooledBaseMixin:
                         del self.__dict__[attr]
                     del self.network_weights_
                     return
+            self.base_estimator_, self.random_intercept_ = base.partners[name]
         if validation_tasks is None and base.held_out:
             # Decisions made, the held-out groups' rows join the base model's fit and the
             # estimate of its offsets' variances, as the statistician's model uses every
             # group (with nothing held out, both already saw every row).
             X, y, groups = rows_of(task_sampler)
             y = y.reshape(len(y))
-            model = _candidates(self.base_estimator)[base.name]
-            residuals = y - _cross_fitted(model, X, y, groups, _n_folds(groups), base.name)
+            if name == LINEAR_MIXED:
+                self.base_estimator_ = linear_mixed_model(X, y, groups)
+                return
+            spec = self.base_estimator
+            model = _candidates(spec)[name] if isinstance(spec, str) else clone(spec)
+            residuals = y - _cross_fitted(model, X, y, groups, _n_folds(groups), name)
             self.random_intercept_ = intercept_variances(residuals, groups)
-            self.base_estimator_ = _fit(model, X, y, base.name)
+            self.base_estimator_ = _fit(model, X, y, name)
 
     def _group_offset(self, residuals):
         """The BLUP of a group's offset from its support residuals (0 without a base model)."""
@@ -365,10 +353,13 @@ class PooledBaseMixin:
         model = self._base_model()
         if model is None:
             return Y, 0.0, 1.0
+        weight = self._network_weight(len(Y))
+        if not self._on_residuals():
+            state = group_state(model, self.__dict__.get("random_intercept_"), X, Y)
+            return Y, state, weight
         residuals = Y - offsets(model, X)
         level = self._group_offset(residuals)
-        target = residuals - level if self._on_residuals() else Y
-        return target, level, self._network_weight(len(Y))
+        return residuals - level, level, weight
 
     def _less_base(self, tasks):
         if self._base_model() is None:
@@ -381,9 +372,10 @@ class PooledBaseMixin:
         model = self._base_model()
         if model is None:
             return pred
-        level, weight = shift
-        base = offsets(model, X) + level
-        base = base[:, 0] if pred.ndim == 1 else base
+        state, weight = shift
         if self._on_residuals():  # the network's prediction is its correction
-            return base + weight * pred
+            base = offsets(model, X) + state
+            return (base[:, 0] if pred.ndim == 1 else base) + weight * pred
+        base = group_prediction(model, X, state)
+        base = base if pred.ndim == 1 else base[:, None]
         return base + weight * (pred - base)

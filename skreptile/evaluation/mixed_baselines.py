@@ -21,12 +21,11 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from .._engine.linear_mixed import LinearMixedEffects
 from .._engine.random_effects import (
     blup_intercept,
-    blup_random_effects,
     intercept_shrinkage,
     intercept_variance_components,
-    random_effects_covariance,
 )
 from ._meta_fitted import MetaFittedMixin
 
@@ -287,10 +286,12 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
     def __init__(self, *, random_slopes=True):
         self.random_slopes = random_slopes
 
-    def _design(self, X):
-        """``(1, standardised X)``: the fixed effects' design, and the random effects'."""
-        Z = np.column_stack([np.ones(len(X)), (X - self.x_mean_) / self.x_scale_])
-        return Z, (Z if self.random_slopes else Z[:, :1])
+    def _effects(self):
+        """The meta-fitted model as the engine's :class:`LinearMixedEffects`."""
+        effects = LinearMixedEffects(self.random_slopes)
+        effects.x_mean, effects.x_scale = self.x_mean_, self.x_scale_
+        effects.beta, effects.G, effects.sigma2 = self.fixed_effects_, self.G_, self.sigma2_
+        return effects
 
     def meta_fit(self, X, y, groups):
         """Estimate the fixed effects, ``G`` and ``sigma2`` from the meta-training table.
@@ -315,18 +316,14 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
             # validate_data records the features (reset=True forgets an earlier table's).
             X, y = validate_data(self, X, y, y_numeric=True, reset=True)
             groups = _check_groups(groups, len(y))
-            mean, scale = X.mean(axis=0), X.std(axis=0)
-            # A constant feature is left unscaled, as StandardScaler does.
-            self.x_mean_, self.x_scale_ = mean, np.where(scale > 0, scale, 1.0)
-            Z_fixed, Z_random = self._design(X)
-            beta = np.linalg.lstsq(Z_fixed, y, rcond=None)[0]
-            self.G_, self.sigma2_ = random_effects_covariance(Z_random, y - Z_fixed @ beta, groups)
+            effects = LinearMixedEffects(self.random_slopes).fit(X, y, groups)
         except BaseException:
             # A failed meta_fit leaves the model as it was, as skreptile's estimators do.
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
-        self.fixed_effects_ = beta
+        self.x_mean_, self.x_scale_ = effects.x_mean, effects.x_scale
+        self.fixed_effects_, self.G_, self.sigma2_ = effects.beta, effects.G, effects.sigma2
         self.n_groups_ = len(np.unique(groups))
         self.__dict__.pop("random_effects_", None)
         self._record_meta_config()
@@ -349,9 +346,7 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
         """
         self._check_meta_fitted()
         X, y = validate_data(self, X, y, y_numeric=True, reset=False)
-        Z_fixed, Z_random = self._design(X)
-        residuals = y - Z_fixed @ self.fixed_effects_
-        self.random_effects_ = blup_random_effects(Z_random, residuals, self.G_, self.sigma2_)
+        self.random_effects_ = self._effects().group_effects(X, y)
         return self
 
     def predict(self, X):
@@ -370,5 +365,4 @@ class LinearMixedModel(MetaFittedMixin, RegressorMixin, BaseEstimator):
         self._check_meta_fitted()
         check_is_fitted(self, "random_effects_")
         X = validate_data(self, X, reset=False)
-        Z_fixed, Z_random = self._design(X)
-        return Z_fixed @ self.fixed_effects_ + Z_random @ self.random_effects_
+        return self._effects().predict_group(X, self.random_effects_)
