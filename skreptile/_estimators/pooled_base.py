@@ -24,18 +24,21 @@ kc_house's new groups, 4% on txhousing's).
 groups each fold held out as a statistician would use it: the expected error
 on a new group of the pooled prediction plus the BLUP of the group's offset
 from the monitored number of support rows (:func:`_expected_error`), against
-the same for the overall mean (no base).  A candidate is used only when its
-error is below ``MIN_GAIN`` times that of the mean.  That score judges the
-pooled model as a statistician would use it, not what a network makes of its
-residuals (on daily temperature curves the network on a gradient-boosted
-model's residuals lost to the network alone by 40%), so with ``"auto"`` the
-network meta-trains on the targets themselves and its adapted prediction is
-*averaged* with the pooled model and offset (``base_mode_="average"``), at
-weights chosen per support size on the held-out groups.  A pooled model that
-gets weight 1 at every size is dropped.  Whenever nothing is held out
-(infinite samplers, too few groups, ``validation_fraction=None``) or the
-targets have several outputs, "auto" gives no base model, so the sine demo
-and generated tasks are unchanged.
+the same for the overall mean (no base).  The better candidate is considered
+only when its error is below ``MIN_GAIN`` times that of the mean.  That score
+judges the pooled model as a statistician would use it, not what a network
+makes of its residuals (on daily temperature curves the network on a
+gradient-boosted model's residuals lost to the network alone by 40%), so with
+``"auto"`` the network meta-trains on the targets themselves and its adapted
+prediction is *averaged* with the statistician's model
+(``base_mode_="average"``), at weights chosen per support size on the
+held-out groups.  Beside the pooled candidate, "auto" considers a linear mixed
+model with random slopes (:mod:`.statistician`); the one whose average scores
+better on the held-out groups is kept, and none where the network gets weight 1
+at every size.  Whenever nothing is held out (infinite samplers, too few
+groups, ``validation_fraction=None``) or the targets have several outputs,
+"auto" gives no base model, so the sine demo and generated tasks are
+unchanged.
 """
 
 from __future__ import annotations

@@ -81,29 +81,31 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         unit variance; only a column constant to float64 rounding is left as is.
     {shared_run}
     base_estimator : "auto", scikit-learn regressor or None, default="auto"
-        A pooled model beside the network, the statistician's first model of
-        a grouped table: its prediction plus the new group's offset, the BLUP
+        The statistician's model of a new group, beside the network.  Every
+        prediction is ``mixed + weight * (network - mixed)``, the network's
+        weight (0, 0.25, 0.5, 0.75 or 1; 0 is the statistician's model
+        alone) chosen per support size on the held-out groups
+        (``network_weights_``).  "auto" considers two statistician's
+        models: a pooled ridge or histogram gradient-boosted model (the one
+        with the lower cross-fitted error on groups it never saw, used only
+        if it beats the overall mean by 5%) plus the group's offset, the BLUP
         of a random intercept (the mean support residual shrunk by the
-        variances between and within groups, ``random_intercept_``).  Every
-        prediction is ``pooled + offset + weight * (network - pooled -
-        offset)``, the network's weight (0, 0.25, 0.5, 0.75 or 1; 0 is the
-        mixed model alone) chosen per support size on the held-out groups
-        (``network_weights_``).  "auto" chooses among none, a ridge and a
-        histogram gradient-boosted model by their cross-fitted error on
-        groups they never saw (pooled prediction plus the BLUP of the group's
-        offset), uses one only if it beats the overall mean by 5%, averages
-        it with the network meta-trained on the targets themselves
-        (``base_mode_="average"``), at the weights with the lowest held-out
-        error, and drops it where the network gets weight 1 at every support
-        size.  None for generated tasks (an infinite sampler), without
-        held-out groups, or with several targets.  An explicit regressor is
-        used under the network instead: the network meta-learns and adapts
-        the per-group correction of it (``base_mode_="residuals"``), from
-        out-of-group (``GroupKFold`` cross-fitted) residuals, never a fit of
-        a group's own rows; a weight above 0 is used only where it beats 0 on
-        the held-out groups by two standard errors of the per-group gains. It
-        needs a ``GroupTaskSampler`` or a list of tasks, and one target.
-        Either way the pooled model is refitted on every row of the table,
+        variances between and within groups, ``random_intercept_``); and a
+        linear mixed model with a random intercept and random slopes, the
+        group's effects by their BLUP (where enough groups have the rows to
+        estimate the slopes' covariance).  The network meta-trains once, on
+        the targets (``base_mode_="average"``); the statistician's model and
+        weights with the lower held-out error are kept, and none where the
+        network gets weight 1 at every support size.  None for generated
+        tasks (an infinite sampler), without held-out groups, or with several
+        targets.  An explicit regressor is used under the network instead:
+        the network meta-learns and adapts the per-group correction of it
+        plus the BLUP offset (``base_mode_="residuals"``), from out-of-group
+        (``GroupKFold`` cross-fitted) residuals, never a fit of a group's own
+        rows; a weight above 0 is used only where it beats 0 on the held-out
+        groups by two standard errors of the per-group gains.  It needs a
+        ``GroupTaskSampler`` or a list of tasks, and one target.  Either way
+        the statistician's model is refitted on every row of the table,
         held-out groups included, once the weights are chosen.
 
     Attributes
@@ -128,8 +130,10 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
         Target standardisation (of the residuals of ``base_estimator_`` when
         ``base_mode_="residuals"``).
-    base_estimator_ : regressor or None
-        The fitted pooled model beside the network; None without one.
+    base_estimator_ : regressor, LinearMixedEffects or None
+        The fitted pooled regressor beside the network, or (``"auto"``) the
+        fitted linear mixed model (its ``beta``, ``G`` and ``sigma2``); None
+        without one.
     base_mode_ : {"residuals", "average"}
         With a base model: whether the network was meta-trained on its
         residuals (and predicts the group's correction) or on the targets
@@ -142,7 +146,8 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         the network alone and averaged with the base model at the chosen
         weights.
     random_intercept_ : dict or None
-        ``{"between", "within"}``: the variances of the groups' offsets from
+        With a pooled regressor (None with the linear mixed model):
+        ``{"between", "within"}``, the variances of the groups' offsets from
         the base model and of the rows around them (ANOVA moments of the
         cross-fitted residuals of every group, held-out ones included).  A new
         group's offset is the mean residual of its ``K`` support rows shrunk
@@ -154,8 +159,9 @@ class ReptileRegressor(PooledBaseMixin, RegressorMixin, BaseReptile):
         offset)`` chosen on the held-out groups; ``fit`` with ``K`` rows uses
         that of the size nearest ``K`` (log scale).  A weight of 0 leaves the
         network out: the model is the mixed model.
-    group_offset_, network_weight_ : float
-        The offset and the network's weight of the last :meth:`fit`.
+    group_offset_, network_weight_ : float (or ndarray), float
+        The group's offset (its random effects with the linear mixed model)
+        and the network's weight of the last :meth:`fit`.
     n_outputs_ : int
         Number of targets.
     support_X_ : ndarray of shape (n_samples, n_features), float32
