@@ -67,8 +67,8 @@ from .statistician import (
 )
 
 N_FOLDS = 5
-# What is more complex must beat what is simpler by this factor on the held-out groups to be
-# used: a base model the support mean, the network's correction the base model and offset alone.
+# A pooled candidate of "auto" must beat the support mean by this factor, in its cross-fitted
+# error on groups it never saw, to be considered.
 MIN_GAIN = 0.95
 CANDIDATES = {
     "ridge": lambda: make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))),
@@ -91,14 +91,14 @@ class PooledBase:
         # "average": every statistician's model to weigh, {name: (model, variances)}.
         self.partners = partners or {name: (model, variances)}
 
-    def attributes(self, mode=None):
+    def attributes(self):
         """The estimator's learned ``base_estimator_``, ``base_scores_``, ``random_intercept_``
-        and ``base_mode_`` (``mode`` if given)."""
+        and ``base_mode_``."""
         return {
             "base_estimator_": self.model,
             "base_scores_": self.scores,
             "random_intercept_": self.variances,
-            "base_mode_": mode or self.mode,
+            "base_mode_": self.mode,
         }
 
 
