@@ -31,6 +31,7 @@ from sklearn.datasets import load_digits
 
 from skreptile import ClassTaskSampler, ReptileClassifier
 
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared/data/omniglot"
 BEFORE = dict(adapt_steps=50, adapt_lr=None, early_stopping=False, validation_fraction=None)
 PAPER = {
     5: dict(inner_batch_size=10, inner_steps=5, inner_lr=0.001),
@@ -82,6 +83,30 @@ def paper_model(n_way, seed, sampler, budget):
     return meta_fitted(dict(params, n_meta_iter=n_iter), sampler)
 
 
+def load(data, data_dir, ways=(5, 20)):
+    """``(X_train, y_train, X_test, y_test, ways, augment)`` of the digits or Omniglot protocol."""
+    if data == "digits":
+        digits = load_digits()
+        train, test = digits.target < 5, digits.target >= 5
+        return (
+            digits.data[train],
+            digits.target[train],
+            digits.data[test],
+            digits.target[test],
+            (5,),
+            None,
+        )
+    from skreptile.datasets import load_omniglot
+
+    data_dir = Path(data_dir)
+    background = load_omniglot(data_dir / "images_background_small1.zip")
+    other = load_omniglot(data_dir / "images_background_small2.zip")
+    held = [a for a in other.alphabet_names if a not in background.alphabet_names]
+    keep = np.isin(np.asarray(other.alphabet_names)[other.alphabet], held)
+    X_train, y_train = background.images, background.target
+    return X_train, y_train, other.images[keep], other.target[keep], tuple(ways), "rot90"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", choices=["digits", "omniglot"])
@@ -90,30 +115,9 @@ def main():
     parser.add_argument("--n-query", type=int, default=1)
     parser.add_argument("--recipes", nargs="+", default=["defaults", "before"])
     parser.add_argument("--ways", type=int, nargs="+", default=[5, 20], help="Omniglot's N")
-    default_dir = Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-    parser.add_argument("--data-dir", default=str(default_dir))
+    parser.add_argument("--data-dir", default=str(DEFAULT_DIR))
     args = parser.parse_args()
-    if args.data == "digits":
-        digits = load_digits()
-        train, test = digits.target < 5, digits.target >= 5
-        X_train, y_train, X_test, y_test = (
-            digits.data[train],
-            digits.target[train],
-            digits.data[test],
-            digits.target[test],
-        )
-        ways, augment = (5,), None
-    else:
-        from skreptile.datasets import load_omniglot
-
-        data_dir = Path(args.data_dir)
-        background = load_omniglot(data_dir / "images_background_small1.zip")
-        other = load_omniglot(data_dir / "images_background_small2.zip")
-        held = [a for a in other.alphabet_names if a not in background.alphabet_names]
-        keep = np.isin(np.asarray(other.alphabet_names)[other.alphabet], held)
-        X_train, y_train = background.images, background.target
-        X_test, y_test = other.images[keep], other.target[keep]
-        ways, augment = tuple(args.ways), "rot90"
+    X_train, y_train, X_test, y_test, ways, augment = load(args.data, args.data_dir, args.ways)
     rows = []
     for n_way in ways:
         test = ClassTaskSampler(X_test, y_test, n_way=n_way, k_shot=1)
