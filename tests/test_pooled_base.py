@@ -392,3 +392,20 @@ def test_auto_averages_with_a_linear_mixed_model_where_slopes_differ_by_group():
     # The mixed model alone recovers slopes of a new group from 10 rows far better than the
     # pooled mean: its error is below a tenth of the targets' variance.
     assert np.mean((mixed - yn[:, 10:]) ** 2) < 0.1 * yn[:, 10:].var()
+
+
+def test_auto_scores_the_weights_with_models_that_never_saw_the_held_out_groups(monkeypatch):
+    # Every candidate pooled model asserts that it never predicts a row it was fitted on: the
+    # cross-fitting, the weights chosen on the held-out groups (a fit on the meta-training
+    # rows only) and the refit on every row (used for new groups only) must all respect it.
+    import skreptile._estimators.pooled_base as pooled_base
+
+    monkeypatch.setattr(pooled_base, "CANDIDATES", {"detector": OwnRowsDetector})
+    X, y, g = linear_with_intercepts(20, 10, seed=14)
+    params = dict(SMALL, n_meta_iter=200, early_stopping=False)
+    model = ReptileRegressor(base_estimator="auto", **params).meta_fit(X, y, groups=g)
+    assert "held-out error, network averaged with detector" in model.base_scores_
+    assert isinstance(model.base_estimator_, OwnRowsDetector)  # the partner kept
+    assert len(model.base_estimator_.seen_) == 200  # refitted on every row at the end
+    Xs, ys, Xq, _ = new_groups(*linear_with_intercepts(3, 10, seed=15), k=4)
+    assert model.few_shot_predict(Xs, ys, Xq).shape == (3, 6)
