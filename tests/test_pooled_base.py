@@ -386,6 +386,11 @@ def test_auto_averages_with_a_linear_mixed_model_where_slopes_differ_by_group():
         ]
     )
     weight = model.network_weights_[10]
+    # clone and pickle keep the linear mixed model, so a copy predicts the same.
+    chosen = model.few_shot_predict(Xs, ys, Xq)
+    for again in (clone(model), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_allclose(again.few_shot_predict(Xs, ys, Xq), chosen, rtol=1e-6)
+        np.testing.assert_allclose(again.fit(Xs[0], ys[0]).predict(Xq[0]), chosen[0], rtol=1e-5)
     model.network_weights_ = {4: 0.0, 10: 0.0, 25: 0.0}
     np.testing.assert_allclose(model.few_shot_predict(Xs, ys, Xq), mixed, rtol=1e-6, atol=1e-9)
     assert 0.0 <= weight <= 1.0
