@@ -16,9 +16,10 @@ For every table, several random splits of the *groups* into meta-training
 groups and new groups; every new group gives one task with ``K`` support rows
 and the rest of its rows as query.  Every method sees the same rows.  Methods:
 
-* ``skreptile``: ``ReptileRegressor(random_state=seed, n_support=K)``, every
-  other parameter at its default (step sizes, validation, early stopping and
-  adaptation chosen automatically);
+* ``skreptile``: ``ReptileRegressor(random_state=split)``, every parameter
+  at its default but ``n_meta_iter`` (step sizes, validation, early stopping,
+  adaptation for 4, 10 and 25 support rows, and the statistician's model
+  averaged with the network, chosen automatically);
 * ``support mean``: the mean of the support targets;
 * ``per-group RidgeCV``: a ridge fitted on the support rows alone;
 * ``HGB + offset`` and ``ridge + offset``: a global model fitted on every
