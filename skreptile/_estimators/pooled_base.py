@@ -62,6 +62,7 @@ from .statistician import (
     group_state,
     intercept_variances,
     linear_mixed_model,
+    network_on_held_out,
     offsets,
     weights_on_held_out,
 )
@@ -297,10 +298,9 @@ class PooledBaseMixin:
             nested = base.mode == "residuals"
             scores = dict(self.base_scores_ or {})
             chosen = {}
+            network = network_on_held_out(self, base.held_out)
             for partner, (model, variances) in base.partners.items():
-                weights, errors, own = weights_on_held_out(
-                    self, base.held_out, model, variances, nested
-                )
+                weights, errors, own = weights_on_held_out(network, model, variances, nested)
                 chosen[partner] = (weights, errors)
                 if not nested:
                     scores["held-out error, network"] = means(own)

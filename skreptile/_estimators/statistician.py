@@ -81,18 +81,29 @@ def statistician_predictions(model, variances, Xs, ys, Xq):
     ]
 
 
-def weights_on_held_out(est, held_out, model, variances, nested):
-    """``({support size: weight}, {size: task errors at it}, {size: the network's own})``: the
-    network's weight beside the statistician's ``model`` chosen on the ``held_out`` splits
-    (:func:`~skreptile._estimators.base_choice.choose_weight`, ``nested`` for a network on the
-    base model's residuals).  ``est`` has no weights yet, so its ``few_shot_predict`` is the
-    network's whole prediction."""
-    weights, chosen, own = {}, {}, {}
+def network_on_held_out(est, held_out):
+    """``{support size: (splits, the network's query predictions)}`` on the ``held_out`` splits.
+    ``est`` has no weights yet, so its ``few_shot_predict`` is the network's whole prediction;
+    computed once, it serves every statistician's model weighed against it."""
+    out = {}
     for size, splits in held_out.items():
         Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
-        network = est.few_shot_predict(Xs, ys, Xq)
+        out[len(Xs[0]) if size is None else size] = (splits, est.few_shot_predict(Xs, ys, Xq))
+    return out
+
+
+def weights_on_held_out(network, model, variances, nested):
+    """``({support size: weight}, {size: task errors at it}, {size: the network's own})``: the
+    network's weight beside the statistician's ``model`` chosen on the held-out splits of
+    ``network`` (:func:`network_on_held_out`;
+    :func:`~skreptile._estimators.base_choice.choose_weight`, ``nested`` for a network on the
+    base model's residuals)."""
+    weights, chosen, own = {}, {}, {}
+    for size, (splits, predictions) in network.items():
+        Xs, ys, Xq = ([s[i] for s in splits] for i in range(3))
         statistician = statistician_predictions(model, variances, Xs, ys, Xq)
-        key = len(Xs[0]) if size is None else size
-        weights[key], chosen[key], errors = choose_weight(network, statistician, splits, nested)
-        own[key] = errors[1.0]
+        weights[size], chosen[size], errors = choose_weight(
+            predictions, statistician, splits, nested
+        )
+        own[size] = errors[1.0]
     return weights, chosen, own
