@@ -1045,7 +1045,8 @@ def parse(argv=None):
     dry = args.dry_run
     args.device = args.device or ("cpu" if dry else "cuda")
     args.budget_s = args.budget_s or (60.0 if dry else 420.0)
-    if dry:
+    if dry and not (args.json and args.markdown):
+        # A temporary folder only where a path was not given (the tests give both).
         folder = Path(tempfile.mkdtemp(prefix="gpu_benchmark_"))
         args.json = args.json or str(folder / "gpu_results.json")
         args.markdown = args.markdown or str(folder / "benchmarks.md")
